@@ -1,0 +1,149 @@
+"""A prepared dataset loaded back from disk, with views for training windows and evaluation examples.
+
+Training examples are never materialised one per position: a *window* is ``(user, start, end)`` over the
+user's time-ordered events; the model reads ``[user token, events start..end-2]`` and predicts
+``events start..end-1`` position by position under a causal mask, so one window carries ``end - start``
+examples whose histories are strictly earlier events.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .prepare import FORMAT_VERSION, SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
+from .readers import DataError
+
+_ARRAYS = (
+    "user_offsets",
+    "event_item",
+    "event_ts",
+    "event_actions",
+    "event_surface",
+    "event_weight",
+    "split_loo",
+    "split_time",
+    "item_hash",
+    "item_author_hash",
+    "item_feat_hash",
+    "user_hash",
+    "user_feat_hash",
+)
+SPLITS = {"train": SPLIT_TRAIN, "valid": SPLIT_VALID, "test": SPLIT_TEST}
+
+
+@dataclass
+class SequenceData:
+    """Arrays of a prepared dataset (see :mod:`twotower.data.prepare` for shapes)."""
+
+    root: Path
+    manifest: dict
+    user_offsets: np.ndarray
+    event_item: np.ndarray
+    event_ts: np.ndarray
+    event_actions: np.ndarray
+    event_surface: np.ndarray
+    event_weight: np.ndarray
+    split_loo: np.ndarray
+    split_time: np.ndarray
+    item_hash: np.ndarray
+    item_author_hash: np.ndarray
+    item_feat_hash: np.ndarray
+    user_hash: np.ndarray
+    user_feat_hash: np.ndarray
+
+    @classmethod
+    def load(cls, root: str | Path, mmap: bool = False) -> SequenceData:
+        root = Path(root)
+        mpath = root / "manifest.json"
+        if not mpath.is_file():
+            raise DataError(f"{root} is not a prepared dataset (no manifest.json); run `twotower prepare` first")
+        manifest = json.loads(mpath.read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise DataError(
+                f"{root} was prepared with format {manifest.get('format_version')}, this version reads "
+                f"{FORMAT_VERSION}; re-run `twotower prepare`"
+            )
+        arrays = {}
+        for name in _ARRAYS:
+            f = root / f"{name}.npy"
+            if not f.is_file():
+                raise DataError(f"{root} lacks {f.name}; the dataset is incomplete, re-run `twotower prepare`")
+            arrays[name] = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
+        return cls(root=root, manifest=manifest, **arrays)
+
+    # --- sizes -----------------------------------------------------------------------------------------
+    @property
+    def num_users(self) -> int:
+        return len(self.user_offsets) - 1
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_hash)
+
+    @property
+    def num_events(self) -> int:
+        return len(self.event_item)
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.manifest.get("actions", []))
+
+    @property
+    def num_surfaces(self) -> int:
+        return len(self.manifest.get("surfaces", []))
+
+    def split(self, scheme: str) -> np.ndarray:
+        """Per-event split labels, uint8 [E]; scheme is "loo" (leave-last-out) or "time"."""
+        if scheme not in ("loo", "time"):
+            raise ValueError(f"unknown split scheme {scheme!r}; use 'loo' or 'time'")
+        return self.split_loo if scheme == "loo" else self.split_time
+
+    def item_ids(self) -> np.ndarray:
+        """Original item id strings, object [N] (index = dense item index)."""
+        return pq.read_table(self.root / "items.parquet", columns=["item_id"]).column(0).to_numpy(zero_copy_only=False)
+
+    def user_ids(self) -> np.ndarray:
+        return pq.read_table(self.root / "users.parquet", columns=["user_id"]).column(0).to_numpy(zero_copy_only=False)
+
+    def item_train_counts(self, scheme: str) -> np.ndarray:
+        """Training-split interaction count per item, int64 [N] (popularity, exact logQ)."""
+        return pq.read_table(self.root / "items.parquet", columns=[f"count_train_{scheme}"]).column(0).to_numpy()
+
+    # --- examples --------------------------------------------------------------------------------------
+    def user_of_event(self) -> np.ndarray:
+        return np.repeat(np.arange(self.num_users), np.diff(self.user_offsets))
+
+    def train_windows(self, scheme: str, max_len: int) -> np.ndarray:
+        """Windows covering every training target exactly once: int64 [W, 3] of (user, start, end).
+
+        Training targets of a user form a prefix of its sequence under both schemes (events are
+        time-sorted and the splits are by time), so windows tile that prefix from its end in steps of
+        ``max_len``; each window's first target keeps at least the user token as history.
+        """
+        split = self.split(scheme)
+        user = self.user_of_event()
+        n_train = np.bincount(user[split == SPLIT_TRAIN], minlength=self.num_users)
+        starts0 = self.user_offsets[:-1]
+        n_win = -(-n_train // max_len)  # ceil
+        u = np.repeat(np.arange(self.num_users), n_win)
+        k = np.arange(n_win.sum()) - np.repeat(np.cumsum(n_win) - n_win, n_win)
+        end = starts0[u] + n_train[u] - k * max_len
+        start = np.maximum(starts0[u], end - max_len)
+        return np.stack([u, start, end], axis=1).astype(np.int64)
+
+    def eval_targets(self, scheme: str, which: str) -> tuple[np.ndarray, np.ndarray]:
+        """(user [T], target event row [T]) for split ``which`` ("valid" | "test").
+
+        Leave-last-out has one target per user; under the time split each user's *first* event in the
+        split is its target (history = all earlier events, as it would be at serving time).
+        """
+        split = self.split(scheme)
+        rows = np.flatnonzero(split == SPLITS[which])
+        user = self.user_of_event()[rows]
+        first = np.unique(user, return_index=True)[1]
+        return user[first], rows[first]
