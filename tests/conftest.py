@@ -60,3 +60,28 @@ def tiny_data(tiny_files: dict[str, Path], tmp_path: Path) -> Path:
     out = tmp_path / "prepared"
     prepare_files(tiny_files["log"], out, tiny_config(), items_path=tiny_files["items"], users_path=tiny_files["users"])
     return out
+
+
+def small_run_config(**train):
+    """A tiny model and schedule that trains in seconds on the synthetic fixture."""
+    from twotower.model import ModelConfig
+    from twotower.train.loop import RunConfig, TrainConfig
+
+    model = ModelConfig(dim=16, num_heads=2, num_layers=1, max_len=20, item_buckets=1024, author_buckets=64,
+                        user_buckets=1024, feature_buckets=64, dropout=0.1)
+    t = dict(epochs=2, batch_tokens=512, warmup_steps=5, num_uniform=32, eval_users=100, log_every=5)
+    t.update(train)
+    return RunConfig(model=model, train=TrainConfig(**t))
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """A prepared synthetic log with learnable topic structure (300 users, 200 items, 8000 events)."""
+    from twotower.data import LogSchema
+    from twotower.data.synth import generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(300, 200, 8000, root / "log.parquet", seed=1, topics=10, topic_affinity=0.9, progress=False)
+    cfg = PrepareConfig(log=LogSchema(actions=["click", "like"], surface="surface"))
+    prepare_files(root / "log.parquet", root / "data", cfg)
+    return root / "data"

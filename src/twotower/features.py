@@ -1,0 +1,87 @@
+"""Dataset arrays -> model inputs: bucketed hashes, multi-hot actions, time-gap buckets, padded histories.
+
+The featurizer owns the corpus tables (dense item index -> hashed features); the model sees only hashes, so
+an unseen id still embeds. Everything is vectorised NumPy gathers; no per-event Python loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .data.dataset import SequenceData
+from .data.hashing import to_buckets
+from .model import ItemInputs, ModelConfig, UserInputs
+
+
+def _trim(feat: np.ndarray) -> np.ndarray:
+    """Drop trailing all-padding feature columns (saves work for datasets with few features)."""
+    used = int((feat > 0).sum(1).max()) if feat.size else 0
+    return feat[:, : max(used, 1)]
+
+
+def gap_buckets(gap_seconds: np.ndarray, buckets: int) -> np.ndarray:
+    """Time-gap bucket: ``min(buckets - 1, ceil(log2(1 + gap)))``; 0 for no gap. int64, same shape."""
+    g = np.maximum(np.asarray(gap_seconds, dtype=np.float64), 0.0)
+    return np.minimum(np.ceil(np.log2(1.0 + g)), buckets - 1).astype(np.int64)
+
+
+class Featurizer:
+    """Builds :class:`ItemInputs` / :class:`UserInputs` for a dataset under a model config."""
+
+    def __init__(self, data: SequenceData, cfg: ModelConfig):
+        H = cfg.num_hashes
+        if H > data.item_hash.shape[1]:
+            raise ValueError(f"model wants {H} hashes but the dataset was prepared with {data.item_hash.shape[1]}; "
+                             "re-run `twotower prepare --num-hashes` or lower model.num_hashes")
+        self.data, self.cfg = data, cfg
+        self.item_hash = to_buckets(data.item_hash[:, :H], cfg.item_buckets)
+        self.item_author = to_buckets(data.item_author_hash[:, :H], cfg.author_buckets)
+        self.item_feat = to_buckets(_trim(data.item_feat_hash), cfg.feature_buckets)
+        self.user_hash = to_buckets(data.user_hash[:, :H], cfg.user_buckets)
+        self.user_feat = to_buckets(_trim(data.user_feat_hash), cfg.feature_buckets)
+        self.num_actions = cfg.num_actions
+        self._bits = np.arange(max(cfg.num_actions, 1), dtype=np.uint8)
+
+    def items(self, idx: np.ndarray | None = None) -> ItemInputs:
+        """Item inputs for dense item indices ``idx`` [N] (all items when None)."""
+        sl = slice(None) if idx is None else idx
+        return ItemInputs(torch.from_numpy(self.item_hash[sl]), torch.from_numpy(self.item_author[sl]),
+                          torch.from_numpy(self.item_feat[sl]))
+
+    def users(self, user: np.ndarray, start: np.ndarray, end: np.ndarray, pad_to: int | None = None) -> UserInputs:
+        """Histories = events ``start[b] .. end[b]-1`` of user ``user[b]``, right-padded to the longest.
+
+        user, start, end: int64 [B] (event rows, ``start <= end``). Returns UserInputs with S = max length.
+        """
+        d = self.data
+        length = (end - start).astype(np.int64)
+        S = int(pad_to if pad_to is not None else max(int(length.max(initial=0)), 1))
+        pos = start[:, None] + np.arange(S)[None, :]  # [B, S]
+        valid = np.arange(S)[None, :] < length[:, None]
+        rows = np.where(valid, pos, 0)
+        item = d.event_item[rows]
+        hist_item = np.where(valid[..., None], self.item_hash[item], 0)
+        hist_author = np.where(valid[..., None], self.item_author[item], 0)
+        hist_feat = np.where(valid[..., None], self.item_feat[item], 0)
+        actions = ((d.event_actions[rows][..., None] >> self._bits) & 1).astype(np.float32)
+        actions *= valid[..., None]
+        surface = np.where(valid, d.event_surface[rows], 0).astype(np.int64)
+        first_of_user = d.user_offsets[user][:, None]
+        prev = np.maximum(rows - 1, 0)
+        gap = np.where((rows > first_of_user) & valid, d.event_ts[rows] - d.event_ts[prev], 0)
+        return UserInputs(
+            user=torch.from_numpy(self.user_hash[user]),
+            user_feat=torch.from_numpy(self.user_feat[user]),
+            history=ItemInputs(torch.from_numpy(hist_item), torch.from_numpy(hist_author),
+                               torch.from_numpy(hist_feat)),
+            actions=torch.from_numpy(actions),
+            surface=torch.from_numpy(surface),
+            gap=torch.from_numpy(gap_buckets(gap, self.cfg.time_buckets)),
+            length=torch.from_numpy(length),
+        )
+
+    def histories_before(self, user: np.ndarray, target_row: np.ndarray) -> UserInputs:
+        """The last ``max_len`` events strictly before each target row: what the user tower sees at serving."""
+        start = np.maximum(self.data.user_offsets[user], target_row - self.cfg.max_len)
+        return self.users(user, start, target_row)

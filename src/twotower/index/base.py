@@ -1,0 +1,120 @@
+"""One small index interface shared by the exact and the FAISS backends.
+
+Every backend scores by **inner product on unit vectors** (cosine), the model's own score. Items keep
+external ``int64`` ids; backends hold vectors under internal labels ``0..n-1`` with an ``alive`` mask, so
+deletes are tombstones (FAISS HNSW cannot remove) and upserts are delete + add. Filters:
+
+* ``exclude``: per query, ids that must not be returned (the user's seen items);
+* ``allow``: ids that may be returned (an allow-list by item feature), shared by the batch.
+
+A search returns ``(scores float32 [B, K], ids int64 [B, K])``, best first; when fewer than ``k`` items pass
+the filters the tail is padded with score ``-inf`` and id ``-1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+class IndexError_(RuntimeError):  # noqa: N801 - avoid shadowing the builtin IndexError
+    """An index file is missing, corrupt or incompatible; the message names the fix."""
+
+
+class VersionMismatch(IndexError_):
+    """The index was built from another model version than the encoder it is paired with."""
+
+
+@dataclass
+class IndexConfig:
+    """Backend and its parameters. Saved in every index manifest."""
+
+    backend: str = "hnsw"  # exact | hnsw | ivfflat | ivfpq
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 128
+    ivf_nlist: int = 0  # 0 = about 4 * sqrt(N)
+    ivf_nprobe: int = 32
+    pq_m: int = 16  # sub-quantisers (dim must be divisible)
+    pq_bits: int = 8
+    refine: bool = True  # IVF-PQ: re-rank the PQ shortlist with exact inner products
+    refine_factor: int = 4
+    exact_block: int = 262144  # exact backend: items scored per block
+    filter_exact_below: float = 0.02  # allow-lists smaller than this fraction are searched exactly
+    threads: int = 0  # FAISS OpenMP threads (0 = library default)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("exact", "hnsw", "ivfflat", "ivfpq"):
+            raise ValueError(f"backend must be exact|hnsw|ivfflat|ivfpq, got {self.backend!r}")
+
+
+def as_queries(q: np.ndarray, dim: int) -> np.ndarray:
+    q = np.asarray(q, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ValueError(f"queries must have shape [B, {dim}], got {list(q.shape)}")
+    if not np.isfinite(q).all():
+        raise ValueError("queries contain NaN or inf")
+    return np.ascontiguousarray(q)
+
+
+def normalise_exclude(exclude, batch: int) -> list[np.ndarray] | None:
+    """``exclude`` as one int64 array per query (a single array applies to every query)."""
+    if exclude is None:
+        return None
+    if isinstance(exclude, np.ndarray) and exclude.ndim == 1 and exclude.dtype != object:
+        return [exclude.astype(np.int64)] * batch
+    ex = [np.asarray(e, dtype=np.int64).ravel() for e in exclude]
+    if len(ex) != batch:
+        raise ValueError(f"exclude has {len(ex)} lists for {batch} queries")
+    return ex
+
+
+def pad_results(scores: list[np.ndarray], ids: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    B = len(scores)
+    out_s = np.full((B, k), -np.inf, np.float32)
+    out_i = np.full((B, k), -1, np.int64)
+    for b in range(B):
+        n = min(k, len(ids[b]))
+        out_s[b, :n], out_i[b, :n] = scores[b][:n], ids[b][:n]
+    return out_s, out_i
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(path: Path, manifest: dict, files: Sequence[str]) -> None:
+    manifest = {**manifest, "files": {f: sha256_file(path / f) for f in files}}
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def read_manifest(path: Path, verify: bool = True) -> dict:
+    """Read ``manifest.json`` and check every listed file's checksum (truncation -> a clear error)."""
+    mf = path / "manifest.json"
+    if not mf.is_file():
+        raise IndexError_(f"{path} has no manifest.json: not an index (build one with `twotower index build`)")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as exc:
+        raise IndexError_(f"{mf} is corrupt ({exc}); rebuild the index or roll back") from exc
+    if verify:
+        for name, digest in manifest.get("files", {}).items():
+            f = path / name
+            if not f.is_file():
+                raise IndexError_(f"index file {f} is missing; rebuild the index or roll back")
+            if sha256_file(f) != digest:
+                raise IndexError_(f"index file {f} is corrupt or truncated (checksum mismatch); "
+                                  "rebuild the index or roll back to an earlier version")
+    return manifest

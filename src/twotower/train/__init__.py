@@ -1,0 +1,1 @@
+"""Training: logit transforms, losses, negative samplers, frequency estimators, the loop, checkpoints."""

@@ -1,0 +1,100 @@
+"""Checkpoints: weights and optimizer tensors in safetensors, everything else in JSON. Never pickle.
+
+A checkpoint directory holds ``model.safetensors``, ``optim.safetensors`` (optimizer moments, RNG states,
+frequency-estimator arrays), ``state.json`` (step, epoch, position in the epoch's batch order, optimizer
+hyper-parameters, best metric) and ``config.json`` (the whole run config). It is written to a temporary
+sibling and renamed into place, so a kill mid-save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing or unreadable."""
+
+
+def model_version(model_file: str | Path, config: dict) -> str:
+    """Model version id: sha256 over the weights file and the canonical config JSON, 16 hex chars."""
+    h = hashlib.sha256()
+    with open(model_file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    h.update(json.dumps(config, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"optim.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return tensors, sd["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    return {"state": state, "param_groups": groups}
+
+
+def save(path: str | Path, model: torch.nn.Module, config: dict, state: dict[str, Any],
+         optimizer: torch.optim.Optimizer | None = None, tensors: dict[str, torch.Tensor] | None = None) -> str:
+    """Atomically write a checkpoint; returns the model version id."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, tmp / "model.safetensors")
+    extra = {f"extra.{k}": v.detach().cpu().contiguous() for k, v in (tensors or {}).items()}
+    groups: list[dict] = []
+    if optimizer is not None:
+        ot, groups = _flatten_optimizer(optimizer)
+        extra.update({k: v.detach().cpu().contiguous() for k, v in ot.items()})
+    save_file(extra, tmp / "optim.safetensors")
+    version = model_version(tmp / "model.safetensors", config)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (tmp / "state.json").write_text(json.dumps({**state, "param_groups": groups, "model_version": version},
+                                               indent=2) + "\n")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return version
+
+
+def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict, dict[str, torch.Tensor]]:
+    """Return (model weights, config, state, extra tensors incl. optimizer) of a checkpoint directory."""
+    path = Path(path)
+    need = ["model.safetensors", "config.json", "state.json"]
+    missing = [n for n in need if not (path / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint (missing {missing}); point at RUN_DIR/checkpoints/last "
+                              "or RUN_DIR/checkpoints/best, or train first")
+    try:
+        weights = load_file(path / "model.safetensors")
+        extra = load_file(path / "optim.safetensors") if (path / "optim.safetensors").is_file() else {}
+        config = json.loads((path / "config.json").read_text())
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError, json.JSONDecodeError) as exc:  # safetensors raises on truncated files
+        raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); retrain or restore it") from exc
+    return weights, config, state, extra
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, extra: dict[str, torch.Tensor], state: dict) -> None:
+    opt.load_state_dict(_unflatten_optimizer(extra, state["param_groups"]))

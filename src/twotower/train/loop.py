@@ -1,0 +1,381 @@
+"""The training loop: windows -> user tower per prefix -> sampled softmax -> AdamW; validation, checkpoints.
+
+One causal forward pass over a window yields a user vector for every prefix, so every position is a
+training example (history strictly before its target) without materialising copies. The loop keeps no
+global state outside the checkpoint: (seed, epoch, batch index) determines the data order, RNG states are
+saved, and ``resume=True`` continues bit-for-bit on CPU. Nothing here assumes a single process beyond the
+batch plan; a distributed sampler would shard ``plan_epoch``'s output by rank.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .. import config as cfgmod
+from ..data.dataset import SequenceData
+from ..evaluate import PRIMARY, evaluate_model
+from ..features import Featurizer
+from ..model import ModelConfig, TwoTower
+from . import checkpoint as ckpt
+from .batches import WindowBatches, plan_epoch
+from .frequency import ExactFrequency, StreamingFrequency
+from .losses import candidate_softmax_loss, sampled_softmax_loss
+from .negatives import FullCorpus, InBatchNegatives, MixedNegatives, UniformNegatives
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, negatives and bookkeeping. Saved with every checkpoint."""
+
+    epochs: int = 20
+    batch_tokens: int = 16384  # training targets per batch (windows x padded length)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    temperature: float = 0.05
+    learn_temperature: bool = False
+    negatives: list[str] = field(default_factory=lambda: ["in_batch", "uniform"])  # in_batch | uniform | full
+    num_uniform: int = 1024
+    logq: str = "streaming"  # streaming (Yi et al.) | exact (training counts) | none
+    logq_alpha: float = 0.01
+    accidental_hits: bool = True
+    fused_loss: bool = True  # candidate-set softmax (same loss, one addmm); False = the reference pipeline
+    split: str = "loo"
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    num_workers: int = 0
+    threads: int = 0  # torch intra-op threads (0 = torch default)
+    eval_every: int = 1  # epochs
+    eval_users: int = 0  # validation users per evaluation (0 = all)
+    patience: int = 3  # evaluations without improvement of the primary metric before stopping
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = end of epoch only)
+    time_budget_s: float = 0.0  # stop (after a checkpoint) once training time exceeds this (0 = no limit)
+    log_every: int = 20
+
+    def __post_init__(self) -> None:
+        bad = [n for n in self.negatives if n not in ("in_batch", "uniform", "full")]
+        if bad or not self.negatives:
+            raise ValueError(f"negatives must be a non-empty list of in_batch|uniform|full, got {self.negatives}")
+        if self.logq not in ("streaming", "exact", "none"):
+            raise ValueError(f"logq must be streaming|exact|none, got {self.logq!r}")
+        if self.split not in ("loo", "time"):
+            raise ValueError(f"split must be loo|time, got {self.split!r}")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class StopTraining(Exception):
+    """Raised by ``stop_after_steps`` (tests use it to simulate a kill)."""
+
+
+def _lr_lambda(cfg: TrainConfig, total_steps: int):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def build_negatives(cfg: TrainConfig, data: SequenceData, targets_per_batch: int):
+    sources = []
+    for name in cfg.negatives:
+        if name == "in_batch":
+            if cfg.logq == "streaming":
+                freq = StreamingFrequency(data.num_items, cfg.logq_alpha)
+            elif cfg.logq == "exact":
+                freq = ExactFrequency(torch.from_numpy(data.item_train_counts(cfg.split).copy()), targets_per_batch)
+            else:
+                freq = None
+            sources.append(InBatchNegatives(freq))
+        elif name == "uniform":
+            sources.append(UniformNegatives(data.num_items, cfg.num_uniform))
+        else:
+            sources.append(FullCorpus(data.num_items))
+    return MixedNegatives(sources)
+
+
+def _param_groups(model: TwoTower, wd: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        # Embedding tables, norms and biases are not decayed (only hit rows get gradients anyway).
+        (no_decay if p.ndim < 2 or "emb" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Owns model, optimizer, negatives and the run directory. ``fit()`` trains; ``resume=True`` continues."""
+
+    def __init__(self, data: SequenceData, cfg: RunConfig, out: str | Path, resume: bool = False):
+        self.data, self.cfg, self.out = data, cfg, Path(out)
+        tc, mc = cfg.train, cfg.model
+        mc.num_actions, mc.num_surfaces = data.num_actions, data.num_surfaces
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.device = torch.device(tc.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but CUDA is not available; set train.device = 'cpu'")
+        torch.manual_seed(tc.seed)
+        self.model = TwoTower(mc).to(self.device)
+        self.feat = Featurizer(data, mc)
+        self.windows = data.train_windows(tc.split, mc.max_len)
+        self.lengths = self.windows[:, 2] - self.windows[:, 1]
+        self.steps_per_epoch = len(plan_epoch(self.lengths, tc.batch_tokens, tc.seed, 0))
+        self.total_steps = self.steps_per_epoch * tc.epochs
+        self.log_tau = torch.nn.Parameter(torch.tensor(math.log(tc.temperature), device=self.device),
+                                          requires_grad=tc.learn_temperature)
+        groups = _param_groups(self.model, tc.weight_decay)
+        if tc.learn_temperature:
+            groups.append({"params": [self.log_tau], "weight_decay": 0.0})
+        self.opt = torch.optim.AdamW(groups, lr=tc.lr, betas=[0.9, 0.98])  # a list survives the JSON round trip
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(tc, self.total_steps))
+        self.negatives = build_negatives(tc, data, tc.batch_tokens)
+        # The fused loss needs every positive among the candidates: true when in-batch negatives are used.
+        self._fast_loss = "in_batch" in tc.negatives and tc.accidental_hits and tc.fused_loss
+        self.gen = torch.Generator().manual_seed(tc.seed)
+        self.state = {"epoch": 0, "batch": 0, "step": 0, "best": -1.0, "best_epoch": -1, "bad_evals": 0,
+                      "train_seconds": 0.0, "examples": 0, "done": False}
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._restore(self.out / "checkpoints" / "last")
+        cfgmod.save(cfg, self.out / "config.json")
+        (self.out / "data_path.txt").write_text(str(Path(data.root).resolve()) + "\n")
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        t = {"torch_rng": torch.get_rng_state(), "sampler_rng": self.gen.get_state(), "log_tau": self.log_tau.data}
+        for i, s in enumerate(self.negatives.sources):
+            freq = getattr(s, "frequency", None)
+            if freq is not None:
+                t.update({f"freq{i}.{k}": v for k, v in freq.state_dict().items()})
+        return t
+
+    def save(self, name: str) -> str:
+        return ckpt.save(self.out / "checkpoints" / name, self.model, cfgmod.to_dict(self.cfg),
+                         dict(self.state), self.opt if name == "last" else None, self._tensors())
+
+    def _restore(self, path: Path) -> None:
+        weights, _, state, extra = ckpt.load(path)
+        self.model.load_state_dict(weights)
+        ckpt.restore_optimizer(self.opt, extra, state)
+        self.state = {k: v for k, v in state.items() if k not in ("param_groups", "model_version")}
+        self.sched.last_epoch = self.state["step"]  # the optimizer's param_groups already carry the lr
+        torch.set_rng_state(extra["extra.torch_rng"])
+        self.gen.set_state(extra["extra.sampler_rng"])
+        self.log_tau.data.copy_(extra["extra.log_tau"])
+        for i, s in enumerate(self.negatives.sources):
+            freq = getattr(s, "frequency", None)
+            if freq is not None:
+                freq.load_state_dict({k.split(".", 2)[2]: v for k, v in extra.items()
+                                      if k.startswith(f"extra.freq{i}.")})
+        log.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.state["epoch"],
+                 self.state["batch"], self.state["step"])
+
+    # --- one step --------------------------------------------------------------------------------------
+    def _queries_and_targets(self, inputs, rows: torch.Tensor):
+        """User vector for every valid target position: ([T, D], target event rows int64 [T])."""
+        seq = self.model.encode_sequence(inputs)  # [B, L, D]
+        off = 1 if self.cfg.model.user_token else 0
+        B, S = rows.shape
+        j = torch.arange(S, device=rows.device)
+        valid = rows >= 0
+        if off == 0:
+            valid &= j[None, :] >= 1  # without a user token the first event has no history at all
+        out_pos = (j + off - 1).clamp_min(0).expand(B, S)
+        q = seq[torch.arange(B, device=seq.device)[:, None].expand(B, S)[valid], out_pos[valid]]
+        return q, rows[valid]
+
+    def _bidirectional(self, inputs, rows: torch.Tensor):
+        """Bidirectional encoder: the history is all but the last event, the last event is the target."""
+        length = inputs.length
+        last = (length - 1).clamp_min(0)
+        target = rows[torch.arange(len(rows)), last]
+        inputs.length = last
+        keep = torch.arange(rows.shape[1])[None, :] < last[:, None]
+        for t in (inputs.history.item, inputs.history.author, inputs.history.feat):
+            t.mul_(keep[..., None])
+        inputs.actions.mul_(keep[..., None])
+        inputs.surface.mul_(keep)
+        q = self.model.encode_user(inputs.to(self.device))
+        ok = (last > 0) if not self.cfg.model.user_token else torch.ones_like(last, dtype=torch.bool)
+        return q[ok.to(q.device)], target[ok]
+
+    def compute_loss(self, inputs, rows: torch.Tensor, fused: bool | None = None):
+        """Loss of one batch: (loss, positive item ids [T], number of candidates)."""
+        tc = self.cfg.train
+        fused = self._fast_loss if fused is None else fused
+        use_amp = tc.amp and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            if self.cfg.model.causal:
+                q, trow = self._queries_and_targets(inputs.to(self.device), rows.to(self.device))
+            else:
+                q, trow = self._bidirectional(inputs, rows)
+            trow_np = trow.cpu().numpy()
+            pos_items = torch.from_numpy(self.data.event_item[trow_np].astype(np.int64))
+            neg_items = self.negatives.sample(pos_items, self.gen)
+            weight = torch.from_numpy(self.data.event_weight[trow_np]).to(self.device)
+            weight = None if bool((weight == 1).all()) else weight
+            tau = self.log_tau.exp()
+            if fused:
+                # Candidates already hold every positive (in-batch source): one column per item, fused loss.
+                labels = torch.searchsorted(neg_items, pos_items).to(self.device)
+                cand = self.model.encode_items(self.feat.items(neg_items.numpy()).to(self.device))  # [M, D]
+                log_q = self.negatives.inclusion_prob(neg_items).log().to(self.device) if tc.logq != "none" else None
+                loss = candidate_softmax_loss(q, cand, labels, tau, log_q, weight)
+            else:
+                all_items, inv = torch.unique(torch.cat([pos_items, neg_items]), return_inverse=True)
+                emb = self.model.encode_items(self.feat.items(all_items.numpy()).to(self.device))  # [M', D]
+                pos = emb[inv[: len(pos_items)].to(self.device)]
+                neg = emb[inv[len(pos_items):].to(self.device)]
+                log_q_pos = log_q_neg = None
+                if tc.logq != "none":
+                    log_q_pos = self.negatives.inclusion_prob(pos_items).log().to(self.device)
+                    log_q_neg = self.negatives.inclusion_prob(neg_items).log().to(self.device)
+                loss = sampled_softmax_loss(q, pos, pos_items.to(self.device), neg, neg_items.to(self.device), tau,
+                                            log_q_pos, log_q_neg, tc.accidental_hits, weight)
+        return loss, pos_items, len(neg_items)
+
+    def step(self, inputs, rows: torch.Tensor) -> dict[str, float]:
+        tc = self.cfg.train
+        loss, pos_items, n_neg = self.compute_loss(inputs, rows)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if tc.grad_clip else 0.0
+        self.opt.step()
+        self.sched.step()
+        self.negatives.observe(pos_items)
+        if tc.learn_temperature:
+            with torch.no_grad():
+                self.log_tau.clamp_(math.log(0.01), math.log(1.0))
+        return {"loss": float(loss.detach()), "targets": len(pos_items), "negatives": n_neg, "grad_norm": float(gnorm)}
+
+    # --- the loop --------------------------------------------------------------------------------------
+    def fit(self, stop_after_steps: int | None = None, progress: bool = True) -> dict:
+        tc = self.cfg.train
+        metrics_path = self.out / "metrics.csv"
+        new_file = not metrics_path.exists()
+        mf = open(metrics_path, "a", newline="")
+        writer = csv.writer(mf)
+        if new_file:
+            writer.writerow(["time", "epoch", "step", "kind", "name", "value"])
+        tb = _tensorboard(self.out)
+        self.model.train()
+        try:
+            while self.state["epoch"] < tc.epochs and not self.state["done"]:
+                epoch = self.state["epoch"]
+                batches = plan_epoch(self.lengths, tc.batch_tokens, tc.seed, epoch)
+                ds = WindowBatches(self.feat, self.windows, batches[self.state["batch"]:])
+                # Own generator: the DataLoader would otherwise draw its worker seed from the global RNG,
+                # shifting dropout masks between an uninterrupted and a resumed run.
+                loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=tc.num_workers,
+                                    generator=torch.Generator().manual_seed(tc.seed + epoch))
+                bar = tqdm(loader, total=len(ds), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress,
+                           dynamic_ncols=True)
+                t_epoch, n_epoch = time.perf_counter(), 0
+                for inputs, rows in bar:
+                    t0 = time.perf_counter()
+                    stats = self.step(inputs, rows)
+                    dt = time.perf_counter() - t0
+                    self.state["train_seconds"] += dt
+                    self.state["examples"] += stats["targets"]
+                    self.state["batch"] += 1
+                    self.state["step"] += 1
+                    n_epoch += stats["targets"]
+                    rate = n_epoch / max(1e-9, time.perf_counter() - t_epoch)
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}", ex_s=f"{rate:,.0f}")
+                    if self.state["step"] % tc.log_every == 0:
+                        for k in ("loss", "grad_norm"):
+                            writer.writerow([round(time.time(), 1), epoch, self.state["step"], "train", k, stats[k]])
+                            if tb:
+                                tb.add_scalar(f"train/{k}", stats[k], self.state["step"])
+                        writer.writerow([round(time.time(), 1), epoch, self.state["step"], "train", "examples_per_s",
+                                         round(rate, 1)])
+                    if tc.checkpoint_every and self.state["step"] % tc.checkpoint_every == 0:
+                        self.save("last")
+                    if stop_after_steps is not None and self.state["step"] >= stop_after_steps:
+                        raise StopTraining
+                    if tc.time_budget_s and self.state["train_seconds"] > tc.time_budget_s:
+                        log.info("time budget of %.0fs reached", tc.time_budget_s)
+                        self.state["done"] = True
+                        break
+                epoch_rate = n_epoch / max(1e-9, time.perf_counter() - t_epoch)
+                if not self.state["done"]:
+                    self.state["epoch"] += 1
+                    self.state["batch"] = 0
+                if tc.eval_every and (self.state["epoch"] % tc.eval_every == 0 or self.state["done"]):
+                    self._validate(writer, tb, epoch, epoch_rate)
+                self.save("last")
+                mf.flush()
+        except StopTraining:
+            pass
+        finally:
+            mf.close()
+            if tb:
+                tb.close()
+        summary = {**self.state, "steps_per_epoch": self.steps_per_epoch,
+                   "examples_per_s": self.state["examples"] / max(1e-9, self.state["train_seconds"])}
+        (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _validate(self, writer, tb, epoch: int, epoch_rate: float) -> None:
+        tc = self.cfg.train
+        m = evaluate_model(self.model, self.feat, tc.split, "valid", ks=(10, 100),
+                           max_users=tc.eval_users or None, device=self.device, seed=tc.seed)
+        score = m[PRIMARY]
+        for k, v in m.items():
+            writer.writerow([round(time.time(), 1), epoch, self.state["step"], "valid", k, v])
+            if tb:
+                tb.add_scalar(f"valid/{k}", v, self.state["step"])
+        log.info("epoch %d: valid %s=%.4f hr@10=%.4f (%.0f examples/s)", self.state["epoch"], PRIMARY, score,
+                 m["filtered/hr@10"], epoch_rate)
+        if score > self.state["best"]:
+            self.state.update(best=score, best_epoch=self.state["epoch"], bad_evals=0)
+            self.save("best")
+        else:
+            self.state["bad_evals"] += 1
+            if self.state["bad_evals"] >= tc.patience:
+                log.info("early stop: no improvement of %s for %d evaluations", PRIMARY, tc.patience)
+                self.state["done"] = True
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: `pip install tensorboard`
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+def load_model(run_or_ckpt: str | Path, which: str = "best", device: str = "cpu") -> tuple[TwoTower, RunConfig, str]:
+    """Load a trained model: (model in eval mode, run config, model version id)."""
+    p = Path(run_or_ckpt)
+    if (p / "checkpoints").is_dir():
+        p = p / "checkpoints" / which
+        if not p.exists():
+            p = p.parent / "last"
+    weights, config, state, _ = ckpt.load(p)
+    cfg = cfgmod.from_dict(RunConfig, config)
+    model = TwoTower(cfg.model)
+    model.load_state_dict(weights)
+    return model.to(device).eval(), cfg, state["model_version"]

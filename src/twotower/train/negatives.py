@@ -1,0 +1,96 @@
+"""Negative-sampling strategies, handed to the loss as objects (not boolean flags).
+
+Each strategy proposes candidate item ids for a batch and states each candidate's expected inclusion
+probability under its own proposal. :class:`MixedNegatives` (Yang et al., "Mixed Negative Sampling for
+Learning Two-tower Neural Networks in Recommendations", WWW 2020) takes the union of its sources; an item's
+inclusion probability under the mixture is the sum over sources (capped at 1), and its logQ correction is
+the log of that. The positive of every query is a column of its own, so duplicates are harmless.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .frequency import ExactFrequency, StreamingFrequency
+
+
+class Negatives(Protocol):
+    def sample(self, pos_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Candidate ids, int64 [M] (unique), for a batch whose positives are ``pos_ids`` [T]."""
+
+    def inclusion_prob(self, ids: torch.Tensor) -> torch.Tensor:
+        """Probability that each id in ``ids`` [M] is among this strategy's candidates, float [M]."""
+
+    def observe(self, pos_ids: torch.Tensor) -> None:
+        """Update any popularity statistics with a batch's positives."""
+
+
+class InBatchNegatives:
+    """The batch's other positives: a popularity-proportional proposal, corrected by a frequency estimate."""
+
+    def __init__(self, frequency: StreamingFrequency | ExactFrequency | None):
+        self.frequency = frequency  # None: no correction (inclusion probability taken as 1)
+
+    def sample(self, pos_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.unique(pos_ids)
+
+    def inclusion_prob(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.ones(len(ids), device=ids.device) if self.frequency is None else self.frequency.prob(ids)
+
+    def observe(self, pos_ids: torch.Tensor) -> None:
+        if self.frequency is not None:
+            self.frequency.update(pos_ids)
+
+
+class UniformNegatives:
+    """``num`` items drawn uniformly from the corpus ``[0, num_items)`` (with replacement, deduplicated)."""
+
+    def __init__(self, num_items: int, num: int):
+        self.num_items, self.num = num_items, num
+
+    def sample(self, pos_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.unique(torch.randint(0, self.num_items, (self.num,), generator=generator)).to(pos_ids.device)
+
+    def inclusion_prob(self, ids: torch.Tensor) -> torch.Tensor:
+        p = 1.0 - (1.0 - 1.0 / self.num_items) ** self.num
+        return torch.full((len(ids),), p, device=ids.device)
+
+    def observe(self, pos_ids: torch.Tensor) -> None:
+        pass
+
+
+class FullCorpus:
+    """Every item is a candidate: the exact full softmax (inclusion probability 1, no correction)."""
+
+    def __init__(self, num_items: int):
+        self.num_items = num_items
+
+    def sample(self, pos_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.arange(self.num_items, device=pos_ids.device)
+
+    def inclusion_prob(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.ones(len(ids), device=ids.device)
+
+    def observe(self, pos_ids: torch.Tensor) -> None:
+        pass
+
+
+class MixedNegatives:
+    """Union of several sources; inclusion probability = min(1, Σ_sources p_s)."""
+
+    def __init__(self, sources: list[Negatives]):
+        if not sources:
+            raise ValueError("MixedNegatives needs at least one source")
+        self.sources = sources
+
+    def sample(self, pos_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.unique(torch.cat([s.sample(pos_ids, generator) for s in self.sources]))
+
+    def inclusion_prob(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.stack([s.inclusion_prob(ids) for s in self.sources]).sum(0).clamp(max=1.0)
+
+    def observe(self, pos_ids: torch.Tensor) -> None:
+        for s in self.sources:
+            s.observe(pos_ids)

@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+
+from twotower.index import IndexConfig, IndexError_, VectorIndex, VersionMismatch
+
+BACKENDS = ["exact", "hnsw", "ivfflat", "ivfpq"]
+
+
+def clustered(n, d=32, centres=40, seed=0, spread=0.35):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d))
+    x = c[rng.integers(0, centres, n)] + spread * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    x = clustered(6000)
+    ids = np.arange(6000, dtype=np.int64) * 7 + 3  # external ids are not positions
+    q = clustered(50, seed=1)
+    return ids, x, q
+
+
+def cfg(backend):
+    return IndexConfig(backend=backend, ivf_nlist=64, ivf_nprobe=16, pq_m=8, hnsw_ef_search=128)
+
+
+def recall(a, b):
+    return np.mean([len(set(x) & set(y)) / len(y) for x, y in zip(a, b)])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_recall_against_exact_and_save_load(corpus, backend, tmp_path):
+    ids, x, q = corpus
+    exact = VectorIndex.build(ids, x, cfg("exact"))
+    _, truth = exact.search(q, 100)
+    idx = VectorIndex.build(ids, x, cfg(backend), model_version="m1")
+    s, got = idx.search(q, 100)
+    assert recall(got, truth) >= 0.95
+    assert (np.diff(s, axis=1) <= 1e-6).all()  # best first
+    idx.save(tmp_path / "i")
+    again = VectorIndex.load(tmp_path / "i", expect_model_version="m1")
+    s2, got2 = again.search(q, 100)
+    np.testing.assert_array_equal(got, got2)
+    np.testing.assert_allclose(s, s2)
+
+
+def test_exact_equals_brute_force(corpus):
+    ids, x, q = corpus
+    s, got = VectorIndex.build(ids, x, IndexConfig(backend="exact", exact_block=1000)).search(q, 10)
+    full = q @ x.T
+    want = np.argsort(-full, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(got, ids[want])
+    np.testing.assert_allclose(s, np.take_along_axis(full, want, 1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inner_product_not_l2(backend):
+    """With vectors of unequal length, inner-product and L2 rankings differ; every backend must rank by IP."""
+    rng = np.random.default_rng(0)
+    x = clustered(3000, d=16, centres=10, seed=2) * rng.uniform(0.3, 3.0, (3000, 1)).astype(np.float32)
+    q = clustered(20, d=16, centres=10, seed=3)
+    ip_truth = np.argsort(-(q @ x.T), axis=1)[:, :10]
+    l2_truth = np.argsort(((q[:, None, :] - x[None]) ** 2).sum(-1), axis=1)[:, :10]
+    assert recall(ip_truth, l2_truth) < 0.5  # the two metrics really disagree on this data
+    idx = VectorIndex.build(np.arange(3000), x, IndexConfig(backend=backend, ivf_nlist=16, ivf_nprobe=16, pq_m=4))
+    _, got = idx.search(q, 10)
+    assert recall(got, ip_truth) >= 0.9
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_filters_return_k_valid_results(corpus, backend):
+    ids, x, q = corpus
+    idx = VectorIndex.build(ids, x, cfg(backend))
+    _, top = idx.search(q[:3], 50)
+    exclude = [top[0][:40], top[1][:10], np.array([], np.int64)]
+    _, got = idx.search(q[:3], 20, exclude=exclude)
+    for row, ex in zip(got, exclude):
+        assert len(set(row) & set(ex)) == 0 and (row >= 0).all() and len(set(row)) == 20
+    _, one = idx.search(q[:1], 20, exclude=top[0][:40])  # single query: selector inside the search
+    assert len(set(one[0]) & set(top[0][:40])) == 0 and (one[0] >= 0).all()
+    allow = ids[::97]  # a 1 % allow-list: fewer than k exist for nothing, k valid results
+    _, got = idx.search(q[:2], 30, allow=allow)
+    assert set(got.ravel()) <= set(allow) and (got >= 0).all()
+    allow = ids[::3]
+    _, got = idx.search(q[:2], 30, allow=allow, exclude=[top[0][:5], top[1][:5]])
+    assert set(got.ravel()) <= set(allow) and (got >= 0).all()
+    s, got = idx.search(q[:1], 10, allow=ids[:4])  # only 4 exist: 4 results, then padding
+    assert sorted(got[0][:4]) == sorted(ids[:4]) and (got[0][4:] == -1).all() and np.isneginf(s[0][4:]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_upsert_and_delete_visible_in_next_search(corpus, backend):
+    ids, x, q = corpus
+    idx = VectorIndex.build(ids, x, cfg(backend))
+    _, top = idx.search(q[:1], 5)
+    assert idx.delete(top[0][:2]) == 2
+    _, after = idx.search(q[:1], 5)
+    assert not set(top[0][:2]) & set(after[0])
+    new_id = np.array([10**9])
+    idx.upsert(new_id, q[:1])  # a new item equal to the query: must come first
+    s, got = idx.search(q[:1], 3)
+    assert got[0][0] == 10**9 and abs(s[0][0] - 1.0) < 1e-3
+    moved = after[0][:1]
+    idx.upsert(moved, -q[:1])  # move an item to the opposite direction: gone from the top
+    _, got = idx.search(q[:1], 50)
+    assert moved[0] not in got[0]
+    assert len(idx) == len(ids) - 2 + 1
+
+
+def test_version_mismatch_and_corrupt_files(corpus, tmp_path):
+    ids, x, _ = corpus
+    VectorIndex.build(ids, x, cfg("hnsw"), model_version="A").save(tmp_path / "i")
+    with pytest.raises(VersionMismatch, match="model version A.*version B"):
+        VectorIndex.load(tmp_path / "i", expect_model_version="B")
+    VectorIndex.load(tmp_path / "i", expect_model_version="B", allow_version_mismatch=True)
+    f = tmp_path / "i" / "faiss.index"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(IndexError_, match="corrupt or truncated"):
+        VectorIndex.load(tmp_path / "i")
+    f.unlink()
+    with pytest.raises(IndexError_, match="missing"):
+        VectorIndex.load(tmp_path / "i")
+    with pytest.raises(IndexError_, match="not an index"):
+        VectorIndex.load(tmp_path / "nothing")
+
+
+def test_bad_queries_are_clear_errors(corpus):
+    ids, x, q = corpus
+    idx = VectorIndex.build(ids, x, cfg("exact"))
+    with pytest.raises(ValueError, match=r"shape \[B, 32\]"):
+        idx.search(np.zeros((2, 5), np.float32), 3)
+    with pytest.raises(ValueError, match="NaN"):
+        idx.search(np.full((1, 32), np.nan, np.float32), 3)
+    with pytest.raises(ValueError, match="k must be"):
+        idx.search(q[:1], 0)
