@@ -71,34 +71,53 @@ def main() -> None:
         pop = evaluate_popularity(data, rc.train.split, "test")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row = {
-        "hr@10": res["filtered/hr@10"], "ndcg@10": res["filtered/ndcg@10"], "hr@100": res["filtered/hr@100"],
-        "hr@200": res["filtered/hr@200"], "mrr": res["filtered/mrr"],
-        "unfiltered_hr@10": res["all/hr@10"], "unfiltered_ndcg@10": res["all/ndcg@10"],
-        "unfiltered_hr@100": res["all/hr@100"], "unfiltered_hr@200": res["all/hr@200"],
-        "popularity_hr@10": pop["filtered/hr@10"], "popularity_ndcg@10": pop["filtered/ndcg@10"],
-        "train_seconds": round(summary["train_seconds"], 1), "wall_seconds_incl_validation": round(wall, 1),
-        "epochs": summary["epoch"], "best_epoch": summary["best_epoch"],
-        "train_examples_per_s": round(summary["examples_per_s"], 1), "peak_rss_mib": round(peak, 1),
-        "model_version": version, "overrides": args.set,
+        "hr@10": res["filtered/hr@10"],
+        "ndcg@10": res["filtered/ndcg@10"],
+        "hr@100": res["filtered/hr@100"],
+        "hr@200": res["filtered/hr@200"],
+        "mrr": res["filtered/mrr"],
+        "unfiltered_hr@10": res["all/hr@10"],
+        "unfiltered_ndcg@10": res["all/ndcg@10"],
+        "unfiltered_hr@100": res["all/hr@100"],
+        "unfiltered_hr@200": res["all/hr@200"],
+        "popularity_hr@10": pop["filtered/hr@10"],
+        "popularity_ndcg@10": pop["filtered/ndcg@10"],
+        "train_seconds": round(summary["train_seconds"], 1),
+        "wall_seconds_incl_validation": round(wall, 1),
+        "epochs": summary["epoch"],
+        "best_epoch": summary["best_epoch"],
+        "train_examples_per_s": round(summary["examples_per_s"], 1),
+        "peak_rss_mib": round(peak, 1),
+        "model_version": version,
+        "overrides": args.set,
     }
     print(f"\nML-1M test, leave-last-out, {int(res['num_users'])} users, all {data.num_items:,} items ranked")
     print(f"{'':<40}{'HR@10':>8}{'NDCG@10':>9}{'R@100':>8}{'R@200':>8}")
-    print(f"{'twotower (seen items removed)':<40}{row['hr@10']:>8.4f}{row['ndcg@10']:>9.4f}{row['hr@100']:>8.4f}"
-          f"{row['hr@200']:>8.4f}")
-    print(f"{'twotower (unfiltered)':<40}{row['unfiltered_hr@10']:>8.4f}{row['unfiltered_ndcg@10']:>9.4f}"
-          f"{row['unfiltered_hr@100']:>8.4f}{row['unfiltered_hr@200']:>8.4f}")
+    print(
+        f"{'twotower (seen items removed)':<40}{row['hr@10']:>8.4f}{row['ndcg@10']:>9.4f}{row['hr@100']:>8.4f}"
+        f"{row['hr@200']:>8.4f}"
+    )
+    print(
+        f"{'twotower (unfiltered)':<40}{row['unfiltered_hr@10']:>8.4f}{row['unfiltered_ndcg@10']:>9.4f}"
+        f"{row['unfiltered_hr@100']:>8.4f}{row['unfiltered_hr@200']:>8.4f}"
+    )
     print(f"{'popularity (seen items removed)':<40}{row['popularity_hr@10']:>8.4f}{row['popularity_ndcg@10']:>9.4f}")
     for name, ref in REFERENCE.items():
-        print(f"{name:<40}{ref.get('hr@10', float('nan')):>8.4f}{ref.get('ndcg@10', float('nan')):>9.4f}"
-              f"{ref.get('hr@100', float('nan')):>8.4f}{ref.get('hr@200', float('nan')):>8.4f}")
-    print(f"training {row['train_seconds']:.0f} s ({row['epochs']} epochs, best {row['best_epoch']}), "
-          f"{row['train_examples_per_s']:,.0f} examples/s, peak RSS {row['peak_rss_mib']:.0f} MiB")
+        print(
+            f"{name:<40}{ref.get('hr@10', float('nan')):>8.4f}{ref.get('ndcg@10', float('nan')):>9.4f}"
+            f"{ref.get('hr@100', float('nan')):>8.4f}{ref.get('hr@200', float('nan')):>8.4f}"
+        )
+    print(
+        f"training {row['train_seconds']:.0f} s ({row['epochs']} epochs, best {row['best_epoch']}), "
+        f"{row['train_examples_per_s']:,.0f} examples/s, peak RSS {row['peak_rss_mib']:.0f} MiB"
+    )
     target = row["hr@10"] >= 0.31 and row["ndcg@10"] >= 0.175 and row["train_seconds"] <= 1800
     print(f"target HR@10 >= 0.31 and NDCG@10 >= 0.175 within 1800 s: {'MET' if target else 'NOT MET'}")
     row["target_met"] = target
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"benchmark": "ml1m_quality", "config": cfgmod.to_dict(cfg), **row},
-                                         indent=2) + "\n")
+    Path(args.out).write_text(
+        json.dumps({"benchmark": "ml1m_quality", "config": cfgmod.to_dict(cfg), **row}, indent=2) + "\n"
+    )
     print(f"wrote {args.out}")
 
 

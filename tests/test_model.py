@@ -10,9 +10,19 @@ from twotower.model import ModelConfig, TwoTower
 @pytest.fixture
 def setup(synth_data):
     data = SequenceData.load(synth_data)
-    cfg = ModelConfig(dim=16, num_heads=2, num_layers=2, max_len=12, item_buckets=512, user_buckets=512,
-                      author_buckets=64, feature_buckets=64, num_actions=data.num_actions,
-                      num_surfaces=data.num_surfaces, positions="learned+time")
+    cfg = ModelConfig(
+        dim=16,
+        num_heads=2,
+        num_layers=2,
+        max_len=12,
+        item_buckets=512,
+        user_buckets=512,
+        author_buckets=64,
+        feature_buckets=64,
+        num_actions=data.num_actions,
+        num_surfaces=data.num_surfaces,
+        positions="learned+time",
+    )
     torch.manual_seed(0)
     return data, cfg, TwoTower(cfg).eval(), Featurizer(data, cfg)
 

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import small_run_config
 from safetensors.torch import load_file
 
-from conftest import small_run_config
 from twotower.data import SequenceData
 from twotower.evaluate import evaluate_model, evaluate_popularity
 from twotower.features import Featurizer
@@ -46,8 +46,10 @@ def test_training_learns_structure(synth_data, tmp_path):
     assert any(",valid,filtered/ndcg@10," in r for r in rows) and any(",train,loss," in r for r in rows)
 
 
-@pytest.mark.parametrize("negatives,logq", [(["in_batch", "uniform"], "streaming"), (["uniform"], "exact"),
-                                            (["full"], "none"), (["in_batch"], "exact")])
+@pytest.mark.parametrize(
+    "negatives,logq",
+    [(["in_batch", "uniform"], "streaming"), (["uniform"], "exact"), (["full"], "none"), (["in_batch"], "exact")],
+)
 def test_every_negative_strategy_trains(synth_data, tmp_path, negatives, logq):
     data = SequenceData.load(synth_data)
     cfg = small_run_config(epochs=1, negatives=negatives, logq=logq, eval_every=0)

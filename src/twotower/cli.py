@@ -114,9 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     from .data.readers import DataError
 
+    errors: tuple[type[BaseException], ...] = (DataError, ConfigError, FileNotFoundError)
+    if args.command not in ("prepare", "synth"):
+        from .index.base import IndexError_
+        from .train.checkpoint import CheckpointError
+
+        errors += (IndexError_, CheckpointError)
     try:
         return int(args.func(args) or 0)
-    except (DataError, ConfigError, FileNotFoundError) as exc:
+    except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -32,9 +32,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.train.time_budget_s = args.time_budget
     data = SequenceData.load(args.data)
     summary = Trainer(data, cfg, args.out, resume=args.resume).fit(progress=not args.no_progress)
-    print(f"trained {summary['step']} steps, {summary['epoch']} epochs, {summary['train_seconds']:.0f} s, "
-          f"{summary['examples_per_s']:,.0f} examples/s; best valid ndcg@10 {summary['best']:.4f} "
-          f"(epoch {summary['best_epoch']}) -> {args.out}")
+    print(
+        f"trained {summary['step']} steps, {summary['epoch']} epochs, {summary['train_seconds']:.0f} s, "
+        f"{summary['examples_per_s']:,.0f} examples/s; best valid ndcg@10 {summary['best']:.4f} "
+        f"(epoch {summary['best_epoch']}) -> {args.out}"
+    )
     return 0
 
 
@@ -53,19 +55,75 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, cfg, version = load_model(run, device=args.device)
     data = SequenceData.load(data_dir)
     scheme = cfg.train.split
-    res = {"model": evaluate_model(model, Featurizer(data, cfg.model), scheme, args.split, device=args.device,
-                                   progress=True),
-           "popularity": evaluate_popularity(data, scheme, args.split)}
+    res = {
+        "model": evaluate_model(
+            model, Featurizer(data, cfg.model), scheme, args.split, device=args.device, progress=True
+        ),
+        "popularity": evaluate_popularity(data, scheme, args.split),
+    }
     rows = {}
     for name, m in res.items():
         for variant in ("filtered", "all"):
             rows[f"{name} [{variant}]"] = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith(variant)}
-    print(f"{args.split} split ({scheme}), {int(res['model']['num_users'])} users, full ranking of "
-          f"{data.num_items:,} items; [filtered] = the user's seen items removed; model {version}")
+    print(
+        f"{args.split} split ({scheme}), {int(res['model']['num_users'])} users, full ranking of "
+        f"{data.num_items:,} items; [filtered] = the user's seen items removed; model {version}"
+    )
     print(_fmt_table(rows, TABLE_KEYS))
     out = Path(args.out) if args.out else run / f"eval_{args.split}.json"
     out.write_text(json.dumps({"model_version": version, "split": args.split, "scheme": scheme, **res}, indent=2))
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_items
+
+    m = export_items(
+        args.run, args.out, dtype=args.dtype, data_dir=args.data, device=args.device, progress=not args.no_progress
+    )
+    print(
+        f"exported {m['count']:,} items x {m['dim']} ({m['dtype']}) at {m['items_per_s']:,.0f} items/s, "
+        f"model {m['model_version']} -> {args.out}"
+    )
+    return 0
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from .index import IndexConfig
+    from .index.publish import build_and_publish
+
+    cfg = IndexConfig(backend=args.backend)
+    for key in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nlist", "ivf_nprobe", "pq_m"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    res = build_and_publish(args.emb, args.out, cfg, recall_floor=args.recall_floor)
+    r = res["recall"]
+    print(
+        f"published {res['version']}: recall@10 {r['recall@10']:.4f}, recall@100 {r['recall@100']:.4f} "
+        f"on {res['recall_queries']} real user vectors; build {res['build_seconds']:.1f} s -> {args.out}"
+    )
+    return 0
+
+
+def cmd_index_rollback(args: argparse.Namespace) -> int:
+    from .index.publish import rollback
+
+    print(f"CURRENT -> {rollback(args.root, args.to)}")
+    return 0
+
+
+def cmd_index_list(args: argparse.Namespace) -> int:
+    from .index.base import read_manifest
+    from .index.publish import current_version, history
+
+    cur = current_version(args.root)
+    for v in history(args.root):
+        m = read_manifest(Path(args.root) / "versions" / v, verify=False)
+        print(
+            f"{'*' if v == cur else ' '} {v}  {m['config']['backend']:<8} {m['count']:>10,} items  "
+            f"recall@100 {m['recall']['recall@100']:.4f}  model {m['model_version']}"
+        )
     return 0
 
 
@@ -88,3 +146,37 @@ def add_commands(sub) -> None:
     s.add_argument("--device", default="cpu")
     s.add_argument("--out", help="JSON path (default RUN/eval_SPLIT.json)")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("export", help="encode every item with the candidate tower")
+    s.add_argument("--run", required=True)
+    s.add_argument("--out", required=True, help="embeddings directory")
+    s.add_argument("--data", help="dataset directory (default: the run's)")
+    s.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("index", help="build / publish / roll back ANN indexes")
+    isub = s.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser("build", help="build an index, measure recall vs exact, publish atomically")
+    b.add_argument("--emb", required=True, help="embeddings directory from `twotower export`")
+    b.add_argument("--out", required=True, help="index root (versions/, CURRENT)")
+    b.add_argument("--backend", default="hnsw", choices=["exact", "hnsw", "ivfflat", "ivfpq"])
+    b.add_argument("--recall-floor", type=float, default=0.95, help="refuse to publish below this recall@100")
+    for key, typ in (
+        ("hnsw_m", int),
+        ("hnsw_ef_construction", int),
+        ("hnsw_ef_search", int),
+        ("ivf_nlist", int),
+        ("ivf_nprobe", int),
+        ("pq_m", int),
+    ):
+        b.add_argument("--" + key.replace("_", "-"), type=typ, dest=key)
+    b.set_defaults(func=cmd_index_build)
+    r = isub.add_parser("rollback", help="point CURRENT at the previous (or a named) version")
+    r.add_argument("--root", required=True)
+    r.add_argument("--to")
+    r.set_defaults(func=cmd_index_rollback)
+    ls = isub.add_parser("list", help="published versions (* = current)")
+    ls.add_argument("--root", required=True)
+    ls.set_defaults(func=cmd_index_list)

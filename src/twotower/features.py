@@ -32,8 +32,10 @@ class Featurizer:
     def __init__(self, data: SequenceData, cfg: ModelConfig):
         H = cfg.num_hashes
         if H > data.item_hash.shape[1]:
-            raise ValueError(f"model wants {H} hashes but the dataset was prepared with {data.item_hash.shape[1]}; "
-                             "re-run `twotower prepare --num-hashes` or lower model.num_hashes")
+            raise ValueError(
+                f"model wants {H} hashes but the dataset was prepared with {data.item_hash.shape[1]}; "
+                "re-run `twotower prepare --num-hashes` or lower model.num_hashes"
+            )
         self.data, self.cfg = data, cfg
         self.item_hash = to_buckets(data.item_hash[:, :H], cfg.item_buckets)
         self.item_author = to_buckets(data.item_author_hash[:, :H], cfg.author_buckets)
@@ -46,8 +48,11 @@ class Featurizer:
     def items(self, idx: np.ndarray | None = None) -> ItemInputs:
         """Item inputs for dense item indices ``idx`` [N] (all items when None)."""
         sl = slice(None) if idx is None else idx
-        return ItemInputs(torch.from_numpy(self.item_hash[sl]), torch.from_numpy(self.item_author[sl]),
-                          torch.from_numpy(self.item_feat[sl]))
+        return ItemInputs(
+            torch.from_numpy(self.item_hash[sl]),
+            torch.from_numpy(self.item_author[sl]),
+            torch.from_numpy(self.item_feat[sl]),
+        )
 
     def users(self, user: np.ndarray, start: np.ndarray, end: np.ndarray, pad_to: int | None = None) -> UserInputs:
         """Histories = events ``start[b] .. end[b]-1`` of user ``user[b]``, right-padded to the longest.
@@ -73,8 +78,7 @@ class Featurizer:
         return UserInputs(
             user=torch.from_numpy(self.user_hash[user]),
             user_feat=torch.from_numpy(self.user_feat[user]),
-            history=ItemInputs(torch.from_numpy(hist_item), torch.from_numpy(hist_author),
-                               torch.from_numpy(hist_feat)),
+            history=ItemInputs(torch.from_numpy(hist_item), torch.from_numpy(hist_author), torch.from_numpy(hist_feat)),
             actions=torch.from_numpy(actions),
             surface=torch.from_numpy(surface),
             gap=torch.from_numpy(gap_buckets(gap, self.cfg.time_buckets)),

@@ -30,11 +30,12 @@ def seen_mask(data: SequenceData, users: np.ndarray, target_rows: np.ndarray) ->
     return mask
 
 
-def _ranks(score_fn, data: SequenceData, users: np.ndarray, rows: np.ndarray, batch: int,
-           progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def _ranks(
+    score_fn, data: SequenceData, users: np.ndarray, rows: np.ndarray, batch: int, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
     all_r, filt_r = [], []
     for lo in tqdm(range(0, len(users), batch), desc="evaluate", disable=not progress, leave=False):
-        u, r = users[lo:lo + batch], rows[lo:lo + batch]
+        u, r = users[lo : lo + batch], rows[lo : lo + batch]
         scores = score_fn(u, r).float().cpu()
         target = torch.from_numpy(data.event_item[r].astype(np.int64))
         all_r.append(target_ranks(scores, target).numpy())
@@ -58,9 +59,18 @@ def _select(data: SequenceData, scheme: str, which: str, max_users: int | None, 
 
 
 @torch.no_grad()
-def evaluate_model(model: TwoTower, feat: Featurizer, scheme: str = "loo", which: str = "test",
-                   ks: tuple[int, ...] = KS, max_users: int | None = None, batch: int = 512,
-                   device: str | torch.device = "cpu", progress: bool = False, seed: int = 0) -> dict[str, float]:
+def evaluate_model(
+    model: TwoTower,
+    feat: Featurizer,
+    scheme: str = "loo",
+    which: str = "test",
+    ks: tuple[int, ...] = KS,
+    max_users: int | None = None,
+    batch: int = 512,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    seed: int = 0,
+) -> dict[str, float]:
     """Rank every item for each target of split ``which``; returns ``{"all/hr@10": …, "filtered/…": …}``."""
     data = feat.data
     was_training = model.training
@@ -78,17 +88,26 @@ def evaluate_model(model: TwoTower, feat: Featurizer, scheme: str = "loo", which
 
 
 @torch.no_grad()
-def encode_corpus(model: TwoTower, feat: Featurizer, device: str | torch.device = "cpu",
-                  batch: int = 65536) -> torch.Tensor:
+def encode_corpus(
+    model: TwoTower, feat: Featurizer, device: str | torch.device = "cpu", batch: int = 65536
+) -> torch.Tensor:
     """Candidate tower over every item of the featurizer's corpus: [N, D] float32 on ``device``."""
     n = feat.data.num_items
-    parts = [model.encode_items(feat.items(np.arange(lo, min(n, lo + batch))).to(device)).float()
-             for lo in range(0, n, batch)]
+    parts = [
+        model.encode_items(feat.items(np.arange(lo, min(n, lo + batch))).to(device)).float()
+        for lo in range(0, n, batch)
+    ]
     return torch.cat(parts)
 
 
-def evaluate_popularity(data: SequenceData, scheme: str = "loo", which: str = "test", ks: tuple[int, ...] = KS,
-                        max_users: int | None = None, seed: int = 0) -> dict[str, float]:
+def evaluate_popularity(
+    data: SequenceData,
+    scheme: str = "loo",
+    which: str = "test",
+    ks: tuple[int, ...] = KS,
+    max_users: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
     """Most-popular baseline (training counts), ranked by the same code as the model."""
     counts = torch.from_numpy(data.item_train_counts(scheme).astype(np.float32))
     users, rows = _select(data, scheme, which, max_users, seed)

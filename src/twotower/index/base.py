@@ -115,6 +115,8 @@ def read_manifest(path: Path, verify: bool = True) -> dict:
             if not f.is_file():
                 raise IndexError_(f"index file {f} is missing; rebuild the index or roll back")
             if sha256_file(f) != digest:
-                raise IndexError_(f"index file {f} is corrupt or truncated (checksum mismatch); "
-                                  "rebuild the index or roll back to an earlier version")
+                raise IndexError_(
+                    f"index file {f} is corrupt or truncated (checksum mismatch); "
+                    "rebuild the index or roll back to an earlier version"
+                )
     return manifest

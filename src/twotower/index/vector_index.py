@@ -57,8 +57,9 @@ class VectorIndex:
 
     # --- building and mutation -------------------------------------------------------------------------
     @classmethod
-    def build(cls, ids: np.ndarray, embeddings: np.ndarray, config: IndexConfig | None = None,
-              model_version: str = "unknown") -> VectorIndex:
+    def build(
+        cls, ids: np.ndarray, embeddings: np.ndarray, config: IndexConfig | None = None, model_version: str = "unknown"
+    ) -> VectorIndex:
         """Index ``embeddings`` [N, D] (unit norm) under ``ids`` [N] (unique int64)."""
         emb = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
         ids = np.asarray(ids, dtype=np.int64)
@@ -90,6 +91,14 @@ class VectorIndex:
             if d % cfg.pq_m:
                 raise ValueError(f"pq_m ({cfg.pq_m}) must divide the dimension ({d})")
             index = faiss.IndexIVFPQ(quantizer, d, nlist, cfg.pq_m, cfg.pq_bits, ip)
+        need = max(nlist, 2**cfg.pq_bits if cfg.backend == "ivfpq" else 1)
+        if len(train) < need:
+            raise ValueError(
+                f"{cfg.backend} with nlist={nlist}"
+                + (f", pq_bits={cfg.pq_bits}" if cfg.backend == "ivfpq" else "")
+                + f" needs at least {need} vectors to train, got {len(train)}; "
+                "use a smaller ivf_nlist / pq_bits or the hnsw / exact backend"
+            )
         sample = train[np.random.default_rng(0).permutation(len(train))[: max(nlist * 64, 10000)]]
         index.train(sample)
         index.quantizer_trains_alone = 0
@@ -143,8 +152,9 @@ class VectorIndex:
         return int(self.alive.sum())
 
     # --- search ----------------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, exclude=None, allow: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, exclude=None, allow: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product. queries [B, D] -> (scores float32 [B, K], ids int64 [B, K])."""
         q = as_queries(queries, self.dim)
         if k < 1:
@@ -175,9 +185,9 @@ class VectorIndex:
         best_s, best_l = None, None
         block = self.config.exact_block
         for lo in range(0, n, block):
-            s = Q @ V[lo:lo + block].T  # [B, blk]
-            if bool(dead[lo:lo + block].any()):
-                s.masked_fill_(dead[lo:lo + block][None, :], float("-inf"))
+            s = Q @ V[lo : lo + block].T  # [B, blk]
+            if bool(dead[lo : lo + block].any()):
+                s.masked_fill_(dead[lo : lo + block][None, :], float("-inf"))
             if ex_labels is not None:
                 for b, e in enumerate(ex_labels):
                     e = e[(e >= lo) & (e < lo + block)] - lo
@@ -193,8 +203,9 @@ class VectorIndex:
                 best_l = cat_l.gather(1, pos)
         scores, labels = best_s.numpy(), best_l.numpy()
         valid = np.isfinite(scores)
-        return pad_results([scores[b][valid[b]] for b in range(len(q))],
-                           [self.ids[labels[b][valid[b]]] for b in range(len(q))], k)
+        return pad_results(
+            [scores[b][valid[b]] for b in range(len(q))], [self.ids[labels[b][valid[b]]] for b in range(len(q))], k
+        )
 
     def _params(self, selector):
         faiss, cfg = _faiss(), self.config
@@ -278,10 +289,18 @@ class VectorIndex:
             files.append("faiss.index")
         from ..config import to_dict
 
-        manifest = {"format": FORMAT, "kind": "twotower-index", "dim": self.dim, "count": len(self),
-                    "slots": len(self.alive), "model_version": self.model_version, "config": to_dict(self.config),
-                    "metric": "inner_product", "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    **(extra or {})}
+        manifest = {
+            "format": FORMAT,
+            "kind": "twotower-index",
+            "dim": self.dim,
+            "count": len(self),
+            "slots": len(self.alive),
+            "model_version": self.model_version,
+            "config": to_dict(self.config),
+            "metric": "inner_product",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(extra or {}),
+        }
         write_manifest(tmp, manifest, files)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -292,8 +311,9 @@ class VectorIndex:
             os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | Path, expect_model_version: str | None = None,
-             allow_version_mismatch: bool = False) -> VectorIndex:
+    def load(
+        cls, path: str | Path, expect_model_version: str | None = None, allow_version_mismatch: bool = False
+    ) -> VectorIndex:
         """Load an index; checksums are verified first, so a truncated file is a clear error, not a crash."""
         path = Path(path)
         manifest = read_manifest(path)
@@ -318,10 +338,20 @@ class VectorIndex:
         except (OSError, ValueError, RuntimeError) as exc:
             raise IndexError_(f"cannot read index {path}: {exc}; rebuild it or roll back") from exc
         if idx._faiss_index is not None and idx._faiss_index.ntotal != len(idx.alive):
-            raise IndexError_(f"{path}: FAISS index holds {idx._faiss_index.ntotal} vectors, manifest "
-                              f"{len(idx.alive)}; rebuild the index")
+            raise IndexError_(
+                f"{path}: FAISS index holds {idx._faiss_index.ntotal} vectors, manifest "
+                f"{len(idx.alive)}; rebuild the index"
+            )
         return idx
 
     def info(self) -> dict:
-        return json.loads(json.dumps({"dim": self.dim, "count": len(self), "backend": self.config.backend,
-                                      "model_version": self.model_version}))
+        return json.loads(
+            json.dumps(
+                {
+                    "dim": self.dim,
+                    "count": len(self),
+                    "backend": self.config.backend,
+                    "model_version": self.model_version,
+                }
+            )
+        )

@@ -51,8 +51,13 @@ class UserInputs:
 
     def to(self, device: torch.device | str) -> UserInputs:
         return UserInputs(
-            self.user.to(device), self.user_feat.to(device), self.history.to(device), self.actions.to(device),
-            self.surface.to(device), self.gap.to(device), self.length.to(device),
+            self.user.to(device),
+            self.user_feat.to(device),
+            self.history.to(device),
+            self.actions.to(device),
+            self.surface.to(device),
+            self.gap.to(device),
+            self.length.to(device),
         )
 
 
@@ -107,7 +112,11 @@ class Block(nn.Module):
         q, k, v = (t.view(B, L, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, h, L, hs)
         # Causal + right padding needs no key mask: valid positions only ever see earlier (valid) ones.
         att = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=None if causal else key_mask[:, None, None, :], is_causal=causal,
+            q,
+            k,
+            v,
+            attn_mask=None if causal else key_mask[:, None, None, :],
+            is_causal=causal,
             dropout_p=self.p if self.training else 0.0,
         )
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(B, L, D)))
@@ -190,8 +199,11 @@ class TwoTower(nn.Module):
         if self.cfg.pooling == "mean":  # masked mean over the visible prefix 0..j
             m = key_mask[..., None].to(x.dtype)
             denom = torch.arange(1, L + 1, device=x.device, dtype=x.dtype)[None, :, None]
-            x = (x * m).cumsum(1) / denom if self.cfg.causal else ((x * m).sum(1, keepdim=True) /
-                                                                   m.sum(1, keepdim=True)).expand_as(x)
+            x = (
+                (x * m).cumsum(1) / denom
+                if self.cfg.causal
+                else ((x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)).expand_as(x)
+            )
         return F.normalize(x, dim=-1)
 
     def encode_user(self, u: UserInputs) -> torch.Tensor:

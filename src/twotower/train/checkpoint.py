@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 
@@ -51,8 +52,14 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -
     return {"state": state, "param_groups": groups}
 
 
-def save(path: str | Path, model: torch.nn.Module, config: dict, state: dict[str, Any],
-         optimizer: torch.optim.Optimizer | None = None, tensors: dict[str, torch.Tensor] | None = None) -> str:
+def save(
+    path: str | Path,
+    model: torch.nn.Module,
+    config: dict,
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> str:
     """Atomically write a checkpoint; returns the model version id."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -68,8 +75,9 @@ def save(path: str | Path, model: torch.nn.Module, config: dict, state: dict[str
     save_file(extra, tmp / "optim.safetensors")
     version = model_version(tmp / "model.safetensors", config)
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (tmp / "state.json").write_text(json.dumps({**state, "param_groups": groups, "model_version": version},
-                                               indent=2) + "\n")
+    (tmp / "state.json").write_text(
+        json.dumps({**state, "param_groups": groups, "model_version": version}, indent=2) + "\n"
+    )
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
         os.replace(path, old)
@@ -84,14 +92,16 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict, dict[st
     need = ["model.safetensors", "config.json", "state.json"]
     missing = [n for n in need if not (path / n).is_file()]
     if missing:
-        raise CheckpointError(f"{path} is not a checkpoint (missing {missing}); point at RUN_DIR/checkpoints/last "
-                              "or RUN_DIR/checkpoints/best, or train first")
+        raise CheckpointError(
+            f"{path} is not a checkpoint (missing {missing}); point at RUN_DIR/checkpoints/last "
+            "or RUN_DIR/checkpoints/best, or train first"
+        )
     try:
         weights = load_file(path / "model.safetensors")
         extra = load_file(path / "optim.safetensors") if (path / "optim.safetensors").is_file() else {}
         config = json.loads((path / "config.json").read_text())
         state = json.loads((path / "state.json").read_text())
-    except (OSError, ValueError, json.JSONDecodeError) as exc:  # safetensors raises on truncated files
+    except (OSError, ValueError, SafetensorError) as exc:  # truncated or garbled files
         raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); retrain or restore it") from exc
     return weights, config, state, extra
 

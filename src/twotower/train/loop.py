@@ -143,8 +143,9 @@ class Trainer:
         self.lengths = self.windows[:, 2] - self.windows[:, 1]
         self.steps_per_epoch = len(plan_epoch(self.lengths, tc.batch_tokens, tc.seed, 0))
         self.total_steps = self.steps_per_epoch * tc.epochs
-        self.log_tau = torch.nn.Parameter(torch.tensor(math.log(tc.temperature), device=self.device),
-                                          requires_grad=tc.learn_temperature)
+        self.log_tau = torch.nn.Parameter(
+            torch.tensor(math.log(tc.temperature), device=self.device), requires_grad=tc.learn_temperature
+        )
         groups = _param_groups(self.model, tc.weight_decay)
         if tc.learn_temperature:
             groups.append({"params": [self.log_tau], "weight_decay": 0.0})
@@ -154,8 +155,17 @@ class Trainer:
         # The fused loss needs every positive among the candidates: true when in-batch negatives are used.
         self._fast_loss = "in_batch" in tc.negatives and tc.accidental_hits and tc.fused_loss
         self.gen = torch.Generator().manual_seed(tc.seed)
-        self.state = {"epoch": 0, "batch": 0, "step": 0, "best": -1.0, "best_epoch": -1, "bad_evals": 0,
-                      "train_seconds": 0.0, "examples": 0, "done": False}
+        self.state = {
+            "epoch": 0,
+            "batch": 0,
+            "step": 0,
+            "best": -1.0,
+            "best_epoch": -1,
+            "bad_evals": 0,
+            "train_seconds": 0.0,
+            "examples": 0,
+            "done": False,
+        }
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self._restore(self.out / "checkpoints" / "last")
@@ -172,8 +182,14 @@ class Trainer:
         return t
 
     def save(self, name: str) -> str:
-        return ckpt.save(self.out / "checkpoints" / name, self.model, cfgmod.to_dict(self.cfg),
-                         dict(self.state), self.opt if name == "last" else None, self._tensors())
+        return ckpt.save(
+            self.out / "checkpoints" / name,
+            self.model,
+            cfgmod.to_dict(self.cfg),
+            dict(self.state),
+            self.opt if name == "last" else None,
+            self._tensors(),
+        )
 
     def _restore(self, path: Path) -> None:
         weights, _, state, extra = ckpt.load(path)
@@ -187,10 +203,16 @@ class Trainer:
         for i, s in enumerate(self.negatives.sources):
             freq = getattr(s, "frequency", None)
             if freq is not None:
-                freq.load_state_dict({k.split(".", 2)[2]: v for k, v in extra.items()
-                                      if k.startswith(f"extra.freq{i}.")})
-        log.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.state["epoch"],
-                 self.state["batch"], self.state["step"])
+                freq.load_state_dict(
+                    {k.split(".", 2)[2]: v for k, v in extra.items() if k.startswith(f"extra.freq{i}.")}
+                )
+        log.info(
+            "resumed from %s at epoch %d, batch %d (step %d)",
+            path,
+            self.state["epoch"],
+            self.state["batch"],
+            self.state["step"],
+        )
 
     # --- one step --------------------------------------------------------------------------------------
     def _queries_and_targets(self, inputs, rows: torch.Tensor):
@@ -247,13 +269,23 @@ class Trainer:
                 all_items, inv = torch.unique(torch.cat([pos_items, neg_items]), return_inverse=True)
                 emb = self.model.encode_items(self.feat.items(all_items.numpy()).to(self.device))  # [M', D]
                 pos = emb[inv[: len(pos_items)].to(self.device)]
-                neg = emb[inv[len(pos_items):].to(self.device)]
+                neg = emb[inv[len(pos_items) :].to(self.device)]
                 log_q_pos = log_q_neg = None
                 if tc.logq != "none":
                     log_q_pos = self.negatives.inclusion_prob(pos_items).log().to(self.device)
                     log_q_neg = self.negatives.inclusion_prob(neg_items).log().to(self.device)
-                loss = sampled_softmax_loss(q, pos, pos_items.to(self.device), neg, neg_items.to(self.device), tau,
-                                            log_q_pos, log_q_neg, tc.accidental_hits, weight)
+                loss = sampled_softmax_loss(
+                    q,
+                    pos,
+                    pos_items.to(self.device),
+                    neg,
+                    neg_items.to(self.device),
+                    tau,
+                    log_q_pos,
+                    log_q_neg,
+                    tc.accidental_hits,
+                    weight,
+                )
         return loss, pos_items, len(neg_items)
 
     def step(self, inputs, rows: torch.Tensor) -> dict[str, float]:
@@ -285,13 +317,23 @@ class Trainer:
             while self.state["epoch"] < tc.epochs and not self.state["done"]:
                 epoch = self.state["epoch"]
                 batches = plan_epoch(self.lengths, tc.batch_tokens, tc.seed, epoch)
-                ds = WindowBatches(self.feat, self.windows, batches[self.state["batch"]:])
+                ds = WindowBatches(self.feat, self.windows, batches[self.state["batch"] :])
                 # Own generator: the DataLoader would otherwise draw its worker seed from the global RNG,
                 # shifting dropout masks between an uninterrupted and a resumed run.
-                loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=tc.num_workers,
-                                    generator=torch.Generator().manual_seed(tc.seed + epoch))
-                bar = tqdm(loader, total=len(ds), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress,
-                           dynamic_ncols=True)
+                loader = DataLoader(
+                    ds,
+                    batch_size=None,
+                    shuffle=False,
+                    num_workers=tc.num_workers,
+                    generator=torch.Generator().manual_seed(tc.seed + epoch),
+                )
+                bar = tqdm(
+                    loader,
+                    total=len(ds),
+                    desc=f"epoch {epoch + 1}/{tc.epochs}",
+                    disable=not progress,
+                    dynamic_ncols=True,
+                )
                 t_epoch, n_epoch = time.perf_counter(), 0
                 for inputs, rows in bar:
                     t0 = time.perf_counter()
@@ -309,8 +351,16 @@ class Trainer:
                             writer.writerow([round(time.time(), 1), epoch, self.state["step"], "train", k, stats[k]])
                             if tb:
                                 tb.add_scalar(f"train/{k}", stats[k], self.state["step"])
-                        writer.writerow([round(time.time(), 1), epoch, self.state["step"], "train", "examples_per_s",
-                                         round(rate, 1)])
+                        writer.writerow(
+                            [
+                                round(time.time(), 1),
+                                epoch,
+                                self.state["step"],
+                                "train",
+                                "examples_per_s",
+                                round(rate, 1),
+                            ]
+                        )
                     if tc.checkpoint_every and self.state["step"] % tc.checkpoint_every == 0:
                         self.save("last")
                     if stop_after_steps is not None and self.state["step"] >= stop_after_steps:
@@ -333,22 +383,39 @@ class Trainer:
             mf.close()
             if tb:
                 tb.close()
-        summary = {**self.state, "steps_per_epoch": self.steps_per_epoch,
-                   "examples_per_s": self.state["examples"] / max(1e-9, self.state["train_seconds"])}
+        summary = {
+            **self.state,
+            "steps_per_epoch": self.steps_per_epoch,
+            "examples_per_s": self.state["examples"] / max(1e-9, self.state["train_seconds"]),
+        }
         (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
     def _validate(self, writer, tb, epoch: int, epoch_rate: float) -> None:
         tc = self.cfg.train
-        m = evaluate_model(self.model, self.feat, tc.split, "valid", ks=(10, 100),
-                           max_users=tc.eval_users or None, device=self.device, seed=tc.seed)
+        m = evaluate_model(
+            self.model,
+            self.feat,
+            tc.split,
+            "valid",
+            ks=(10, 100),
+            max_users=tc.eval_users or None,
+            device=self.device,
+            seed=tc.seed,
+        )
         score = m[PRIMARY]
         for k, v in m.items():
             writer.writerow([round(time.time(), 1), epoch, self.state["step"], "valid", k, v])
             if tb:
                 tb.add_scalar(f"valid/{k}", v, self.state["step"])
-        log.info("epoch %d: valid %s=%.4f hr@10=%.4f (%.0f examples/s)", self.state["epoch"], PRIMARY, score,
-                 m["filtered/hr@10"], epoch_rate)
+        log.info(
+            "epoch %d: valid %s=%.4f hr@10=%.4f (%.0f examples/s)",
+            self.state["epoch"],
+            PRIMARY,
+            score,
+            m["filtered/hr@10"],
+            epoch_rate,
+        )
         if score > self.state["best"]:
             self.state.update(best=score, best_epoch=self.state["epoch"], bad_evals=0)
             self.save("best")

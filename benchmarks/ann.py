@@ -1,0 +1,234 @@
+"""ANN backends side by side: build time, memory, recall vs exact, single-query latency, batched QPS.
+
+Corpora: synthetic clustered unit vectors (~1,000 centres) at N = 100k and 1M, D = 64, and optionally the
+real ML-1M item embeddings (``--emb EMB_DIR`` from `twotower export`, queried with its real user vectors).
+Everything runs on ONE thread. The same run measures this machine's memory bandwidth and compares the
+exact backend's single-query time with the bandwidth bound ``N * D * 4 bytes / bandwidth``.
+
+Targets (N = 1M, D = 64, one thread): HNSW recall@100 >= 0.95 at p50 <= 0.5 ms; exact single query within
+1.5x of the bandwidth bound; batched exact (B = 256) >= 10x the single-query throughput. Usage::
+
+    python benchmarks/ann.py [--sizes 100000 1000000] [--emb EMB_DIR] [--out benchmarks/results/ann.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def clustered(n: int, d: int, centres: int, seed: int, spread: float = 0.6) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d)).astype(np.float32)
+    out = np.empty((n, d), np.float32)
+    for lo in range(0, n, 200_000):
+        hi = min(n, lo + 200_000)
+        x = c[rng.integers(0, centres, hi - lo)] + spread * rng.normal(size=(hi - lo, d)).astype(np.float32)
+        out[lo:hi] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def bandwidth_gbs() -> float:
+    """Single-thread streaming read bandwidth (GB/s): sum a 512 MiB float32 array, best of 5."""
+    a = torch.ones(128 * 1024 * 1024, dtype=torch.float32)
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        float(a.sum())
+        best = max(best, a.numel() * 4 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def latency(index, queries: np.ndarray, k: int, n: int = 300) -> tuple[float, float]:
+    ts = []
+    for i in range(min(n, len(queries))):
+        t0 = time.perf_counter()
+        index.search(queries[i : i + 1], k)
+        ts.append(time.perf_counter() - t0)
+    ts = np.array(ts[5:]) * 1e3
+    return float(np.percentile(ts, 50)), float(np.percentile(ts, 99))
+
+
+def dir_mib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def bench_corpus(name: str, x: np.ndarray, q: np.ndarray, rows: list, tmp: str, quick: bool) -> dict:
+    from twotower.index import IndexConfig, VectorIndex
+    from twotower.index.publish import recall_at
+
+    ids = np.arange(len(x), dtype=np.int64)
+    exact = VectorIndex.build(ids, x, IndexConfig(backend="exact"))
+    _, truth = exact.search(q, 100)
+    p50, p99 = latency(exact, q, 100, 100)
+    t0 = time.perf_counter()
+    exact.search(q[:256], 100)
+    qps_b = 256 / (time.perf_counter() - t0)
+    ex = {
+        "corpus": name,
+        "n": len(x),
+        "backend": "exact",
+        "params": "-",
+        "recall@10": 1.0,
+        "recall@100": 1.0,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "qps_single": 1e3 / p50,
+        "qps_batch256": qps_b,
+        "build_s": 0.0,
+        "index_mib": x.nbytes / 2**20,
+    }
+    rows.append(ex)
+    print(_fmt(ex), flush=True)
+    n = len(x)
+    nlist = int(4 * np.sqrt(n))
+    sweeps = [
+        ("hnsw", {"hnsw_m": 32, "hnsw_ef_construction": 100}, "hnsw_ef_search", [16, 32, 64, 128, 256]),
+        ("ivfflat", {"ivf_nlist": nlist}, "ivf_nprobe", [4, 8, 16, 32, 64]),
+        ("ivfpq", {"ivf_nlist": nlist, "pq_m": 16, "refine_factor": 4}, "ivf_nprobe", [8, 16, 32, 64]),
+    ]
+    for backend, build_kw, knob, values in sweeps:
+        t0 = time.perf_counter()
+        idx = VectorIndex.build(ids, x, IndexConfig(backend=backend, **build_kw))
+        build_s = time.perf_counter() - t0
+        idx.save(Path(tmp) / f"{name}-{backend}")
+        size = dir_mib(Path(tmp) / f"{name}-{backend}") - x.nbytes / 2**20  # minus our float32 copy
+        for v in values[:2] if quick else values:
+            idx.set_search_params(**{knob: v})
+            _, got = idx.search(q, 100)
+            p50, p99 = latency(idx, q, 100)
+            t0 = time.perf_counter()
+            idx.search(q[:256], 100)
+            qps_b = 256 / (time.perf_counter() - t0)
+            row = {
+                "corpus": name,
+                "n": n,
+                "backend": backend,
+                "params": f"{knob}={v}",
+                "recall@10": recall_at(got[:, :10], truth[:, :10]),
+                "recall@100": recall_at(got, truth),
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "qps_single": 1e3 / p50,
+                "qps_batch256": qps_b,
+                "build_s": build_s,
+                "index_mib": size,
+            }
+            rows.append(row)
+            print(_fmt(row), flush=True)
+    return ex
+
+
+def _fmt(r: dict) -> str:
+    return (
+        f"{r['corpus']:<10}{r['n']:>9,} {r['backend']:<8}{r['params']:<20}{r['recall@10']:>7.3f}"
+        f"{r['recall@100']:>8.3f}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{r['qps_batch256']:>10.0f}"
+        f"{r['build_s']:>8.1f}{r['index_mib']:>9.0f}"
+    )
+
+
+def plot(rows: list, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install matplotlib): no plot")
+        return
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for corpus, backend in sorted({(r["corpus"], r["backend"]) for r in rows}):
+        pts = [(r["p50_ms"], r["recall@100"]) for r in rows if r["corpus"] == corpus and r["backend"] == backend]
+        ax.plot(*zip(*pts), marker="o", label=f"{corpus} {backend}")
+    ax.set_xscale("log")
+    ax.set_xlabel("single-query p50 latency (ms, one thread, log)")
+    ax.set_ylabel("recall@100 vs exact")
+    ax.axhline(0.95, color="grey", lw=0.5, ls="--")
+    ax.legend(fontsize=7)
+    ax.set_title("twotower ANN backends: recall@100 vs latency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--emb", help="embeddings export (real ML-1M vectors and users)")
+    ap.add_argument("--quick", action="store_true", help="two points per sweep")
+    ap.add_argument("--out", default="benchmarks/results/ann.json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    bw = bandwidth_gbs()
+    print(f"memory bandwidth (1 thread, streaming read): {bw:.1f} GB/s")
+    print(
+        f"{'corpus':<10}{'N':>9} {'backend':<8}{'params':<20}{'R@10':>7}{'R@100':>8}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'QPS@256':>10}{'build s':>8}{'MiB':>9}"
+    )
+    rows: list = []
+    exact_rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.emb:
+            from twotower.export import load_embeddings
+
+            _, x, _ = load_embeddings(args.emb)
+            q = np.load(Path(args.emb) / "users_sample.npy").astype(np.float32)[: args.queries]
+            exact_rows.append(bench_corpus("ml-1m", x, q, rows, tmp, args.quick))
+        for n in args.sizes:
+            x = clustered(n, args.dim, 1000, seed=0)
+            exact_rows.append(bench_corpus("synth", x, _queries(args.queries, args.dim), rows, tmp, args.quick))
+    summary = []
+    for ex in exact_rows:
+        bound_ms = ex["n"] * args.dim * 4 / (bw * 1e9) * 1e3
+        ratio = ex["p50_ms"] / bound_ms
+        batch_gain = ex["qps_batch256"] / ex["qps_single"]
+        summary.append(
+            {
+                "corpus": ex["corpus"],
+                "n": ex["n"],
+                "exact_p50_ms": ex["p50_ms"],
+                "bandwidth_bound_ms": bound_ms,
+                "ratio_to_bound": ratio,
+                "batched_vs_single": batch_gain,
+            }
+        )
+        print(
+            f"exact {ex['corpus']} N={ex['n']:,}: p50 {ex['p50_ms']:.2f} ms vs bandwidth bound {bound_ms:.2f} ms "
+            f"-> {ratio:.2f}x; batched B=256 throughput {batch_gain:.1f}x single-query"
+        )
+    best = [r for r in rows if r["backend"] == "hnsw" and r["n"] >= 1_000_000 and r["recall@100"] >= 0.95]
+    if best:
+        b = min(best, key=lambda r: r["p50_ms"])
+        print(f"HNSW at N=1M: recall@100 {b['recall@100']:.3f} at p50 {b['p50_ms']:.3f} ms ({b['params']})")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "ann", "bandwidth_gbs": bw, "rows": rows, "exact": summary}, indent=2))
+    plot(rows, out.with_suffix(".png"))
+    print(f"wrote {out}")
+
+
+def _queries(n: int, d: int) -> np.ndarray:
+    """Queries near the corpus centres (same centre draw as ``clustered(seed=0)``), fresh noise."""
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(1000, d)).astype(np.float32)
+    rng2 = np.random.default_rng(12345)
+    x = c[rng2.integers(0, 1000, n)] + 0.6 * rng2.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+if __name__ == "__main__":
+    main()

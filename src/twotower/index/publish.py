@@ -1,0 +1,138 @@
+"""Build an index from exported embeddings, measure its recall against exact, publish it atomically.
+
+``INDEX_ROOT/`` layout::
+
+    versions/<version>/     one directory per published index (manifest.json records recall)
+    CURRENT                 the live version's name (replaced atomically with os.replace)
+    history.json            published versions in order, for rollback
+
+A build whose recall@100 against the exact search falls below the floor is refused and nothing changes.
+Older versions stay on disk, so ``rollback`` is a pointer switch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..export import load_embeddings
+from .base import IndexConfig, IndexError_
+from .vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+class RecallTooLow(IndexError_):
+    """The ANN index misses too many of the exact top-k; it was not published."""
+
+
+def recall_at(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean fraction of each row of ``exact`` [B, K] found in the same row of ``approx`` [B, K]."""
+    hits = [len(np.intersect1d(a[a >= 0], e[e >= 0])) / max(1, int((e >= 0).sum())) for a, e in zip(approx, exact)]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def measure_recall(index: VectorIndex, oracle: VectorIndex, queries: np.ndarray, ks=(10, 100)) -> dict[str, float]:
+    kmax = max(ks)
+    _, truth = oracle.search(queries, kmax)
+    t0 = time.perf_counter()
+    _, got = index.search(queries, kmax)
+    secs = time.perf_counter() - t0
+    out = {f"recall@{k}": recall_at(got[:, :k], truth[:, :k]) for k in ks}
+    out["batched_qps"] = round(len(queries) / max(secs, 1e-9), 1)
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def history(root: str | Path) -> list[str]:
+    f = Path(root) / "history.json"
+    return json.loads(f.read_text()) if f.is_file() else []
+
+
+def current_version(root: str | Path) -> str:
+    f = Path(root) / "CURRENT"
+    if not f.is_file():
+        raise IndexError_(f"{root} has no published index; run `twotower index build --out {root}`")
+    return f.read_text().strip()
+
+
+def current_path(root: str | Path) -> Path:
+    return Path(root) / "versions" / current_version(root)
+
+
+def build_and_publish(
+    emb_dir: str | Path, root: str | Path, config: IndexConfig, recall_floor: float = 0.95, max_queries: int = 1000
+) -> dict:
+    """Build ``config.backend`` over an export, measure recall on real user vectors, publish if it passes."""
+    root = Path(root)
+    ids, emb, emb_manifest = load_embeddings(emb_dir)
+    qfile = Path(emb_dir) / "users_sample.npy"
+    queries = np.load(qfile) if qfile.is_file() else emb[:0]
+    if len(queries) == 0:  # no user sample: item vectors stand in as queries
+        queries = emb[np.random.default_rng(0).choice(len(emb), min(len(emb), max_queries), replace=False)]
+    queries = queries[:max_queries].astype(np.float32)
+    t0 = time.perf_counter()
+    index = VectorIndex.build(ids, emb, config, model_version=emb_manifest["model_version"])
+    build_s = time.perf_counter() - t0
+    oracle = index if config.backend == "exact" else VectorIndex.build(ids, emb, IndexConfig(backend="exact"))
+    rec = measure_recall(index, oracle, queries)
+    log.info(
+        "%s over %d items: recall@10 %.4f recall@100 %.4f (build %.1fs)",
+        config.backend,
+        len(ids),
+        rec["recall@10"],
+        rec["recall@100"],
+        build_s,
+    )
+    if rec["recall@100"] < recall_floor:
+        raise RecallTooLow(
+            f"{config.backend} recall@100 = {rec['recall@100']:.4f} is below the floor "
+            f"{recall_floor}; raise hnsw_ef_search / ivf_nprobe or lower --recall-floor. "
+            "Nothing was published."
+        )
+    version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{emb_manifest['model_version'][:8]}-{config.backend}"
+    while (root / "versions" / version).exists():
+        version += "x"
+    extra = {
+        "version": version,
+        "recall": rec,
+        "recall_queries": int(len(queries)),
+        "build_seconds": round(build_s, 2),
+        "embeddings": {k: emb_manifest[k] for k in ("model_version", "dim", "count", "dtype", "created_at")},
+    }
+    index.save(root / "versions" / version, extra=extra)
+    hist = history(root) + [version]
+    _write_atomic(root / "history.json", json.dumps(hist, indent=2) + "\n")
+    _write_atomic(root / "CURRENT", version + "\n")  # the switch: readers see the old or the new, never half
+    return {"version": version, **extra}
+
+
+def rollback(root: str | Path, to: str | None = None) -> str:
+    """Point CURRENT at ``to`` (default: the version published before the current one)."""
+    root = Path(root)
+    hist, cur = history(root), current_version(root)
+    if to is None:
+        if cur not in hist or hist.index(cur) == 0:
+            raise IndexError_(f"no version before {cur} to roll back to; published: {hist}")
+        to = hist[hist.index(cur) - 1]
+    if not (root / "versions" / to).is_dir():
+        raise IndexError_(f"version {to} does not exist under {root}/versions; published: {hist}")
+    VectorIndex.load(root / "versions" / to)  # refuse to switch to something that does not load
+    _write_atomic(root / "CURRENT", to + "\n")
+    return to
+
+
+def load_current(
+    root: str | Path, expect_model_version: str | None = None, allow_version_mismatch: bool = False
+) -> VectorIndex:
+    return VectorIndex.load(current_path(root), expect_model_version, allow_version_mismatch)
