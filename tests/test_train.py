@@ -108,3 +108,30 @@ def test_checkpoint_errors_are_clear(tmp_path, synth_data):
     f.write_bytes(f.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="unreadable"):
         load_model(tmp_path / "r", which="last")
+
+
+@pytest.mark.parametrize(
+    "model_opts",
+    [{"causal": False}, {"pooling": "mean"}, {"positions": "learned+time"}, {"user_token": False},
+     {"causal": False, "user_token": False}],
+)
+def test_model_options_train(synth_data, tmp_path, model_opts):
+    data = SequenceData.load(synth_data)
+    cfg = small_run_config(epochs=1, eval_users=50)
+    for k, v in model_opts.items():
+        setattr(cfg.model, k, v)
+    s = Trainer(data, cfg, tmp_path / "r").fit(progress=False)
+    assert s["examples"] > 0 and 0 <= s["best"] <= 1
+    if model_opts.get("causal") is False:  # one target per window, not one per position
+        assert s["examples"] <= len(data.train_windows("loo", cfg.model.max_len))
+
+
+def test_committed_configs_load():
+    from pathlib import Path
+
+    from twotower import config as cfgmod
+    from twotower.train.loop import RunConfig
+
+    for f in sorted(Path(__file__).parent.parent.glob("configs/*.toml")):
+        cfg = cfgmod.load(RunConfig, f)
+        assert cfg.model.dim > 0 and cfg.train.epochs > 0

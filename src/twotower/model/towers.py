@@ -61,15 +61,21 @@ class UserInputs:
         )
 
 
+def padded_table(buckets: int, dim: int) -> nn.Embedding:
+    """Embedding table with N(0, 0.02) rows and row 0 (padding) fixed at zero."""
+    table = nn.Embedding(buckets, dim, padding_idx=0)
+    nn.init.normal_(table.weight, std=0.02)
+    with torch.no_grad():
+        table.weight[0].zero_()
+    return table
+
+
 class HashEmbedding(nn.Module):
     """One table for all H hash functions of an entity type; returns the H embeddings flattened: [..., H*D]."""
 
     def __init__(self, buckets: int, dim: int):
         super().__init__()
-        self.table = nn.Embedding(buckets, dim, padding_idx=0)
-        nn.init.normal_(self.table.weight, std=0.02)
-        with torch.no_grad():
-            self.table.weight[0].zero_()
+        self.table = padded_table(buckets, dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # int64 [..., H] -> [..., H*D]
         return self.table(ids).flatten(-2)
@@ -80,10 +86,7 @@ class BagEmbedding(nn.Module):
 
     def __init__(self, buckets: int, dim: int):
         super().__init__()
-        self.table = nn.Embedding(buckets, dim, padding_idx=0)
-        nn.init.normal_(self.table.weight, std=0.02)
-        with torch.no_grad():
-            self.table.weight[0].zero_()
+        self.table = padded_table(buckets, dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.shape[-1] == 0:

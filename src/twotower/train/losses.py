@@ -21,6 +21,13 @@ import torch.nn.functional as F
 from .logits import logq_correct, remove_accidental_hits, scale_by_temperature
 
 
+def _mean(loss: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-query losses [T], weighted by ``weight`` [T] when given."""
+    if weight is None:
+        return loss.mean()
+    return (loss * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
 def _full(t: torch.Tensor) -> torch.Tensor:
     """Softmax in at least float32 (bf16 autocast outputs are upcast; float64 stays float64)."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
@@ -54,10 +61,7 @@ def sampled_softmax_loss(
     if accidental_hits:
         logits = remove_accidental_hits(logits, pos_ids, neg_ids)
     labels = torch.zeros(len(query), dtype=torch.long, device=query.device)
-    loss = F.cross_entropy(logits, labels, reduction="none")
-    if weight is None:
-        return loss.mean()
-    return (loss * weight).sum() / weight.sum().clamp_min(1e-12)
+    return _mean(F.cross_entropy(logits, labels, reduction="none"), weight)
 
 
 def candidate_softmax_loss(
@@ -80,7 +84,4 @@ def candidate_softmax_loss(
         logits = q @ cand.T
     else:
         logits = torch.addmm(-log_q.to(q.dtype)[None, :], q, cand.T)  # [T, M]
-    loss = F.cross_entropy(logits, labels, reduction="none")
-    if weight is None:
-        return loss.mean()
-    return (loss * weight).sum() / weight.sum().clamp_min(1e-12)
+    return _mean(F.cross_entropy(logits, labels, reduction="none"), weight)
