@@ -60,15 +60,15 @@ def main() -> None:
                         "train.time_budget_s=0", *VARIANTS[name]]
                 cmd = [sys.executable, str(here / "ml1m_quality.py"), "--config", args.config, "--data", data,
                        "--out", out] + [a for s in sets for a in ("--set", s)]
-                running.append((name, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                                       text=True), out))
+                log = open(f"{tmp}/{name}.log", "w")  # a file, not a pipe: progress bars would fill a pipe
+                running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), out))
             time.sleep(2)
             for item in list(running):
                 name, proc, out = item
                 if proc.poll() is not None:
                     running.remove(item)
                     if proc.returncode:
-                        print(f"{name}: failed\n{proc.stderr.read()[-2000:]}")
+                        print(f"{name}: failed\n{Path(tmp, name + '.log').read_text()[-2000:]}")
                         continue
                     results[name] = json.loads(Path(out).read_text())
                     r = results[name]
