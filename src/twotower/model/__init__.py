@@ -1,6 +1,8 @@
-"""Model: hash embeddings, user tower, candidate tower."""
+"""Model: hash embeddings, user tower (offline encoder + optional online head), candidate tower."""
 
 from .config import ModelConfig
-from .towers import ItemInputs, TwoTower, UserInputs
+from .inputs import Context, ItemInputs, UserInputs
+from .online import OnlineHead
+from .towers import TwoTower
 
-__all__ = ["ItemInputs", "ModelConfig", "TwoTower", "UserInputs"]
+__all__ = ["Context", "ItemInputs", "ModelConfig", "OnlineHead", "TwoTower", "UserInputs"]

@@ -31,6 +31,11 @@ class ModelConfig:
     pooling: str = "last"  # last | mean (masked mean over the visible prefix, as in the Phoenix seed)
     user_token: bool = True  # prepend the hashed user id (+ user features) token
     time_buckets: int = 32
+    # Hybrid split (seed 001): offline encoder -> cached state; online head over (state, real-time context).
+    online_head: bool = False  # False = the unsplit tower (encode_user runs the encoder at request time)
+    state_tokens: int = 1  # cached state = the encoder's last T outputs ([T, D]); 1 = the pooled vector
+    context_len: int = 16  # C: at most this many events since the snapshot reach the online head
+    head_heads: int = 2  # attention heads of the head's context layer
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
@@ -39,6 +44,12 @@ class ModelConfig:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.dim % self.num_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.online_head and not self.causal:
+            raise ValueError("online_head needs causal = true: the cached state is the encoder output at a prefix")
+        if self.state_tokens < 1 or self.context_len < 1:
+            raise ValueError("state_tokens and context_len must be >= 1")
+        if self.dim % self.head_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by head_heads ({self.head_heads})")
         for name in ("item_buckets", "author_buckets", "user_buckets", "feature_buckets"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2 (bucket 0 is padding)")

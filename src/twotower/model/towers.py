@@ -8,57 +8,13 @@ embedding tables and meet only at the final dot product. No index lives in here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-
-
-@dataclass
-class ItemInputs:
-    """Hashed item features. ``item``/``author``: int64 [..., H]; ``feat``: int64 [..., F] (0 = padding)."""
-
-    item: torch.Tensor
-    author: torch.Tensor
-    feat: torch.Tensor
-
-    def to(self, device: torch.device | str) -> ItemInputs:
-        return ItemInputs(*(t.to(device, non_blocking=True) for t in (self.item, self.author, self.feat)))
-
-    def __getitem__(self, idx) -> ItemInputs:
-        return ItemInputs(self.item[idx], self.author[idx], self.feat[idx])
-
-
-@dataclass
-class UserInputs:
-    """A batch of users and their histories (right-padded; valid tokens first).
-
-    user: int64 [B, H]; user_feat: int64 [B, Fu]; history: ItemInputs of [B, S, ·];
-    actions: float32 [B, S, A] multi-hot; surface: int64 [B, S]; gap: int64 [B, S] time-gap bucket;
-    length: int64 [B] number of valid history tokens.
-    """
-
-    user: torch.Tensor
-    user_feat: torch.Tensor
-    history: ItemInputs
-    actions: torch.Tensor
-    surface: torch.Tensor
-    gap: torch.Tensor
-    length: torch.Tensor
-
-    def to(self, device: torch.device | str) -> UserInputs:
-        return UserInputs(
-            self.user.to(device),
-            self.user_feat.to(device),
-            self.history.to(device),
-            self.actions.to(device),
-            self.surface.to(device),
-            self.gap.to(device),
-            self.length.to(device),
-        )
+from .inputs import Context, ItemInputs, UserInputs
+from .online import OnlineHead
 
 
 def padded_table(buckets: int, dim: int) -> nn.Embedding:
@@ -150,6 +106,9 @@ class TwoTower(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.ln_f = nn.LayerNorm(D)
+        # Hybrid split: the online head and the subject-item projection exist only when asked for.
+        self.head = OnlineHead(cfg) if cfg.online_head else None
+        self.subject_proj = nn.Linear(item_in, D) if cfg.online_head else None
         # Small init for every table (nanoGPT-style): default N(0, 1) positions would drown the item signal.
         for emb in (self.pos_emb, self.gap_emb, self.surface_emb):
             if emb is not None:
@@ -166,16 +125,23 @@ class TwoTower(nn.Module):
         return F.normalize(self.cand_mlp(self._item_features(items)), dim=-1)
 
     # --- user tower ------------------------------------------------------------------------------------
+    def _event_tokens(self, ev: UserInputs) -> torch.Tensor:
+        """History tokens [B, S, D]: Linear(item features ‖ signed actions ‖ surface) + time-gap embedding.
+
+        Shared by the offline encoder (the history) and the online head (the events since the snapshot).
+        """
+        valid = ev.history.item[..., 0] > 0  # [B, S]; masks come from the ids, 0 = padding
+        # Signed actions (seed 003): (2a - 1) @ W, zeroed where there is no event.
+        signed = (2.0 * ev.actions - 1.0) * valid[..., None]
+        act = self.action_proj(signed) if self.cfg.num_actions else signed.new_zeros(*valid.shape, self.cfg.dim)
+        h = self.hist_proj(torch.cat([self._item_features(ev.history), act, self.surface_emb(ev.surface)], dim=-1))
+        if self.gap_emb is not None:
+            h = h + self.gap_emb(ev.gap)
+        return h
+
     def _tokens(self, u: UserInputs) -> torch.Tensor:
         """[user token, history tokens] -> [B, 1 + S, D] (or [B, S, D] without the user token)."""
-        valid = u.history.item[..., 0] > 0  # [B, S]; masks come from the ids, 0 = padding
-        # Signed actions (seed 003): (2a - 1) @ W, zeroed where there is no event.
-        signed = (2.0 * u.actions - 1.0) * valid[..., None]
-        act = self.action_proj(signed) if self.cfg.num_actions else signed.new_zeros(*valid.shape, self.cfg.dim)
-        h = torch.cat([self._item_features(u.history), act, self.surface_emb(u.surface)], dim=-1)
-        h = self.hist_proj(h)  # [B, S, D]
-        if self.gap_emb is not None:
-            h = h + self.gap_emb(u.gap)
+        h = self._event_tokens(u)
         if self.cfg.user_token:
             ut = self.user_proj(torch.cat([self.user_emb(u.user), self.feat_emb(u.user_feat)], dim=-1))
             h = torch.cat([ut[:, None, :], h], dim=1)
@@ -186,8 +152,8 @@ class TwoTower(nn.Module):
     def _offset(self) -> int:
         return 1 if self.cfg.user_token else 0
 
-    def encode_sequence(self, u: UserInputs) -> torch.Tensor:
-        """Transformer outputs, one user vector per prefix: [B, L, D] (unit norm), L = S (+1 with user token).
+    def encode_raw(self, u: UserInputs) -> torch.Tensor:
+        """Encoder outputs before normalisation, one per prefix: [B, L, D], L = S (+1 with the user token).
 
         Output ``j`` summarises tokens ``0..j``; with the user token, output ``j`` has seen history ``< j``.
         Only meaningful for causal models (bidirectional outputs see the whole sequence).
@@ -207,10 +173,50 @@ class TwoTower(nn.Module):
                 if self.cfg.causal
                 else ((x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)).expand_as(x)
             )
-        return F.normalize(x, dim=-1)
+        return x
 
-    def encode_user(self, u: UserInputs) -> torch.Tensor:
-        """User tower: the whole history -> unit vectors [B, D] (the output at the last valid position)."""
-        seq = self.encode_sequence(u)
-        last = (u.length + self._offset() - 1).clamp_min(0)
-        return seq[torch.arange(seq.shape[0], device=seq.device), last]
+    def encode_sequence(self, u: UserInputs) -> torch.Tensor:
+        """Unit user vectors for every prefix: [B, L, D] (see :meth:`encode_raw`)."""
+        return F.normalize(self.encode_raw(u), dim=-1)
+
+    def states_at(self, raw: torch.Tensor, batch: torch.Tensor, n_events: torch.Tensor) -> torch.Tensor:
+        """Cached-state tensors [N, T, D] from encoder outputs ``raw`` [B, L, D].
+
+        Query ``n`` takes the outputs of row ``batch[n]`` after its first ``n_events[n]`` events (the last T
+        of them, oldest first). Rows that summarise no event are zero, the "missing" marker.
+        """
+        T, off = self.cfg.state_tokens, self._offset()
+        last = n_events + off - 1  # [N] output index after n_events events
+        pos = last[:, None] - torch.arange(T - 1, -1, -1, device=raw.device)[None, :]  # [N, T]
+        ok = pos >= off  # an output index >= off has seen at least one event
+        out = raw[batch[:, None], pos.clamp_min(0)]
+        return out * ok[..., None].to(out.dtype)
+
+    def encode_state(self, u: UserInputs) -> torch.Tensor:
+        """Offline encoder: the whole history -> the state cached in the feature store, [B, T, D]."""
+        raw = self.encode_raw(u)
+        return self.states_at(raw, torch.arange(raw.shape[0], device=raw.device), u.length)
+
+    def encode_online(self, state: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Online head: cached state [B, T, D] (zero rows = missing) + request context -> unit vectors [B, D]."""
+        if self.head is None:
+            raise ValueError("this model has no online head; train it with model.online_head = true")
+        request = self.head.request(ctx.surface, ctx.hour, ctx.weekday, ctx.since_last)
+        if bool((ctx.subject.item > 0).any()):
+            has = (ctx.subject.item[:, 0] > 0)[:, None].to(request.dtype)
+            request = request + has * self.subject_proj(self._item_features(ctx.subject))
+        return self.head(state, self._event_tokens(ctx.events), ctx.events.length, request)
+
+    def encode_user(self, u: UserInputs, ctx: Context | None = None) -> torch.Tensor:
+        """User tower -> unit vectors [B, D].
+
+        Unsplit: the output after the whole history. Hybrid (``online_head``): the encoder's state after the
+        history, then the online head over ``ctx`` (required: the request's time, surface and recent events).
+        """
+        if self.head is None:
+            seq = self.encode_sequence(u)
+            last = (u.length + self._offset() - 1).clamp_min(0)
+            return seq[torch.arange(seq.shape[0], device=seq.device), last]
+        if ctx is None:
+            raise ValueError("this model has an online head: pass the request context (Featurizer.request)")
+        return self.encode_online(self.encode_state(u), ctx)

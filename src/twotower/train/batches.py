@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from ..features import Featurizer
 from ..model import UserInputs
+from .pseudo import PseudoBatch, PseudoContext
 
 
 def plan_epoch(lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -35,20 +36,32 @@ def plan_epoch(lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int) ->
 class WindowBatches(Dataset):
     """Map-style dataset whose items are whole batches (use with ``DataLoader(batch_size=None)``).
 
-    Item ``i`` -> (UserInputs [B, S], target event rows int64 [B, S] with -1 padding).
+    Item ``i`` -> (UserInputs [B, S], target event rows int64 [B, S] with -1 padding, PseudoBatch or None).
+    With ``pseudo`` (hybrid towers) each target also gets its snapshot and context, drawn from
+    ``(epoch, first + i)`` so that a resumed epoch draws what the uninterrupted one did.
     """
 
-    def __init__(self, feat: Featurizer, windows: np.ndarray, batches: list[np.ndarray]):
+    def __init__(
+        self,
+        feat: Featurizer,
+        windows: np.ndarray,
+        batches: list[np.ndarray],
+        pseudo: PseudoContext | None = None,
+        epoch: int = 0,
+        first: int = 0,
+    ):
         self.feat, self.windows, self.batches = feat, windows, batches
+        self.pseudo, self.epoch, self.first = pseudo, epoch, first
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, i: int) -> tuple[UserInputs, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[UserInputs, torch.Tensor, PseudoBatch | None]:
         w = self.windows[self.batches[i]]
         user, start, end = w[:, 0], w[:, 1], w[:, 2]
         inputs = self.feat.users(user, start, end)
         S = inputs.history.item.shape[1]
         rows = start[:, None] + np.arange(S)[None, :]
         rows = np.where(rows < end[:, None], rows, -1)
-        return inputs, torch.from_numpy(rows)
+        extra = None if self.pseudo is None else self.pseudo.sample(user, start, rows, (self.epoch, self.first + i))
+        return inputs, torch.from_numpy(rows), extra

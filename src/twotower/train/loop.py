@@ -32,6 +32,7 @@ from .batches import WindowBatches, plan_epoch
 from .frequency import ExactFrequency, StreamingFrequency
 from .losses import candidate_softmax_loss, sampled_softmax_loss
 from .negatives import FullCorpus, InBatchNegatives, MixedNegatives, UniformNegatives
+from .pseudo import PseudoBatch, PseudoContext
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,11 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = end of epoch only)
     time_budget_s: float = 0.0  # stop (after a checkpoint) once training time exceeds this (0 = no limit)
     log_every: int = 20
+    # Hybrid towers (model.online_head): pseudo-context augmentation, see train/pseudo.py.
+    max_lag: int = 64  # snapshot drawn 0..max_lag events before each target
+    no_state_prob: float = 0.05  # drop the state (cold-start / fallback path)
+    subject_prob: float = 0.2  # the previous event's item as the request's subject item
+    holdout_users: float = 0.0  # fraction of users kept out of training entirely (cold-start evaluation)
 
     def __post_init__(self) -> None:
         bad = [n for n in self.negatives if n not in ("in_batch", "uniform", "full")]
@@ -74,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"negatives must be a non-empty list of in_batch|uniform|full, got {self.negatives}")
         if self.logq not in ("streaming", "exact", "none"):
             raise ValueError(f"logq must be streaming|exact|none, got {self.logq!r}")
+        if not 0.0 <= self.holdout_users < 1.0:
+            raise ValueError(f"holdout_users must be in [0, 1), got {self.holdout_users}")
         if self.split not in ("loo", "time"):
             raise ValueError(f"split must be loo|time, got {self.split!r}")
 
@@ -86,6 +94,11 @@ class RunConfig:
 
 class StopTraining(Exception):
     """Raised by ``stop_after_steps`` (tests use it to simulate a kill)."""
+
+
+def holdout_mask(num_users: int, fraction: float) -> np.ndarray:
+    """bool [U]: users kept out of training (a fixed draw, so evaluation can find them again)."""
+    return np.random.default_rng(20190914).random(num_users) < fraction
 
 
 def _lr_lambda(cfg: TrainConfig, total_steps: int):
@@ -140,6 +153,11 @@ class Trainer:
         self.model = TwoTower(mc).to(self.device)
         self.feat = Featurizer(data, mc)
         self.windows = data.train_windows(tc.split, mc.max_len)
+        if tc.holdout_users:
+            self.windows = self.windows[~holdout_mask(data.num_users, tc.holdout_users)[self.windows[:, 0]]]
+        self.pseudo = (
+            PseudoContext(self.feat, tc.max_lag, tc.no_state_prob, tc.subject_prob, tc.seed) if mc.online_head else None
+        )
         self.lengths = self.windows[:, 2] - self.windows[:, 1]
         self.steps_per_epoch = len(plan_epoch(self.lengths, tc.batch_tokens, tc.seed, 0))
         self.total_steps = self.steps_per_epoch * tc.epochs
@@ -215,8 +233,12 @@ class Trainer:
         )
 
     # --- one step --------------------------------------------------------------------------------------
-    def _queries_and_targets(self, inputs, rows: torch.Tensor):
+    def _queries_and_targets(self, inputs, rows: torch.Tensor, pseudo: PseudoBatch | None = None):
         """User vector for every valid target position: ([T, D], target event rows int64 [T])."""
+        if pseudo is not None:  # hybrid: state at the drawn snapshot + online head over the context
+            raw = self.model.encode_raw(inputs)  # [B, L, D]
+            state = self.model.states_at(raw, pseudo.batch.to(raw.device), pseudo.n_events.to(raw.device))
+            return self.model.encode_online(state, pseudo.ctx.to(raw.device)), rows[rows >= 0]
         seq = self.model.encode_sequence(inputs)  # [B, L, D]
         off = 1 if self.cfg.model.user_token else 0
         B, S = rows.shape
@@ -243,14 +265,14 @@ class Trainer:
         ok = (last > 0) if not self.cfg.model.user_token else torch.ones_like(last, dtype=torch.bool)
         return q[ok.to(q.device)], target[ok]
 
-    def compute_loss(self, inputs, rows: torch.Tensor, fused: bool | None = None):
+    def compute_loss(self, inputs, rows: torch.Tensor, pseudo: PseudoBatch | None = None, fused: bool | None = None):
         """Loss of one batch: (loss, positive item ids [T], number of candidates)."""
         tc = self.cfg.train
         fused = self._fast_loss if fused is None else fused
         use_amp = tc.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             if self.cfg.model.causal:
-                q, trow = self._queries_and_targets(inputs.to(self.device), rows.to(self.device))
+                q, trow = self._queries_and_targets(inputs.to(self.device), rows.to(self.device), pseudo)
             else:
                 q, trow = self._bidirectional(inputs, rows)
             trow_np = trow.cpu().numpy()
@@ -288,9 +310,9 @@ class Trainer:
                 )
         return loss, pos_items, len(neg_items)
 
-    def step(self, inputs, rows: torch.Tensor) -> dict[str, float]:
+    def step(self, inputs, rows: torch.Tensor, pseudo: PseudoBatch | None = None) -> dict[str, float]:
         tc = self.cfg.train
-        loss, pos_items, n_neg = self.compute_loss(inputs, rows)
+        loss, pos_items, n_neg = self.compute_loss(inputs, rows, pseudo)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if tc.grad_clip else 0.0
@@ -317,7 +339,8 @@ class Trainer:
             while self.state["epoch"] < tc.epochs and not self.state["done"]:
                 epoch = self.state["epoch"]
                 batches = plan_epoch(self.lengths, tc.batch_tokens, tc.seed, epoch)
-                ds = WindowBatches(self.feat, self.windows, batches[self.state["batch"] :])
+                first = self.state["batch"]
+                ds = WindowBatches(self.feat, self.windows, batches[first:], self.pseudo, epoch, first)
                 # Own generator: the DataLoader would otherwise draw its worker seed from the global RNG,
                 # shifting dropout masks between an uninterrupted and a resumed run.
                 loader = DataLoader(
@@ -335,9 +358,9 @@ class Trainer:
                     dynamic_ncols=True,
                 )
                 t_epoch, n_epoch = time.perf_counter(), 0
-                for inputs, rows in bar:
+                for inputs, rows, pseudo in bar:
                     t0 = time.perf_counter()
-                    stats = self.step(inputs, rows)
+                    stats = self.step(inputs, rows, pseudo)
                     dt = time.perf_counter() - t0
                     self.state["train_seconds"] += dt
                     self.state["examples"] += stats["targets"]

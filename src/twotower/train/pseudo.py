@@ -1,0 +1,57 @@
+"""Pseudo-context augmentation: train the hybrid tower on exactly what the server will feed it.
+
+At serving time the online head sees a state cached at some earlier snapshot plus the events since then
+(seed 001, "train/serve parity"). So for every training target at window position ``p`` we draw a snapshot
+``lag`` events earlier (``lag ~ U{0..min(max_lag, p)}``): the offline encoder's output after the first
+``p - lag`` events is the state, and the last ``context_len`` events of ``[snapshot, target)`` are the
+context. A lag beyond ``context_len`` leaves a gap the head never sees, as a stale state with a busy day
+does. With probability ``no_state_prob`` (and always when the snapshot precedes every event) the state is
+missing, which trains the cold-start / fallback path. The draw is a pure function of (seed, epoch, batch),
+so resumed training sees the same contexts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..features import Featurizer
+from ..model import Context
+
+
+@dataclass
+class PseudoBatch:
+    """Per training target (row-major over the window batch's valid positions): where its state comes from.
+
+    batch: int64 [N] window row; n_events: int64 [N] events before the snapshot (0 = no state); ctx: Context [N].
+    """
+
+    batch: torch.Tensor
+    n_events: torch.Tensor
+    ctx: Context
+
+
+@dataclass
+class PseudoContext:
+    feat: Featurizer
+    max_lag: int = 64
+    no_state_prob: float = 0.05
+    subject_prob: float = 0.2
+    seed: int = 0
+
+    def sample(self, user: np.ndarray, start: np.ndarray, rows: np.ndarray, key: tuple[int, ...]) -> PseudoBatch:
+        """user, start: int64 [B] window owner and first event row; rows: int64 [B, S] target rows (-1 = pad)."""
+        rng = np.random.default_rng([self.seed, *key])
+        b, p = np.nonzero(rows >= 0)
+        target = rows[b, p]
+        lag = rng.integers(0, np.minimum(self.max_lag, p) + 1)
+        n_events = p - lag
+        has_state = (n_events >= 1) & (rng.random(len(p)) >= self.no_state_prob)
+        snapshot = start[b] + n_events
+        users = user[b]
+        has_prev = target > self.feat.data.user_offsets[users]
+        subject = np.where(has_prev & (rng.random(len(p)) < self.subject_prob), target - 1, -1)
+        ctx = self.feat.context(users, snapshot, target, subject)
+        return PseudoBatch(torch.from_numpy(b), torch.from_numpy(np.where(has_state, n_events, 0)), ctx)
