@@ -97,18 +97,15 @@ class Featurizer:
         start = np.maximum(self.data.user_offsets[user], target_row - self.cfg.max_len)
         return self.users(user, start, target_row)
 
-    def context(
-        self, user: np.ndarray, snapshot_row: np.ndarray, target_row: np.ndarray, subject_row: np.ndarray | None = None
+    def request_features(
+        self, user: np.ndarray, target_row: np.ndarray, subject_row: np.ndarray | None = None
     ) -> Context:
-        """The online head's context for requests at ``target_row`` [B] on a state snapshotted at ``snapshot_row``.
+        """The request part of the context (no events) for requests at ``target_row`` [B].
 
-        Events = the last ``context_len`` events in ``[snapshot_row, target_row)``; the request's time and
-        surface are the target event's (what the server knows when the request arrives); ``subject_row``
-        [B] (-1 = none) names the event whose item is the request's subject.
+        The request's time and surface are the target event's (what the server knows when the request
+        arrives); ``subject_row`` [B] (-1 = none) names the event whose item is the request's subject.
         """
-        d, C = self.data, self.cfg.context_len
-        start = np.maximum(snapshot_row, target_row - C)
-        events = self.users(user, start, target_row, pad_to=C)
+        d = self.data
         ts = d.event_ts[target_row]
         has_prev = target_row > d.user_offsets[user]
         since = np.where(has_prev, ts - d.event_ts[np.maximum(target_row - 1, 0)], 0)
@@ -117,15 +114,24 @@ class Featurizer:
             subject_row = np.full(len(user), -1)
         keep = torch.from_numpy(subject_row >= 0)[:, None]
         subject = self.items(d.event_item[np.maximum(subject_row, 0)].astype(np.int64))
-        subject = ItemInputs(subject.item * keep, subject.author * keep, subject.feat * keep)
         return Context(
-            events=events,
+            events=None,
             surface=torch.from_numpy(d.event_surface[target_row].astype(np.int64)),
             hour=torch.from_numpy(hour),
             weekday=torch.from_numpy(weekday),
             since_last=torch.from_numpy(gap_buckets(since, self.cfg.time_buckets)),
-            subject=subject,
+            subject=ItemInputs(subject.item * keep, subject.author * keep, subject.feat * keep),
         )
+
+    def context(
+        self, user: np.ndarray, snapshot_row: np.ndarray, target_row: np.ndarray, subject_row: np.ndarray | None = None
+    ) -> Context:
+        """The online head's context for requests at ``target_row`` [B] on a state snapshotted at ``snapshot_row``:
+        :meth:`request_features` plus the last ``context_len`` events in ``[snapshot_row, target_row)``."""
+        ctx = self.request_features(user, target_row, subject_row)
+        start = np.maximum(snapshot_row, target_row - self.cfg.context_len)
+        ctx.events = self.users(user, start, target_row, pad_to=self.cfg.context_len)
+        return ctx
 
     def request(
         self, user: np.ndarray, target_row: np.ndarray, snapshot_row: np.ndarray | None = None

@@ -60,13 +60,14 @@ class Context:
 
     ``events``: the user's events since the state's snapshot, oldest first, right-padded to C, as a
     :class:`UserInputs` whose ``history``/``actions``/``surface``/``gap``/``length`` are used ([B, C, ·];
-    its user fields are ignored). ``surface``: int64 [B] the request's surface (0 = unknown);
+    its user fields are ignored); None when the caller hands the head their tokens directly (training).
+    ``surface``: int64 [B] the request's surface (0 = unknown);
     ``hour``: int64 [B] 0..23 and ``weekday``: int64 [B] 0..6 (Monday = 0) of the request time, UTC;
     ``since_last``: int64 [B] time-gap bucket of (request time - the user's last known event);
     ``subject``: :class:`ItemInputs` [B, ·] the item the request is about (all-zero ids = none).
     """
 
-    events: UserInputs
+    events: UserInputs | None
     surface: torch.Tensor
     hour: torch.Tensor
     weekday: torch.Tensor
@@ -75,7 +76,7 @@ class Context:
 
     def to(self, device: torch.device | str) -> Context:
         return Context(
-            self.events.to(device),
+            None if self.events is None else self.events.to(device),
             *(t.to(device) for t in (self.surface, self.hour, self.weekday, self.since_last)),
             self.subject.to(device),
         )

@@ -139,15 +139,17 @@ class TwoTower(nn.Module):
             h = h + self.gap_emb(ev.gap)
         return h
 
-    def _tokens(self, u: UserInputs) -> torch.Tensor:
-        """[user token, history tokens] -> [B, 1 + S, D] (or [B, S, D] without the user token)."""
-        h = self._event_tokens(u)
+    def _tokens(self, u: UserInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """([user token, history tokens] with positions, after dropout: [B, 1 + S, D] (or [B, S, D] without
+        the user token); the bare history tokens [B, S, D], which training reuses as the head's context)."""
+        ev = self._event_tokens(u)
+        h = ev
         if self.cfg.user_token:
             ut = self.user_proj(torch.cat([self.user_emb(u.user), self.feat_emb(u.user_feat)], dim=-1))
             h = torch.cat([ut[:, None, :], h], dim=1)
         if self.pos_emb is not None:
             h = h + self.pos_emb.weight[: h.shape[1]]
-        return self.drop(h)
+        return self.drop(h), ev
 
     def _offset(self) -> int:
         return 1 if self.cfg.user_token else 0
@@ -158,7 +160,11 @@ class TwoTower(nn.Module):
         Output ``j`` summarises tokens ``0..j``; with the user token, output ``j`` has seen history ``< j``.
         Only meaningful for causal models (bidirectional outputs see the whole sequence).
         """
-        x = self._tokens(u)
+        return self.encode_raw_and_tokens(u)[0]
+
+    def encode_raw_and_tokens(self, u: UserInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(:meth:`encode_raw`, the history tokens [B, S, D] it was computed from)."""
+        x, ev = self._tokens(u)
         B, L, _ = x.shape
         n_valid = u.length + self._offset()
         key_mask = torch.arange(L, device=x.device)[None, :] < n_valid[:, None]  # [B, L]
@@ -173,7 +179,7 @@ class TwoTower(nn.Module):
                 if self.cfg.causal
                 else ((x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)).expand_as(x)
             )
-        return x
+        return x, ev
 
     def encode_sequence(self, u: UserInputs) -> torch.Tensor:
         """Unit user vectors for every prefix: [B, L, D] (see :meth:`encode_raw`)."""
@@ -197,15 +203,23 @@ class TwoTower(nn.Module):
         raw = self.encode_raw(u)
         return self.states_at(raw, torch.arange(raw.shape[0], device=raw.device), u.length)
 
-    def encode_online(self, state: torch.Tensor, ctx: Context) -> torch.Tensor:
-        """Online head: cached state [B, T, D] (zero rows = missing) + request context -> unit vectors [B, D]."""
+    def encode_online(
+        self, state: torch.Tensor, ctx: Context, event_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Online head: cached state [B, T, D] (zero rows = missing) + request context -> unit vectors [B, D].
+
+        ``event_tokens`` = (tokens [B, C, D], lengths int64 [B]) of the context events when the caller already
+        has them (training gathers them from the window pass); otherwise they are embedded from ``ctx.events``.
+        """
         if self.head is None:
             raise ValueError("this model has no online head; train it with model.online_head = true")
         request = self.head.request(ctx.surface, ctx.hour, ctx.weekday, ctx.since_last)
         if bool((ctx.subject.item > 0).any()):
             has = (ctx.subject.item[:, 0] > 0)[:, None].to(request.dtype)
             request = request + has * self.subject_proj(self._item_features(ctx.subject))
-        return self.head(state, self._event_tokens(ctx.events), ctx.events.length, request)
+        if event_tokens is None:
+            event_tokens = (self._event_tokens(ctx.events), ctx.events.length)
+        return self.head(state, *event_tokens, request)
 
     def encode_user(self, u: UserInputs, ctx: Context | None = None) -> torch.Tensor:
         """User tower -> unit vectors [B, D].

@@ -236,9 +236,12 @@ class Trainer:
     def _queries_and_targets(self, inputs, rows: torch.Tensor, pseudo: PseudoBatch | None = None):
         """User vector for every valid target position: ([T, D], target event rows int64 [T])."""
         if pseudo is not None:  # hybrid: state at the drawn snapshot + online head over the context
-            raw = self.model.encode_raw(inputs)  # [B, L, D]
-            state = self.model.states_at(raw, pseudo.batch.to(raw.device), pseudo.n_events.to(raw.device))
-            return self.model.encode_online(state, pseudo.ctx.to(raw.device)), rows[rows >= 0]
+            raw, ev = self.model.encode_raw_and_tokens(inputs)  # [B, L, D], [B, S, D]
+            b = pseudo.batch.to(raw.device)
+            state = self.model.states_at(raw, b, pseudo.n_events.to(raw.device))
+            tokens = ev[b[:, None], pseudo.ctx_pos.to(raw.device)]  # [T, C, D]: the context events' tokens
+            q = self.model.encode_online(state, pseudo.ctx.to(raw.device), (tokens, pseudo.ctx_len.to(raw.device)))
+            return q, rows[rows >= 0]
         seq = self.model.encode_sequence(inputs)  # [B, L, D]
         off = 1 if self.cfg.model.user_token else 0
         B, S = rows.shape

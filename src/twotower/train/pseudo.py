@@ -23,14 +23,22 @@ from ..model import Context
 
 @dataclass
 class PseudoBatch:
-    """Per training target (row-major over the window batch's valid positions): where its state comes from.
+    """Per training target (row-major over the window batch's valid positions): its snapshot and context.
 
-    batch: int64 [N] window row; n_events: int64 [N] events before the snapshot (0 = no state); ctx: Context [N].
+    batch: int64 [N] window row; n_events: int64 [N] events before the snapshot (0 = no state);
+    ctx: the request features (``events`` is None: the events are window positions ``ctx_pos`` int64 [N, C],
+    the first ``ctx_len`` [N] valid, whose tokens the encoder pass already computed);
+    snapshot_row, target_row, subject_row: int64 [N] event rows (what a server would be asked with).
     """
 
     batch: torch.Tensor
     n_events: torch.Tensor
     ctx: Context
+    ctx_pos: torch.Tensor
+    ctx_len: torch.Tensor
+    snapshot_row: np.ndarray
+    target_row: np.ndarray
+    subject_row: np.ndarray
 
 
 @dataclass
@@ -53,5 +61,18 @@ class PseudoContext:
         users = user[b]
         has_prev = target > self.feat.data.user_offsets[users]
         subject = np.where(has_prev & (rng.random(len(p)) < self.subject_prob), target - 1, -1)
-        ctx = self.feat.context(users, snapshot, target, subject)
-        return PseudoBatch(torch.from_numpy(b), torch.from_numpy(np.where(has_state, n_events, 0)), ctx)
+        ctx = self.feat.request_features(users, target, subject)
+        C = self.feat.cfg.context_len
+        first = np.maximum(n_events, p - C)  # window position of the first context event
+        ctx_len = p - first
+        ctx_pos = np.minimum(first[:, None] + np.arange(C)[None, :], np.maximum(p - 1, 0)[:, None])
+        return PseudoBatch(
+            torch.from_numpy(b),
+            torch.from_numpy(np.where(has_state, n_events, 0)),
+            ctx,
+            torch.from_numpy(ctx_pos),
+            torch.from_numpy(ctx_len),
+            snapshot,
+            target,
+            subject,
+        )
