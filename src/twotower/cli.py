@@ -117,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     errors: tuple[type[BaseException], ...] = (DataError, ConfigError, FileNotFoundError)
     if args.command not in ("prepare", "synth"):
         from .index.base import IndexError_
+        from .store import StoreError
         from .train.checkpoint import CheckpointError
 
-        errors += (IndexError_, CheckpointError)
+        errors += (IndexError_, CheckpointError, StoreError, ValueError)
     try:
         return int(args.func(args) or 0)
     except errors as exc:

@@ -127,7 +127,61 @@ def cmd_index_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timestamp(text: str | None) -> int | None:
+    """Unix seconds or an ISO-8601 date/time (UTC) -> int seconds."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        from datetime import datetime, timezone
+
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise SystemExit(f"cannot read time {text!r}: give unix seconds or ISO-8601 like 2000-12-31") from exc
+        return int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp())
+
+
+def cmd_refresh_states(args: argparse.Namespace) -> int:
+    from .refresh import refresh_states
+    from .store import StoreConfig, open_store
+
+    store = open_store(args.store, StoreConfig(dtype=args.dtype))
+    try:
+        r = refresh_states(
+            args.run,
+            store,
+            as_of=_timestamp(args.as_of),
+            since=_timestamp(args.since),
+            data_dir=args.data,
+            batch=args.batch,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    finally:
+        store.close()
+    print(
+        f"as of {r.as_of}: {r.stale:,} stale of {r.users_with_history:,} users with history; encoded "
+        f"{r.encoded:,} in {r.batches} batches, {r.seconds:.1f} s ({r.users_per_s:,.0f} users/s); "
+        f"model {r.model_version} -> {args.store}"
+    )
+    return 0
+
+
 def add_commands(sub) -> None:
+    s = sub.add_parser("refresh-states", help="encode users with new activity into the feature store")
+    s.add_argument("--run", required=True, help="run directory of a hybrid model (model.online_head = true)")
+    s.add_argument("--store", required=True, help="sqlite:///states.db | redis://host:6379/0")
+    s.add_argument("--as-of", help="history cut-off: unix seconds or ISO date (default: after the last event)")
+    s.add_argument("--since", help="only users whose last event is at or after this time")
+    s.add_argument("--data", help="dataset directory (default: the run's)")
+    s.add_argument("--batch", type=int, default=512, help="users per encoder batch and store transaction")
+    s.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"], help="stored precision")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_refresh_states)
+
     s = sub.add_parser("train", help="train the two towers on a prepared dataset")
     s.add_argument("--data", required=True, help="dataset directory from `twotower prepare`")
     s.add_argument("--config", help="RunConfig .toml/.json ([model] and [train] tables)")
