@@ -234,3 +234,7 @@ def add_commands(sub) -> None:
     ls = isub.add_parser("list", help="published versions (* = current)")
     ls.add_argument("--root", required=True)
     ls.set_defaults(func=cmd_index_list)
+
+    from .cli_serve import add_serve_commands
+
+    add_serve_commands(sub)

@@ -1,0 +1,307 @@
+"""Load test of the online service over a 1M-item HNSW index, on loopback: latency, throughput, hot swap.
+
+1. Artifacts (cached under ``runs/bench_serve``): a synthetic log in which every one of 1M items occurs,
+   a hybrid model (the ML-1M hybrid shape, dim 64) trained for a short time budget, the real candidate tower
+   over all 1M items, states of every user in SQLite, and an HNSW index; a second published version (a
+   hard-linked copy) is the target of the hot swap.
+2. ``twotower serve`` as a subprocess on 127.0.0.1, and an open-loop load generator: requests are scheduled
+   at a fixed rate over a bounded number of keep-alive connections (a minimal asyncio HTTP/1.1 client, cheap
+   enough to share two cores with the server), and latency is measured from the *scheduled* send time, so a
+   stalled server cannot hide its queue (no coordinated omission).
+3. Phases: steady rate; the same with ``POST /admin/reload`` to the other version mid-run (no failed request
+   allowed); a closed-loop saturation run; and the steady rate with micro-batching off.
+
+Prints a table and writes ``benchmarks/results/serve_load.json``. Usage::
+
+    python benchmarks/serve_load.py [--rate 500] [--seconds 30] [--items 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger("serve_load")
+
+
+def build(cache: Path, n_items: int, n_users: int) -> Path:
+    """The artifact root (cached): every item occurs once, plus a Zipf tail for structure."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from twotower.data import LogSchema, PrepareConfig, SequenceData, prepare_files
+    from twotower.index import IndexConfig
+    from twotower.serve import build_artifacts
+    from twotower.train.loop import RunConfig, Trainer
+
+    root = cache / f"root-{n_items}"
+    if (root / "index" / "CURRENT").is_file():
+        return root
+    rng = np.random.default_rng(0)
+    n_extra = n_items // 4
+    items = np.concatenate([rng.permutation(n_items), np.minimum(rng.zipf(1.3, n_extra) - 1, n_items - 1)])
+    users = rng.integers(0, n_users, len(items))
+    ts = 1_600_000_000 + rng.integers(0, 30 * 86400, len(items))
+    log.info("writing a log of %d events over %d items", len(items), n_items)
+    table = pa.table({
+        "user_id": pa.array(np.char.add("user", users.astype(str))),
+        "item_id": pa.array(np.char.add("item", items.astype(str))),
+        "timestamp": pa.array(ts),
+        "click": pa.array(np.ones(len(items), np.int8)),
+        "like": pa.array((rng.random(len(items)) < 0.3).astype(np.int8)),
+        "surface": pa.array(rng.choice(["home", "search", "related"], len(items))),
+    })  # fmt: skip
+    cache.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, cache / "log.parquet")
+    prepare_files(cache / "log.parquet", cache / "data", PrepareConfig(log=LogSchema(actions=["click", "like"],
+                                                                                     surface="surface")))  # fmt: skip
+    from twotower import config as cfgmod
+
+    cfg = cfgmod.load(RunConfig, REPO / "configs" / "ml1m_hybrid.toml")
+    cfg.model.item_buckets = 1 << 20  # 1M items, 2 hashes: ~0.45 expected fully colliding pairs
+    cfg.model.max_len = 50
+    cfg.train.epochs, cfg.train.time_budget_s, cfg.train.eval_users, cfg.train.num_uniform = 1, 30, 0, 256
+    cfg.train.holdout_users, cfg.train.eval_every = 0.0, 0  # no full-corpus validation over 1M items
+    Trainer(SequenceData.load(cache / "data"), cfg, cache / "run").fit(progress=False)
+    index_cfg = IndexConfig(backend="hnsw", hnsw_m=16, hnsw_ef_construction=64, hnsw_ef_search=64)
+    res = build_artifacts(cache / "run", root, index_config=index_cfg, recall_floor=0.5, progress=False)
+    log.info("built %s", res)
+    return root
+
+
+def publish_copy(root: Path) -> str:
+    """Publish a hard-linked copy of the current index as a new version (the hot swap's target)."""
+    from twotower.index.publish import current_version, history
+
+    cur = current_version(root / "index")
+    new = f"{cur.split('-copy')[0]}-copy{int(time.time())}"
+    shutil.copytree(root / "index" / "versions" / cur, root / "index" / "versions" / new, copy_function=os.link)
+    (root / "index" / "history.json").write_text(json.dumps(history(root / "index") + [new], indent=2) + "\n")
+    tmp = root / "index" / ".CURRENT.tmp"
+    tmp.write_text(new + "\n")
+    os.replace(tmp, root / "index" / "CURRENT")
+    return new
+
+
+def request_bodies(root: Path, n: int, seed: int = 1) -> list[bytes]:
+    """POST bodies: 90 % known users with 0-5 recent events and exclusions, 10 % unknown users; k = 100."""
+    from twotower.data import SequenceData
+
+    data = SequenceData.load(Path((next((root / "models").iterdir()) / "data_path.txt").read_text().strip()))
+    users, items = data.user_ids().astype(str), data.item_ids().astype(str)
+    rng = np.random.default_rng(seed)
+    t_end = int(data.event_ts.max())
+    out = []
+    for i in range(n):
+        uid = users[rng.integers(len(users))] if rng.random() < 0.9 else f"new-user-{i}"
+        ev = [{"item_id": items[rng.integers(len(items))], "actions": ["click"], "timestamp": t_end + 10 + j}
+              for j in range(int(rng.integers(0, 6)))]  # fmt: skip
+        ctx = {"recent_events": ev, "surface": "home", "timestamp": t_end + 60}
+        excl = [items[rng.integers(len(items))] for _ in range(int(rng.integers(0, 20)))]
+        body = {"user_id": uid, "k": 100, "context": ctx, "exclude_item_ids": excl}
+        payload = json.dumps(body).encode()
+        head = (f"POST /v1/retrieve HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n").encode()  # fmt: skip
+        out.append(head + payload)
+    return out
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def load(port: int, bodies: list[bytes], seconds: float, rate: float | None, conns: int, on_half=None) -> dict:
+    """Send ``bodies`` round-robin for ``seconds``: at ``rate`` req/s (open loop) or as fast as ``conns``
+    connections allow (``rate=None``, closed loop). Latency is from the scheduled send time."""
+    t0 = time.perf_counter()
+    lat, errors, statuses = [], 0, {}
+    counter = iter(range(10**9))
+    lock = asyncio.Lock()
+    half_done = asyncio.Event()
+
+    async def conn_loop() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while True:
+                async with lock:
+                    i = next(counter)
+                sched = t0 + (i / rate if rate else 0.0)
+                if sched - t0 >= seconds or time.perf_counter() - t0 >= seconds:
+                    return
+                wait = sched - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                start = sched if rate else time.perf_counter()
+                writer.write(bodies[i % len(bodies)])
+                try:
+                    status = await asyncio.wait_for(_read_response(reader), timeout=10)
+                except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    errors += 1
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    continue
+                lat.append(time.perf_counter() - start)
+                statuses[status] = statuses.get(status, 0) + 1
+                if status != 200:
+                    errors += 1
+        finally:
+            writer.close()
+
+    async def halfway() -> None:
+        await asyncio.sleep(seconds / 2)
+        if on_half is not None:
+            await on_half()
+        half_done.set()
+
+    tasks = [asyncio.create_task(conn_loop()) for _ in range(conns)] + [asyncio.create_task(halfway())]
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - t0
+    ms = np.array(lat) * 1000.0
+    return {
+        "requests": len(lat),
+        "errors": errors,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "throughput_rps": round(len(lat) / wall, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+        "p95_ms": round(float(np.percentile(ms, 95)), 2) if len(ms) else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+        "max_ms": round(float(ms.max()), 2) if len(ms) else None,
+    }
+
+
+class Server:
+    """``twotower serve`` as a subprocess on a free loopback port."""
+
+    def __init__(self, root: Path, token: str, **env: str) -> None:
+        from twotower.store.testing import free_port
+
+        self.port, self.token = free_port(), token
+        env_all = {**os.environ, "TWOTOWER_ADMIN_TOKEN": token, **{f"TWOTOWER_{k.upper()}": v for k, v in env.items()}}
+        cmd = [sys.executable, "-m", "twotower.cli", "serve", "--artifacts", str(root), "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, env=env_all, stderr=open(root.parent / "server.log", "ab"))  # noqa: SIM115
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 180:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {root.parent / 'server.log'}")
+            if self._get("/readyz")[0] == 200:
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("server not ready in 180 s")
+
+    def _get(self, path: str, method: str = "GET", headers: dict | None = None) -> tuple[int, dict]:
+        import http.client
+
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+            c.request(method, path, headers=headers or {})
+            r = c.getresponse()
+            return r.status, json.loads(r.read() or b"{}")
+        except OSError:
+            return 0, {}
+
+    async def reload(self) -> tuple[int, dict]:
+        return await asyncio.to_thread(self._get, "/admin/reload", "POST", {"Authorization": f"Bearer {self.token}"})
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--items", type=int, default=1_000_000)
+    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--rate", type=float, default=500.0, help="open-loop request rate (req/s)")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of each timed phase")
+    p.add_argument("--conns", type=int, default=32, help="keep-alive connections (bounded concurrency)")
+    p.add_argument("--cache", default=str(REPO / "runs" / "bench_serve"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_load.json"))
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    t_build = time.perf_counter()
+    root = build(Path(args.cache), args.items, args.users)
+    build_s = time.perf_counter() - t_build
+    bodies = request_bodies(root, 4000)
+    token = secrets.token_urlsafe(24)
+    results: dict = {}
+    swap: dict = {}
+    server = Server(root, token)
+    try:
+        asyncio.run(load(server.port, bodies, 3.0, args.rate, args.conns))  # warm-up, not recorded
+        results["steady"] = asyncio.run(load(server.port, bodies, args.seconds, args.rate, args.conns))
+        target = publish_copy(root)
+
+        async def do_reload() -> None:
+            t = time.perf_counter()
+            status, body = await server.reload()
+            swap.update(status=status, seconds=round(time.perf_counter() - t, 2), target=target, response=body)
+
+        results["steady+reload"] = asyncio.run(
+            load(server.port, bodies, args.seconds, args.rate, args.conns, on_half=do_reload)
+        )
+        results["saturation (closed loop)"] = asyncio.run(load(server.port, bodies, args.seconds / 3, None, 16))
+        _, ready = server._get("/readyz")
+    finally:
+        server.stop()
+    server = Server(root, token, micro_batch="1")
+    try:
+        asyncio.run(load(server.port, bodies, 3.0, args.rate, args.conns))
+        results["steady, micro-batching off"] = asyncio.run(
+            load(server.port, bodies, args.seconds, args.rate, args.conns)
+        )
+    finally:
+        server.stop()
+
+    print(f"\n1M-item HNSW service on 2 cores (server + load generator), rate {args.rate:.0f} req/s, k=100")
+    keys = ["requests", "errors", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
+    print(f"{'phase':<30}" + "".join(f"{k:>15}" for k in keys))
+    for name, r in results.items():
+        print(f"{name:<30}" + "".join(f"{str(r[k]):>15}" for k in keys))
+    print(f"hot swap: HTTP {swap.get('status')} in {swap.get('seconds')} s -> {swap.get('target')}")
+    out = {
+        "items": int(ready.get("items", 0)),
+        "rate": args.rate,
+        "seconds_per_phase": args.seconds,
+        "connections": args.conns,
+        "cores": os.cpu_count(),
+        "build_or_cache_seconds": round(build_s, 1),
+        "phases": results,
+        "hot_swap": swap,
+        "note": "server and load generator share the machine's cores; timings taken under contention",
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    ok = swap.get("status") == 200 and all(r["errors"] == 0 for r in results.values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

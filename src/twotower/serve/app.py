@@ -1,0 +1,243 @@
+"""The FastAPI app: thin routes that validate a schema, call the engine through the micro-batcher, return JSON.
+
+Endpoints: ``POST /v1/retrieve``, ``POST /v1/retrieve/batch``, ``GET /healthz`` (the process is alive),
+``GET /readyz`` (a consistent bundle is loaded), ``GET /metrics`` (Prometheus), ``POST /admin/reload``
+(bearer token; loads what ``ROOT/index/CURRENT`` names and swaps it in; a failed load keeps the current
+version serving and answers 409 with the reason). Every 4xx body is ``{"error": ..., "detail": [...]}``
+with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .artifacts import Bundle, load_bundle
+from .batcher import MicroBatcher
+from .context import RequestError, parse_request
+from .engine import Result, Retriever
+from .limits import BodySizeLimit
+from .metrics import Metrics, MetricsMiddleware
+from .schemas import BatchRequest, BatchResponse, ErrorResponse, ReloadResponse, RetrieveRequest, RetrieveResponse
+from .settings import ServeSettings
+
+log = logging.getLogger(__name__)
+ERRORS = {
+    401: {"model": ErrorResponse, "description": "missing bearer token"},
+    403: {"model": ErrorResponse, "description": "wrong token"},
+    413: {"model": ErrorResponse, "description": "body larger than TWOTOWER_MAX_BODY_BYTES"},
+    422: {"model": ErrorResponse, "description": "invalid request; the message names the field and the fix"},
+}
+
+
+class Service:
+    """What the routes share: settings, metrics, the retriever (current bundle + store) and the batcher."""
+
+    def __init__(self, settings: ServeSettings, bundle: Bundle | None = None) -> None:
+        self.settings, self.metrics = settings, Metrics()
+        self._preloaded = bundle
+        self.retriever: Retriever | None = None
+        self.batcher: MicroBatcher | None = None
+        self.reload_lock = asyncio.Lock()
+        self.last_reload_error: str | None = None
+
+    async def start(self) -> None:
+        import torch
+
+        from ..index.vector_index import _faiss
+        from ..store import open_store
+
+        s = self.settings
+        torch.set_num_threads(s.torch_threads)
+        _faiss().omp_set_num_threads(s.faiss_threads)
+        bundle = self._preloaded or await asyncio.to_thread(load_bundle, s.artifacts, s.hnsw_ef_search)
+        self._preloaded = None
+        store = open_store(s.resolved_store_url())
+        self.retriever = Retriever(bundle, store, self.metrics, retry_s=s.store_retry_s)
+        self.batcher = MicroBatcher(self.retriever.run, s.micro_batch, s.micro_batch_wait_ms / 1000.0)
+        self.metrics.set_versions(bundle.model_version, bundle.index_version)
+        log.info("serving model %s with index %s from %s", bundle.model_version, bundle.index_version, s.artifacts)
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+        if self.retriever is not None:
+            self.retriever.store.close()
+
+    async def reload(self) -> ReloadResponse:
+        """Load the published version and swap it in; on any failure keep serving and raise a 409."""
+        t0 = time.perf_counter()
+        if self.reload_lock.locked():
+            raise HTTPException(409, "a reload is already running; retry when it has finished")
+        async with self.reload_lock:
+            old = self.retriever.bundle
+            try:
+                new = await asyncio.to_thread(load_bundle, self.settings.artifacts, self.settings.hnsw_ef_search)
+            except Exception as exc:  # anything unloadable: the current version must keep serving
+                self.last_reload_error = f"{type(exc).__name__}: {exc}"
+                self.metrics.reloads.labels("error").inc()
+                log.error("reload failed, still serving %s / %s: %s", old.model_version, old.index_version, exc)
+                raise HTTPException(
+                    409,
+                    f"reload failed; still serving model {old.model_version} index {old.index_version}. "
+                    f"Fix or roll back the published artifacts, then reload again. Cause: {self.last_reload_error}",
+                ) from exc
+            self.retriever.swap(new)
+            self.last_reload_error = None
+            self.metrics.reloads.labels("ok").inc()
+            self.metrics.set_versions(new.model_version, new.index_version)
+        changed = (new.model_version, new.index_version) != (old.model_version, old.index_version)
+        log.info("reloaded: model %s index %s (changed: %s)", new.model_version, new.index_version, changed)
+        return ReloadResponse(
+            changed=changed,
+            model_version=new.model_version,
+            index_version=new.index_version,
+            previous_model_version=old.model_version,
+            previous_index_version=old.index_version,
+            took_ms=round(1000 * (time.perf_counter() - t0), 1),
+        )
+
+
+def get_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+def require_admin(service: ServiceDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Bearer-token check for /admin/*: 401 without a token, 403 with a wrong one (constant-time compare)."""
+    if not authorization or not authorization.startswith("Bearer "):
+        raise HTTPException(401, "send the admin token as `Authorization: Bearer <TWOTOWER_ADMIN_TOKEN>`",
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    given = authorization[len("Bearer ") :].encode()
+    if not secrets.compare_digest(given, service.settings.admin_token.get_secret_value().encode()):
+        raise HTTPException(403, "wrong admin token; use the value of TWOTOWER_ADMIN_TOKEN the server runs with")
+
+
+def _result_json(res: Result, took_ms: float) -> dict:
+    items = [{"item_id": i, "score": s} for i, s in zip(res.item_ids.tolist(), res.scores.tolist())]
+    return {"items": items, "model_version": res.model_version, "index_version": res.index_version,
+            "path": res.path, "took_ms": took_ms}  # fmt: skip
+
+
+def _json(body: dict, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json")
+
+
+def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+    detail = [
+        {"loc": ".".join(str(p) for p in e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    summary = "; ".join(f"{d['loc']}: {d['msg']}" for d in detail[:3]) + (" ..." if len(detail) > 3 else "")
+    return _json({"error": f"invalid request, change {summary}", "detail": detail}, 422)
+
+
+def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    resp = _json({"error": str(exc.detail)}, exc.status_code)
+    for k, v in (exc.headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def _request_error(_: Request, exc: RequestError) -> Response:
+    return _json({"error": str(exc)}, 422)
+
+
+def create_app(settings: ServeSettings | None = None, bundle: Bundle | None = None) -> FastAPI:
+    """The service as an ASGI app. ``bundle``: serve this already-loaded bundle first (tests, benchmarks)."""
+    settings = settings or ServeSettings()
+    service = Service(settings, bundle)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await service.start()
+        yield
+        await service.stop()
+
+    app = FastAPI(
+        title="twotower retrieval",
+        version="1",
+        description="Top-K items for a user right now: feature-store state + online head + ANN index.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestError, _request_error)
+
+    @app.post("/v1/retrieve", response_model=RetrieveResponse, responses=ERRORS)
+    async def retrieve(req: RetrieveRequest, svc: ServiceDep) -> Response:
+        """Top-``k`` items for one user; the user's recent and excluded items are never returned."""
+        t0 = time.perf_counter()
+        parsed = parse_request(req, svc.retriever.bundle)
+        [res] = await svc.batcher.submit([parsed])
+        return _json(_result_json(res, round(1000 * (time.perf_counter() - t0), 3)))
+
+    @app.post("/v1/retrieve/batch", response_model=BatchResponse, responses=ERRORS)
+    async def retrieve_batch(req: BatchRequest, svc: ServiceDep) -> Response:
+        """Many users in one call; results in request order."""
+        t0 = time.perf_counter()
+        if len(req.requests) > svc.settings.max_batch_requests:
+            raise RequestError(
+                f"requests: {len(req.requests)} users in one call, at most {svc.settings.max_batch_requests}; "
+                "split the batch (or raise TWOTOWER_MAX_BATCH_REQUESTS)"
+            )
+        bundle = svc.retriever.bundle
+        parsed = []
+        for i, r in enumerate(req.requests):
+            try:
+                parsed.append(parse_request(r, bundle))
+            except RequestError as exc:
+                raise RequestError(f"requests[{i}].{exc}") from exc
+        results = await svc.batcher.submit(parsed)
+        took = round(1000 * (time.perf_counter() - t0), 3)
+        return _json({"results": [_result_json(r, took) for r in results], "took_ms": took})
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        """The process is up and its event loop answers."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz(svc: ServiceDep) -> Response:
+        """Ready when a bundle whose model, index and item tables agree is loaded (checked at load)."""
+        r = svc.retriever
+        if r is None:
+            return _json({"error": "artifacts are still loading; retry shortly"}, 503)
+        b = r.bundle
+        return _json({"status": "ready", "model_version": b.model_version, "index_version": b.index_version,
+                      "items": len(b.index), "store": "ok" if r.store_ok else "unavailable",
+                      "last_reload_error": svc.last_reload_error})  # fmt: skip
+
+    @app.get("/metrics")
+    async def metrics(svc: ServiceDep) -> Response:
+        """Prometheus text format: requests, latency histogram, retrieval paths, store errors, versions."""
+        return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload", response_model=ReloadResponse, responses={**ERRORS, 409: {"model": ErrorResponse}})
+    async def reload(svc: ServiceDep, _: Annotated[None, Depends(require_admin)]) -> ReloadResponse:
+        """Swap to the version ``ROOT/index/CURRENT`` names; requests in flight finish on the old one."""
+        return await svc.reload()
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (and multi-worker runs): settings from ``TWOTOWER_*``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(ServeSettings())

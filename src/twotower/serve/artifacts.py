@@ -1,0 +1,220 @@
+"""The artifact root the online service serves from: how to assemble it from a run, and how to load it.
+
+Layout of ``ROOT/``::
+
+    models/<model_version>/checkpoints/best/   model.safetensors + config.json + state.json (no optimizer)
+    models/<model_version>/data_path.txt       the prepared dataset (item id strings and hash tables)
+    embeddings/<model_version>/                the candidate tower over the corpus (``twotower export``)
+    index/                                     index root: versions/<v>/, CURRENT, history.json
+    states.db                                  SQLite feature store (default; Redis via TWOTOWER_STORE_URL)
+    data/                                      optional: a dataset that overrides data_path.txt
+
+One pointer decides what is served: ``index/CURRENT``. Its manifest names the model version, whose weights
+are ``models/<model_version>``, and the feature store is read under that same version. Publishing a new model
+is therefore: :func:`build_artifacts` (copy the model, export, refresh states, build and publish an index),
+then ``POST /admin/reload``. Only safetensors, JSON, FAISS and ``.npy`` (``allow_pickle=False``) files are
+ever read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.dataset import SequenceData
+from ..data.hashing import multi_hash, to_buckets
+from ..data.prepare import SALT_ITEM
+from ..features import Featurizer
+from ..index import IndexConfig
+from ..index.publish import build_and_publish, current_version, load_current
+from ..index.vector_index import VectorIndex
+from ..model import TwoTower
+from ..train.loop import RunConfig, load_model
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "state.json")
+
+
+class ArtifactError(RuntimeError):
+    """The artifact root is missing something or is inconsistent; the message names the fix."""
+
+
+def _refuse_unsplit(cfg: RunConfig, where: Path) -> None:
+    if not cfg.model.online_head:
+        raise ArtifactError(
+            f"{where} is an unsplit model (model.online_head = false); the online service needs a hybrid "
+            "model: train with online_head = true (e.g. configs/ml1m_hybrid.toml)"
+        )
+
+
+def _copy_model(run: Path, dest: Path) -> None:
+    """Copy the run's best (else last) checkpoint without optimizer state, atomically."""
+    src = run / "checkpoints" / "best"
+    if not src.is_dir():
+        src = run / "checkpoints" / "last"
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "checkpoints" / "best").mkdir(parents=True)
+    for name in CHECKPOINT_FILES:
+        shutil.copy2(src / name, tmp / "checkpoints" / "best" / name)
+    data_path = (run / "data_path.txt").read_text().strip()
+    (tmp / "data_path.txt").write_text(data_path + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+def build_artifacts(
+    run: str | Path,
+    root: str | Path,
+    backend: str = "hnsw",
+    store_url: str | None = None,
+    index_config: IndexConfig | None = None,
+    recall_floor: float = 0.95,
+    as_of: int | None = None,
+    progress: bool = False,
+) -> dict:
+    """Assemble (or add a model version to) an artifact root from a trained hybrid run.
+
+    Steps: copy the checkpoint to ``models/<v>``, export item embeddings, write the users' states into the
+    store (``store_url``, default ``sqlite:///ROOT/states.db``) as of ``as_of`` (default: after the last
+    event), build and publish the index last, so that ``CURRENT`` names a version whose states exist.
+    """
+    from ..export import export_items
+    from ..refresh import refresh_states
+
+    run, root = Path(run), Path(root)
+    if not (run / "data_path.txt").is_file():
+        raise ArtifactError(f"{run} does not record its dataset (data_path.txt); is it a `twotower train` run?")
+    _, cfg, version = load_model(run)
+    _refuse_unsplit(cfg, run)
+    root.mkdir(parents=True, exist_ok=True)
+    _copy_model(run, root / "models" / version)
+    emb_dir = root / "embeddings" / version
+    export_items(root / "models" / version, emb_dir, progress=progress)
+    url = store_url or f"sqlite:///{(root / 'states.db').resolve()}"
+    report = refresh_states(root / "models" / version, url, as_of=as_of, progress=progress)
+    config = index_config or IndexConfig(backend=backend)
+    published = build_and_publish(emb_dir, root / "index", config, recall_floor=recall_floor)
+    log.info("artifact root %s: model %s, index %s, %d states", root, version, published["version"], report.encoded)
+    return {
+        "root": str(root),
+        "model_version": version,
+        "index_version": published["version"],
+        "recall": published["recall"],
+        "store_url": url,
+        "states_written": report.encoded,
+    }
+
+
+@dataclass
+class ItemTable:
+    """The corpus as the service sees it: id strings <-> dense index, and the model's hashed item tables.
+
+    ``ids``: object [N]; ``hash``/``author``: int64 [N, H]; ``feat``: int64 [N, F] (bucketed, 0 = padding).
+    """
+
+    ids: np.ndarray
+    lookup: pd.Index
+    hash: np.ndarray
+    author: np.ndarray
+    feat: np.ndarray
+    num_hashes: int
+    item_buckets: int
+
+    def dense(self, item_ids: list[str]) -> np.ndarray:
+        """Dense indices of ``item_ids``, -1 where unknown. int64 [n] (one vectorised hash-table probe)."""
+        if not item_ids:
+            return np.zeros(0, np.int64)
+        return self.lookup.get_indexer(item_ids).astype(np.int64)
+
+    def hashed(self, item_ids: list[str], dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(item, author, feat) bucket ids for ``item_ids`` [n]: table rows for known items; unknown items are
+        hashed on the fly exactly as ``prepare`` hashes them (so they still embed) with no author/features."""
+        n = len(item_ids)
+        known = dense >= 0
+        row = np.where(known, dense, 0)
+        item = np.where(known[:, None], self.hash[row], 0)
+        author = np.where(known[:, None], self.author[row], 0)
+        feat = np.where(known[:, None], self.feat[row], 0)
+        if n and not known.all():
+            new = [item_ids[i] for i in np.flatnonzero(~known)]
+            item[~known] = to_buckets(multi_hash(new, self.num_hashes, SALT_ITEM), self.item_buckets)
+        return item, author, feat
+
+
+@dataclass
+class Bundle:
+    """Everything one served version needs, loaded together and swapped as one reference."""
+
+    model: TwoTower
+    config: RunConfig
+    model_version: str
+    index: VectorIndex
+    index_version: str
+    items: ItemTable
+    actions: dict[str, int]  # action name -> bit
+    surfaces: dict[str, int]  # surface name -> embedding index (0 = none/unknown)
+
+    @property
+    def state_shape(self) -> tuple[int, int]:
+        return self.config.model.state_tokens, self.config.model.dim
+
+
+def _dataset_dir(root: Path, model_dir: Path) -> Path:
+    if (root / "data" / "manifest.json").is_file():
+        return root / "data"
+    rec = model_dir / "data_path.txt"
+    if not rec.is_file():
+        raise ArtifactError(f"{model_dir} has no data_path.txt and {root}/data is absent; rebuild the artifact root")
+    return Path(rec.read_text().strip())
+
+
+def load_bundle(root: str | Path, ef_search: int | None = None) -> Bundle:
+    """Load the version ``ROOT/index/CURRENT`` names, with its model and item tables; checks they agree."""
+    root = Path(root)
+    if not (root / "index").is_dir():
+        raise ArtifactError(f"{root} has no index/; assemble it with `twotower serve-prepare --run RUN --artifacts`")
+    index_version = current_version(root / "index")
+    index = load_current(root / "index")  # verifies checksums: a corrupt file is an error here, not at request time
+    model_dir = root / "models" / index.model_version
+    if not (model_dir / "checkpoints").is_dir():
+        raise ArtifactError(
+            f"index {index_version} was built from model {index.model_version}, but {model_dir} does not exist; "
+            "publish indexes with build_artifacts (it copies the model) or copy the run there"
+        )
+    model, cfg, version = load_model(model_dir)
+    _refuse_unsplit(cfg, model_dir)
+    if version != index.model_version:
+        raise ArtifactError(f"{model_dir} holds model {version}, the index expects {index.model_version}; rebuild")
+    if index.dim != cfg.model.dim:
+        raise ArtifactError(f"index dim {index.dim} != model dim {cfg.model.dim}; rebuild the index")
+    data = SequenceData.load(_dataset_dir(root, model_dir), mmap=True)
+    feat = Featurizer(data, cfg.model)
+    ids = data.item_ids().astype(str).astype(object)
+    if len(index.ids) and (index.ids.min() < 0 or index.ids.max() >= len(ids)):
+        raise ArtifactError(f"index {index_version} holds item ids outside the dataset's {len(ids)} items; rebuild")
+    lookup = pd.Index(ids)
+    if not lookup.is_unique:
+        raise ArtifactError("the dataset's item ids are not unique; re-run `twotower prepare`")
+    if ef_search is not None and index.config.backend == "hnsw":
+        index.set_search_params(hnsw_ef_search=ef_search)
+    table = ItemTable(
+        ids=ids,
+        lookup=lookup,
+        hash=np.ascontiguousarray(feat.item_hash),
+        author=np.ascontiguousarray(feat.item_author),
+        feat=np.ascontiguousarray(feat.item_feat),
+        num_hashes=cfg.model.num_hashes,
+        item_buckets=cfg.model.item_buckets,
+    )
+    actions = {name: i for i, name in enumerate(data.manifest.get("actions", [])[: max(cfg.model.num_actions, 0)])}
+    surfaces = {name: i + 1 for i, name in enumerate(data.manifest.get("surfaces", [])) if i < cfg.model.num_surfaces}
+    model.requires_grad_(False)
+    return Bundle(model, cfg, version, index, index_version, table, actions, surfaces)

@@ -1,0 +1,140 @@
+"""HTTP request and response schemas of the online service (pydantic v2; they also make the OpenAPI schema).
+
+Validation is strict and closed: unknown fields, strings where numbers belong, NaN/inf and out-of-range sizes
+are refused with a 422 naming the field, before any model or index work is done. Limits keep one request's
+cost bounded; the body-size limit (``ServeSettings.max_body_bytes``) stops absurd payloads before parsing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_K = 1000
+MAX_EVENTS = 1000  # only the last ``context_len`` after the snapshot reach the head; the rest are exclusions
+MAX_IDS = 10_000
+MAX_ACTIONS = 32
+MAX_TS = 1 << 40  # seconds; year 36812 - anything larger is a unit mistake (ms or us)
+
+ItemId = Annotated[str, Field(min_length=1, max_length=256, examples=["Toy Story (1995)"])]
+Timestamp = Annotated[int, Field(ge=0, lt=MAX_TS, description="seconds since the epoch (UTC)")]
+
+
+class _Strict(BaseModel):
+    # strict: "5" is not 5; forbid: a typo in a field name is an error, not a silently ignored option.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class Event(_Strict):
+    """One of the user's recent events (e.g. since the feature store's snapshot)."""
+
+    item_id: ItemId
+    actions: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=MAX_ACTIONS, description="action names from the dataset (e.g. 'liked')"
+    )
+    timestamp: Timestamp
+    surface: str | None = Field(None, max_length=128, description="where it happened; unknown names count as none")
+
+
+class RequestContext(_Strict):
+    """Real-time context: what happened since the cached state, and where and when the request comes from."""
+
+    recent_events: list[Event] = Field(default_factory=list, max_length=MAX_EVENTS)
+    surface: str | None = Field(None, max_length=128, description="surface name; unknown names count as none")
+    timestamp: Timestamp | None = Field(None, description="request time; default: now")
+    subject_item_id: ItemId | None = Field(None, description="the item the request is about (item page)")
+
+
+class Filters(_Strict):
+    """Restrictions on the returned items."""
+
+    allow_item_ids: list[ItemId] | None = Field(
+        None, max_length=MAX_IDS, description="return only these items (unknown ids are ignored)"
+    )
+
+
+class RetrieveRequest(_Strict):
+    """Top-k items for one user, right now."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "42",
+                    "context": {
+                        "recent_events": [
+                            {"item_id": "Toy Story (1995)", "actions": ["rated", "loved"], "timestamp": 978300760}
+                        ],
+                        "surface": "home",
+                        "timestamp": 978301000,
+                    },
+                    "k": 10,
+                    "exclude_item_ids": ["Jumanji (1995)"],
+                }
+            ]
+        }
+    )
+
+    user_id: str = Field(min_length=1, max_length=256, examples=["42"])
+    context: RequestContext = Field(default_factory=RequestContext)
+    k: int = Field(100, ge=1, le=MAX_K)
+    exclude_item_ids: list[ItemId] = Field(default_factory=list, max_length=MAX_IDS)
+    filters: Filters = Field(default_factory=Filters)
+
+
+class BatchRequest(_Strict):
+    """Many users in one call (each entry is a full :class:`RetrieveRequest`)."""
+
+    requests: list[RetrieveRequest] = Field(min_length=1, max_length=4096)
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RetrieveResponse(BaseModel):
+    """``path``: "cached" (stored state), "cold_start" (no state for this user), "fallback" (the store is down
+    or holds another model version's state; the head ran without a state)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [{"item_id": "Aladdin (1992)", "score": 0.83}],
+                    "model_version": "3f2a9c0d1e2b4a5c",
+                    "index_version": "20240501T120000-3f2a9c0d-hnsw",
+                    "path": "cached",
+                    "took_ms": 2.1,
+                }
+            ]
+        }
+    )
+
+    items: list[ScoredItem]
+    model_version: str
+    index_version: str
+    path: Literal["cached", "cold_start", "fallback"]
+    took_ms: float
+
+
+class BatchResponse(BaseModel):
+    results: list[RetrieveResponse]
+    took_ms: float
+
+
+class ReloadResponse(BaseModel):
+    changed: bool
+    model_version: str
+    index_version: str
+    previous_model_version: str
+    previous_index_version: str
+    took_ms: float
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/409 body: a one-line ``error`` saying what to change, optional per-field ``detail``."""
+
+    error: str
+    detail: list[dict] | None = None
