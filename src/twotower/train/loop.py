@@ -32,6 +32,7 @@ from .batches import WindowBatches, plan_epoch
 from .frequency import ExactFrequency, StreamingFrequency
 from .losses import candidate_softmax_loss, sampled_softmax_loss
 from .negatives import FullCorpus, InBatchNegatives, MixedNegatives, UniformNegatives
+from .optim import AdamWRowWiseAdagrad
 from .pseudo import PseudoBatch, PseudoContext
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class TrainConfig:
     batch_tokens: int = 16384  # training targets per batch (windows x padded length)
     lr: float = 1e-3
     weight_decay: float = 0.01
+    embedding_optimizer: str = "adamw"  # adamw | rowwise_adagrad (one accumulator per table row)
+    embedding_lr: float = 0.05  # row-wise Adagrad's learning rate (follows the same warm-up + cosine)
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
@@ -78,6 +81,8 @@ class TrainConfig:
         bad = [n for n in self.negatives if n not in ("in_batch", "uniform", "full")]
         if bad or not self.negatives:
             raise ValueError(f"negatives must be a non-empty list of in_batch|uniform|full, got {self.negatives}")
+        if self.embedding_optimizer not in ("adamw", "rowwise_adagrad"):
+            raise ValueError(f"embedding_optimizer must be adamw|rowwise_adagrad, got {self.embedding_optimizer!r}")
         if self.logq not in ("streaming", "exact", "none"):
             raise ValueError(f"logq must be streaming|exact|none, got {self.logq!r}")
         if not 0.0 <= self.holdout_users < 1.0:
@@ -129,12 +134,21 @@ def build_negatives(cfg: TrainConfig, data: SequenceData, targets_per_batch: int
     return MixedNegatives(sources)
 
 
-def _param_groups(model: TwoTower, wd: float) -> list[dict]:
-    decay, no_decay = [], []
+def _param_groups(model: TwoTower, cfg: TrainConfig) -> list[dict]:
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay, rowwise = [], [], []
     for name, p in model.named_parameters():
+        if cfg.embedding_optimizer == "rowwise_adagrad" and id(p) in tables:
+            rowwise.append(p)
         # Embedding tables, norms and biases are not decayed (only hit rows get gradients anyway).
-        (no_decay if p.ndim < 2 or "emb" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+        elif p.ndim < 2 or "emb" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if rowwise:
+        groups.append({"params": rowwise, "weight_decay": 0.0, "lr": cfg.embedding_lr, "rowwise": True})
+    return groups
 
 
 class Trainer:
@@ -164,10 +178,11 @@ class Trainer:
         self.log_tau = torch.nn.Parameter(
             torch.tensor(math.log(tc.temperature), device=self.device), requires_grad=tc.learn_temperature
         )
-        groups = _param_groups(self.model, tc.weight_decay)
+        groups = _param_groups(self.model, tc)
         if tc.learn_temperature:
             groups.append({"params": [self.log_tau], "weight_decay": 0.0})
-        self.opt = torch.optim.AdamW(groups, lr=tc.lr, betas=[0.9, 0.98])  # a list survives the JSON round trip
+        # A list of betas survives the JSON round trip of the checkpoint's param groups.
+        self.opt = AdamWRowWiseAdagrad(groups, lr=tc.lr, betas=[0.9, 0.98])
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(tc, self.total_steps))
         self.negatives = build_negatives(tc, data, tc.batch_tokens)
         # The fused loss needs every positive among the candidates: true when in-batch negatives are used.
