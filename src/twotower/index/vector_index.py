@@ -54,6 +54,7 @@ class VectorIndex:
         self._faiss_index = None
         self._lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted live ids, their labels)
         self._alive_sel = None
+        self._n_alive: int | None = None  # cached: counting 1M flags costs more than a FAISS search
 
     # --- building and mutation -------------------------------------------------------------------------
     @classmethod
@@ -117,7 +118,13 @@ class VectorIndex:
         self._invalidate()
 
     def _invalidate(self) -> None:
-        self._lookup, self._alive_sel = None, None
+        self._lookup, self._alive_sel, self._n_alive = None, None, None
+
+    @property
+    def n_alive(self) -> int:
+        if self._n_alive is None:
+            self._n_alive = int(self.alive.sum())
+        return self._n_alive
 
     def labels_of(self, ids: np.ndarray) -> np.ndarray:
         """Internal labels of live ``ids`` (-1 where unknown or deleted). int64, same shape."""
@@ -149,7 +156,7 @@ class VectorIndex:
         return len(labels)
 
     def __len__(self) -> int:
-        return int(self.alive.sum())
+        return self.n_alive
 
     # --- search ----------------------------------------------------------------------------------------
     def search(
@@ -160,15 +167,15 @@ class VectorIndex:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         ex = normalise_exclude(exclude, len(q))
-        allowed = self.alive.copy()
+        allowed, n_allowed = self.alive, self.n_alive  # read-only below unless an allow-list narrows it
         if allow is not None:
             lab = self.labels_of(np.asarray(allow, dtype=np.int64))
-            mask = np.zeros_like(allowed)
-            mask[lab[lab >= 0]] = True
-            allowed &= mask
+            allowed = np.zeros_like(self.alive)
+            allowed[lab[lab >= 0]] = True
+            allowed &= self.alive
+            n_allowed = int(allowed.sum())
         ex_labels = None if ex is None else [self.labels_of(e) for e in ex]
         ex_labels = None if ex_labels is None else [e[e >= 0] for e in ex_labels]
-        n_allowed = int(allowed.sum())
         small_allow = allow is not None and n_allowed < self.config.filter_exact_below * max(len(self.alive), 1)
         if self._faiss_index is None or small_allow:
             return self._exact(q, k, allowed, ex_labels)
@@ -226,14 +233,14 @@ class VectorIndex:
     def _ann(self, q, k, allowed, has_allow, ex_labels):
         faiss = _faiss()
         base = None
-        if has_allow or not self.alive.all():
+        if has_allow or self.n_alive < len(self.alive):
             if not has_allow and self._alive_sel is not None:
                 base = self._alive_sel
             else:
                 base = self._bitmap_selector(allowed)
                 if not has_allow:
                     self._alive_sel = base
-        n_allowed = int(allowed.sum())
+        n_allowed = int(allowed.sum()) if has_allow else self.n_alive
         if ex_labels is not None and len(q) == 1:
             # One query: its exclusions go inside the search as a selector.
             excl = ex_labels[0]

@@ -21,7 +21,7 @@ import torch
 
 from ..store import FeatureStore, StoreError
 from .artifacts import Bundle
-from .context import ParsedRequest, build_context, seen_items
+from .context import ParsedRequest, build_context, seen_items, seen_items_batch
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -106,12 +106,12 @@ class Retriever:
         return q, paths
 
     def run(self, reqs: list[ParsedRequest]) -> list[Result]:
-        """Serve a batch: user vectors for all of it at once, then one ANN search per request."""
+        """Serve a batch: user vectors for all of it at once, then one ANN search for every request without an
+        allow-list (each query keeps its own exclusions) and one search per request with one."""
         bundle = self.bundle  # read once: the whole batch runs on one version
         self.metrics.batch_size.observe(len(reqs))
         q, paths = self.user_vectors(bundle, reqs)
-        out = []
-        for b, (r, path) in enumerate(zip(reqs, paths)):
+        for r, path in zip(reqs, paths):
             self.metrics.paths.labels(path).inc()
             if path == "fallback" and self.store_ok:
                 self._warn.warning(
@@ -120,9 +120,22 @@ class Retriever:
                     r.user_id,
                     bundle.model_version,
                 )
-            ids, scores = self._search(bundle, q[b : b + 1], r)
-            out.append(Result(bundle.items.ids[ids], scores, path, bundle.model_version, bundle.index_version))
-        return out
+        found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        plain = [b for b, r in enumerate(reqs) if r.allow is None]
+        if plain:
+            ex = seen_items_batch(bundle, [reqs[b] for b in plain])
+            k = max(reqs[b].k for b in plain)
+            scores, ids = bundle.index.search(q[plain], k, exclude=ex if any(len(e) for e in ex) else None)
+            for j, b in enumerate(plain):
+                keep = ids[j, : reqs[b].k] >= 0
+                found[b] = ids[j, : reqs[b].k][keep], scores[j, : reqs[b].k][keep]
+        for b, r in enumerate(reqs):
+            if b not in found:
+                found[b] = self._search(bundle, q[b : b + 1], r)
+        return [
+            Result(bundle.items.ids[found[b][0]], found[b][1], paths[b], bundle.model_version, bundle.index_version)
+            for b in range(len(reqs))
+        ]
 
     @staticmethod
     def _search(bundle: Bundle, q: np.ndarray, r: ParsedRequest) -> tuple[np.ndarray, np.ndarray]:
