@@ -1,7 +1,8 @@
 """Wall time and peak RSS of `twotower prepare` on ML-1M and on synthetic logs of 1M and 10M events.
 
-Each size runs in its own child process, so its peak RSS is its own. Targets (2 cores): ML-1M <= 30 s and
-<= 2 GB; time about linear in events. Usage::
+Each size runs in its own child process, so its peak RSS is its own; ``import_rss_mib`` is that process's RSS
+after the imports, before preparing. Targets (2 cores): ML-1M <= 30 s and <= 2 GB; time about linear in events;
+10M synthetic events <= ~1.2 GB. Usage::
 
     python benchmarks/prepare.py [--sizes 1000000 10000000] [--out benchmarks/results/prepare.json]
 """
@@ -18,22 +19,38 @@ import time
 from pathlib import Path
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak RSS in MiB: /proc's VmHWM where there is one. ru_maxrss is no good in a child: Linux
+    keeps the parent's peak across fork + exec, so a child of a parent that has just generated a 10M-event log
+    read 2.8 GB whatever it did itself."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def _child(kind: str, src: str, out: str) -> None:
     """Runs in a fresh process: prepare once, print seconds and own peak RSS as JSON."""
     from twotower.data import LogSchema, PrepareConfig, prepare_files, prepare_movielens
 
+    base = _peak_rss_mib()  # interpreter + numpy/pyarrow/pandas
     t0 = time.perf_counter()
     if kind == "ml-1m":
         m = prepare_movielens(out)
     else:
         m = prepare_files(src, out, PrepareConfig(log=LogSchema(actions=["click", "like"], surface="surface")))
     secs = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    rss = _peak_rss_mib()
     print(
         json.dumps(
             {
                 "seconds": round(secs, 2),
                 "peak_rss_mib": round(rss, 1),
+                "import_rss_mib": round(base, 1),
                 "events": m["num_events"],
                 "users": m["num_users"],
                 "items": m["num_items"],
@@ -72,13 +89,18 @@ def main() -> None:
                 {"input": f"synth-{n}", "synth_seconds": round(gen_s, 1), **run_one("synth", log, f"{tmp}/s{n}")}
             )
     base = rows[1] if len(rows) > 1 else rows[0]
-    print(f"{'input':<16}{'events':>12}{'users':>10}{'items':>10}{'seconds':>10}{'peak MiB':>10}{'us/event':>10}")
+    print(
+        f"{'input':<16}{'events':>12}{'users':>10}{'items':>10}{'seconds':>10}{'peak MiB':>10}{'us/event':>10}"
+        f"{'B/event':>9}"
+    )
     for r in rows:
         r["us_per_event"] = round(1e6 * r["seconds"] / r["events"], 3)
+        r["bytes_per_event"] = round((r["peak_rss_mib"] - r["import_rss_mib"]) * 2**20 / r["events"], 1)
         print(
             f"{r['input']:<16}{r['events']:>12,}{r['users']:>10,}{r['items']:>10,}{r['seconds']:>10.2f}"
-            f"{r['peak_rss_mib']:>10.0f}{r['us_per_event']:>10.3f}"
+            f"{r['peak_rss_mib']:>10.0f}{r['us_per_event']:>10.3f}{r['bytes_per_event']:>9.0f}"
         )
+    print("B/event: (peak RSS - RSS after imports) / events")
     if len(rows) > 2:
         print(
             f"time per event, largest vs 1M synthetic: {rows[-1]['us_per_event'] / base['us_per_event']:.2f}x "

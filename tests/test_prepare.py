@@ -112,3 +112,99 @@ def test_missing_dataset_files_give_clear_error(tmp_path):
 
     with pytest.raises(DataError, match="run `twotower prepare`"):
         SequenceData.load(tmp_path)
+
+
+def _tie_heavy_log(n: int = 400, seed: int = 0) -> dict[str, list]:
+    """Users interleaved (half of them only appear in the second half), five distinct timestamps (ties
+    everywhere, within and across chunks), empty surfaces."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, 12, n)
+    users[n // 2 :] += 12 * rng.integers(0, 2, n - n // 2)
+    return {
+        "user_id": [f"u{u}" for u in users],
+        "item_id": [f"i{i}" for i in rng.zipf(1.5, n) % 60],
+        "timestamp": (100 * rng.integers(0, 5, n)).tolist(),
+        "click": rng.integers(0, 2, n).tolist(),
+        "surface": rng.choice(["home", "search", "", "feed"], n).tolist(),
+    }
+
+
+def _assert_same_dataset(a, b):
+    import pyarrow.parquet as pq
+
+    for f in sorted(a.glob("*.npy")):
+        x, y = np.load(f), np.load(b / f.name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), f.name
+    for name in ("items.parquet", "users.parquet"):
+        assert pq.read_table(a / name).equals(pq.read_table(b / name)), name
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    for key in ("num_events", "num_users", "num_items", "surfaces", "split_sizes", "time_range"):
+        assert ma[key] == mb[key], key
+
+
+def _check_against_slow_reference(root, log):
+    """Every user's events in (time, log position) order; users, items and surfaces numbered by first appearance."""
+    d = SequenceData.load(root)
+    users = list(dict.fromkeys(log["user_id"]))
+    rows = sorted(range(len(log["user_id"])), key=lambda r: (users.index(log["user_id"][r]), log["timestamp"][r], r))
+    assert list(d.user_ids()) == users
+    assert list(d.item_ids()) == list(dict.fromkeys(log["item_id"]))
+    assert [d.item_ids()[i] for i in d.event_item] == [log["item_id"][r] for r in rows]
+    np.testing.assert_array_equal(d.event_ts, [log["timestamp"][r] for r in rows])
+    assert d.manifest["surfaces"] == [s for s in dict.fromkeys(log["surface"]) if s]
+    surface_names = ["", *d.manifest["surfaces"]]  # 0 = none
+    assert [surface_names[s] for s in d.event_surface] == [log["surface"][r] for r in rows]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_chunked_read_prepares_like_one_piece(tmp_path, monkeypatch, fmt):
+    """Chunk boundaries (Parquet row groups and batches, CSV blocks, encoder chunks) must not leak into the
+    output: users split across chunks, ties across chunks keeping log order, ids first seen in a late chunk."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from twotower.data import LogSchema, PrepareConfig, readers
+
+    log = _tie_heavy_log()
+    path = tmp_path / f"log.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(pa.table(log), path, row_group_size=7)
+    else:
+        # ids look numeric for the first blocks, then turn textual: the streamed reader must switch type
+        log["user_id"] = [u[1:] if r < 150 else u for r, u in enumerate(log["user_id"])]
+        pacsv.write_csv(pa.table(log), path)
+    cfg = PrepareConfig(log=LogSchema(actions=["click"], surface="surface"))
+    prepare_files(path, tmp_path / "whole", cfg)
+    monkeypatch.setattr(readers, "CHUNK_ROWS", 5)
+    monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 100)
+    assert [len(c) for c in readers.iter_log(path, cfg.log)][:3] == [5, 5, 5]
+    prepare_files(path, tmp_path / "chunked", cfg)
+    _assert_same_dataset(tmp_path / "whole", tmp_path / "chunked")
+    _check_against_slow_reference(tmp_path / "chunked", log)
+
+
+def test_build_from_table_and_from_chunks_agree(tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    from twotower.data import PrepareConfig, build, readers
+
+    log = _tie_heavy_log(seed=1)
+    n = len(log["user_id"])
+    events = pa.table(
+        {
+            "user_id": log["user_id"],
+            "item_id": log["item_id"],
+            "timestamp": np.array(log["timestamp"], np.int64),
+            "actions": np.array(log["click"], np.uint8),
+            "surface": log["surface"],
+            "weight": np.ones(n, np.float32),
+        }
+    )
+    build(events, None, None, PrepareConfig(), tmp_path / "table")
+    build([events.slice(lo, 9) for lo in range(0, n, 9)], None, None, PrepareConfig(), tmp_path / "chunks")
+    monkeypatch.setattr(readers, "CHUNK_ROWS", 4)
+    build(events, None, None, PrepareConfig(), tmp_path / "small")
+    _assert_same_dataset(tmp_path / "table", tmp_path / "chunks")
+    _assert_same_dataset(tmp_path / "table", tmp_path / "small")
+    _check_against_slow_reference(tmp_path / "small", log)

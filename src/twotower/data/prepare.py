@@ -22,6 +22,12 @@ Layout written (all arrays ``.npy``; ``E`` events, ``U`` users, ``N`` items, ``H
 Ties in timestamps keep the original log order (a stable sort), so "history before the target" means
 earlier in that order. Writing is atomic: everything goes to a temporary sibling directory that is renamed
 into place, so an interrupted run leaves no half-written dataset and a re-run replaces it whole.
+
+Memory stays at about one compact copy of the events. The log is read a chunk at a time
+(:func:`~twotower.data.readers.iter_log`) and each chunk is reduced at once to int32 id codes from running
+dictionaries plus the numeric columns (:func:`encode_events`, 23 bytes per event); id strings are kept once
+per distinct id. The sort adds an int64 key and an int64 order [E] for a moment and reorders the columns one
+at a time; the outputs are these columns, reordered, plus two uint8 split columns.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +45,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from numpy.typing import DTypeLike
 
 from .. import config as cfgmod
+from . import readers
 from .hashing import hash64, multi_hash
 from .readers import DataError, ItemSchema, LogSchema, UserSchema
 
@@ -74,10 +83,144 @@ class PrepareConfig:
             raise ValueError("time_valid_frac + time_test_frac must be < 1 and time_test_frac > 0")
 
 
-def _dense_codes(arr: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """Dictionary-encode ids: (int32 codes [E], unique values in first-appearance order)."""
-    enc = arr.combine_chunks().dictionary_encode()
-    return enc.indices.to_numpy().astype(np.int32), enc.dictionary
+class _Vocab:
+    """Dense codes in order of first appearance for a column that arrives one chunk at a time.
+
+    Each chunk is dictionary-encoded on its own and its codes are written out chunk-local. The chunk
+    dictionaries pile up and are merged into the global one (one dictionary_encode of their concatenation,
+    which keeps every earlier code) only once they outgrow it; the waiting chunks' codes are then rewritten in
+    place. So each string is hashed a bounded number of times (time linear in events, not events x distinct
+    ids as with a lookup per chunk), and the strings held stay within about twice the distinct ids.
+    """
+
+    def __init__(self) -> None:
+        self.values: pa.Array | None = None  # [V] the value of each global code
+        self._pending: list[tuple[pa.Array, np.ndarray]] = []  # (chunk dictionary, its chunk-local codes)
+        self._pending_size = 0
+
+    def encode(self, col: pa.Array, out: np.ndarray) -> None:
+        """Write ``col``'s codes to ``out`` (an integer array [R], kept by the caller); -1 for nulls. The codes
+        are final once :meth:`finish` has run."""
+        enc = col.dictionary_encode()
+        out[:] = enc.indices.fill_null(-1).to_numpy()
+        self._pending.append((enc.dictionary, out))
+        self._pending_size += len(enc.dictionary)
+        if self._pending_size > (0 if self.values is None else len(self.values)):  # doubling: linear overall
+            self._merge()
+
+    def _merge(self) -> None:
+        dictionaries = [d for d, _ in self._pending]
+        merged = pa.concat_arrays(dictionaries if self.values is None else [self.values, *dictionaries])
+        enc = merged.dictionary_encode()
+        to_global = enc.indices.to_numpy()
+        start = 0 if self.values is None else len(self.values)
+        for local, codes in self._pending:
+            remap = np.append(to_global[start : start + len(local)], np.int32(-1))  # index -1 (null) stays -1
+            codes[:] = remap[codes]
+            start += len(local)
+        self.values, self._pending, self._pending_size = enc.dictionary, [], 0
+
+    def finish(self) -> pa.Array:
+        """Merge what is pending; return the value of each code, [V]."""
+        if self._pending:
+            self._merge()
+        return self.values
+
+
+@dataclass
+class EventColumns:
+    """An interaction log as compact columns, each id replaced by a dense code in order of first appearance.
+
+    In log order as encoded; :meth:`sort_by_user_time` reorders them in place.
+    """
+
+    user: np.ndarray  # int32 [E]
+    item: np.ndarray  # int32 [E]
+    ts: np.ndarray  # int64 [E] seconds
+    actions: np.ndarray  # uint8 [E] multi-hot bitmask
+    surface: np.ndarray  # int16 [E] 0 = none, else 1 + index into surfaces
+    weight: np.ndarray  # float32 [E]
+    user_ids: pa.Array  # [U] id of each user code
+    item_ids: pa.Array  # [N] id of each item code
+    surfaces: list[str]  # surface names in order of first appearance
+
+    def sort_by_user_time(self) -> np.ndarray:
+        """Reorder every column by user, then time; return user_offsets, int64 [U + 1].
+
+        The sort is stable, so events tied on (user, time) keep their log order (eSASRec's recommendation for
+        ties) without a third key of row numbers. One stable argsort of ``user * span + (ts - min)`` when that
+        fits in int64 (timsort: near linear on logs already grouped by user), else np.lexsort.
+        """
+        counts = np.bincount(self.user, minlength=len(self.user_ids))
+        offsets = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        t_min, t_max = int(self.ts.min()), int(self.ts.max())
+        if len(counts) * (t_max - t_min + 1) < 2**62 and max(-t_min, t_max) < 2**62:  # no overflow below
+            key = self.user.astype(np.int64)
+            key *= t_max - t_min + 1
+            key += self.ts
+            key -= t_min
+            order = np.argsort(key, kind="stable")
+            del key
+        else:
+            order = np.lexsort((self.ts, self.user))
+        for name in ("user", "item", "ts", "actions", "surface", "weight"):
+            setattr(self, name, getattr(self, name)[order])  # the unsorted column is freed before the next one
+        return offsets
+
+
+def _flat(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()  # combine_chunks copies even one
+    return col
+
+
+def encode_events(chunks: Iterable[pa.Table | pa.RecordBatch], num_rows: int | None = None) -> EventColumns:
+    """Normalised event chunks (reader format, in log order) -> :class:`EventColumns`.
+
+    Each chunk is reduced to compact columns before the next is read; the result equals encoding the whole
+    log at once, since a value's code only depends on where it first appears. With ``num_rows`` known
+    (Parquet metadata, a table) the columns are filled in place; else the chunks' columns are concatenated
+    at the end, which holds one column twice for a moment.
+    """
+    users, items, surfaces = _Vocab(), _Vocab(), _Vocab()
+    names = ("user", "item", "ts", "actions", "surface", "weight")
+    cols: dict[str, np.ndarray] = {}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    done = 0
+
+    def slot(name: str, dtype: DTypeLike, n: int) -> np.ndarray:
+        """Where the chunk's ``n`` values of column ``name`` go: a view of the full column, or a new part."""
+        if num_rows is None:
+            parts[name].append(np.empty(n, dtype))
+            return parts[name][-1]
+        return cols.setdefault(name, np.empty(num_rows, dtype))[done : done + n]
+
+    for chunk in chunks:
+        n = chunk.num_rows
+        if num_rows is not None and done + n > num_rows:
+            raise DataError(f"expected {num_rows} events, read more; was the log rewritten while it was read?")
+        users.encode(_flat(chunk.column("user_id")), slot("user", np.int32, n))
+        items.encode(_flat(chunk.column("item_id")), slot("item", np.int32, n))
+        surf = _flat(chunk.column("surface"))
+        surfaces.encode(pc.if_else(pc.equal(surf, ""), None, surf), slot("surface", np.int16, n))  # "" = none
+        for name, column in (("ts", "timestamp"), ("actions", "actions")):  # dtypes as read: int64, uint8
+            values = _flat(chunk.column(column)).to_numpy()
+            slot(name, values.dtype, n)[:] = values
+        slot("weight", np.float32, n)[:] = _flat(chunk.column("weight")).to_numpy()
+        done += n
+    if done == 0:
+        raise DataError("the interaction log has no events")
+    if num_rows is not None and done != num_rows:
+        raise DataError(f"expected {num_rows} events, read {done}; was the log rewritten while it was read?")
+    user_ids, item_ids, surface_values = users.finish(), items.finish(), surfaces.finish()  # codes now final
+    if num_rows is None:
+        for name in names:
+            cols[name] = np.concatenate(parts[name])
+            parts[name].clear()
+    cols["surface"] += 1  # 0 = none, else 1 + index into surfaces
+    pa.default_memory_pool().release_unused()  # hand the chunks' Arrow buffers back before the sort
+    return EventColumns(**cols, user_ids=user_ids, item_ids=item_ids, surfaces=surface_values.to_pylist())
 
 
 def _pad_token_hashes(lists: pa.ListArray, width: int, salt: int, what: str) -> np.ndarray:
@@ -105,71 +248,69 @@ def _pad_token_hashes(lists: pa.ListArray, width: int, salt: int, what: str) -> 
 
 
 def _splits(offsets: np.ndarray, ts: np.ndarray, cfg: PrepareConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Per-event split labels for leave-last-out and the global time split. uint8 [E] each."""
-    n = np.diff(offsets)
-    user = np.repeat(np.arange(len(n)), n)
-    pos = np.arange(len(ts)) - offsets[:-1][user]
-    nu = n[user]
+    """Per-event split labels for leave-last-out and the global time split. uint8 [E] each.
+
+    ``offsets`` int64 [U + 1] and ``ts`` int64 [E] are in (user, time) order. No [E]-sized temporaries but
+    booleans and one copy of ``ts`` (for the quantiles).
+    """
+    n, ends = np.diff(offsets), offsets[1:]
     loo = np.zeros(len(ts), np.uint8)
-    loo[(pos == nu - 1) & (nu >= 2)] = SPLIT_TEST
-    loo[(pos == nu - 2) & (nu >= 3)] = SPLIT_VALID
-    t_valid = np.quantile(ts, 1.0 - cfg.time_valid_frac - cfg.time_test_frac, method="lower")
-    t_test = np.quantile(ts, 1.0 - cfg.time_test_frac, method="lower")
-    tsplit = np.where(ts >= t_test, SPLIT_TEST, np.where(ts >= t_valid, SPLIT_VALID, SPLIT_TRAIN)).astype(np.uint8)
+    loo[ends[n >= 2] - 1] = SPLIT_TEST  # each user's last event, if it has two or more
+    loo[ends[n >= 3] - 2] = SPLIT_VALID  # and the one before, if it has three or more
+    t_valid, t_test = np.quantile(
+        ts, [1.0 - cfg.time_valid_frac - cfg.time_test_frac, 1.0 - cfg.time_test_frac], method="lower"
+    )
+    tsplit = (ts >= t_valid).view(np.uint8) + (ts >= t_test).view(np.uint8)  # t_valid <= t_test: 0, 1 or 2
     if cfg.time_valid_frac == 0:
         tsplit[tsplit == SPLIT_VALID] = SPLIT_TRAIN
     return loo, tsplit
 
 
 def build(
-    events: pa.Table,
+    events: pa.Table | Iterable[pa.Table],
     items: pa.Table | None,
     users: pa.Table | None,
     cfg: PrepareConfig,
     out: str | Path,
     info: dict | None = None,
 ) -> dict:
-    """Sort, index, split and hash ``events`` (normalised reader format); write the dataset to ``out``.
+    """Sort, index, split and hash ``events`` (normalised reader format: one table, or chunks of it in log order,
+    e.g. from :func:`~twotower.data.readers.iter_log`); write the dataset to ``out``.
 
     Returns the manifest. ``items`` / ``users`` are optional side tables; ids missing from them get no
     features (logged), side-table rows with no events are ignored.
     """
     t0 = time.perf_counter()
-    out = Path(out)
-    if events.num_rows == 0:
-        raise DataError("the interaction log has no events")
-    user_code, user_ids = _dense_codes(events.column("user_id"))
-    item_code, item_ids = _dense_codes(events.column("item_id"))
-    ts = events.column("timestamp").to_numpy()
-    # Stable order: user, then time, then original log position (eSASRec's recommendation for ties).
-    order = np.lexsort((np.arange(len(ts)), ts, user_code))
-    num_users, num_items = len(user_ids), len(item_ids)
-    counts = np.bincount(user_code, minlength=num_users)
-    offsets = np.zeros(num_users + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    ev_item = item_code[order]
-    del item_code
-    ev_ts = ts[order]
-    ev_actions = events.column("actions").to_numpy()[order]
-    ev_weight = events.column("weight").to_numpy()[order].astype(np.float32)
-    surf = events.column("surface").combine_chunks()
-    surf = pc.if_else(pc.equal(surf, ""), None, surf)  # empty surface = none
-    if surf.null_count < len(surf):
-        enc = surf.dictionary_encode()
-        surfaces = enc.dictionary.to_pylist()
-        ev_surface = (enc.indices.fill_null(-1).to_numpy().astype(np.int16) + 1)[order]
+    if isinstance(events, pa.Table):
+        step = readers.CHUNK_ROWS  # zero-copy slices
+        cols = encode_events([events.slice(lo, step) for lo in range(0, events.num_rows, step)], events.num_rows)
     else:
-        surfaces, ev_surface = [], np.zeros(len(ts), np.int16)
-    split_loo, split_time = _splits(offsets, ev_ts, cfg)
+        cols = encode_events(events)
+    return _build(cols, items, users, cfg, out, info, t0)
+
+
+def _build(
+    ev: EventColumns,
+    items: pa.Table | None,
+    users: pa.Table | None,
+    cfg: PrepareConfig,
+    out: str | Path,
+    info: dict | None,
+    t0: float,
+) -> dict:
+    out = Path(out)
+    num_users, num_items = len(ev.user_ids), len(ev.item_ids)
+    offsets = ev.sort_by_user_time()
+    split_loo, split_time = _splits(offsets, ev.ts, cfg)
 
     H = cfg.num_hashes
-    item_hash = multi_hash(item_ids.to_numpy(zero_copy_only=False), H, SALT_ITEM)
-    user_hash = multi_hash(user_ids.to_numpy(zero_copy_only=False), H, SALT_USER)
+    item_hash = multi_hash(ev.item_ids.to_numpy(zero_copy_only=False), H, SALT_ITEM)
+    user_hash = multi_hash(ev.user_ids.to_numpy(zero_copy_only=False), H, SALT_USER)
     item_author = np.zeros((num_items, H), np.uint64)
     item_feat = np.zeros((num_items, cfg.max_item_features), np.uint64)
     user_feat = np.zeros((num_users, cfg.max_user_features), np.uint64)
     if items is not None:
-        idx = pc.index_in(items.column("item_id"), value_set=item_ids).fill_null(-1).to_numpy().astype(np.int64)
+        idx = pc.index_in(items.column("item_id"), value_set=ev.item_ids).fill_null(-1).to_numpy().astype(np.int64)
         rows = np.flatnonzero(idx >= 0)
         rows = rows[np.unique(idx[rows], return_index=True)[1]]  # first row wins for duplicate ids
         missing = num_items - len(rows)
@@ -184,7 +325,7 @@ def build(
             items.column("features").take(pa.array(rows)), cfg.max_item_features, SALT_FEATURE, "item"
         )
     if users is not None:
-        idx = pc.index_in(users.column("user_id"), value_set=user_ids).fill_null(-1).to_numpy().astype(np.int64)
+        idx = pc.index_in(users.column("user_id"), value_set=ev.user_ids).fill_null(-1).to_numpy().astype(np.int64)
         rows = np.flatnonzero(idx >= 0)
         rows = rows[np.unique(idx[rows], return_index=True)[1]]
         user_feat[idx[rows]] = _pad_token_hashes(
@@ -193,48 +334,45 @@ def build(
 
     def first_last(values: np.ndarray, fn) -> np.ndarray:
         outv = np.full(num_items, -1 if fn is np.maximum else np.iinfo(np.int64).max, np.int64)
-        fn.at(outv, ev_item, values)
+        fn.at(outv, ev.item, values)
         return outv
 
     item_stats = pa.table(
         {
-            "item_id": item_ids,
-            "count_all": np.bincount(ev_item, minlength=num_items).astype(np.int64),
-            "count_train_loo": np.bincount(ev_item[split_loo == SPLIT_TRAIN], minlength=num_items).astype(np.int64),
-            "count_train_time": np.bincount(ev_item[split_time == SPLIT_TRAIN], minlength=num_items).astype(np.int64),
-            "first_ts": first_last(ev_ts, np.minimum),
-            "last_ts": first_last(ev_ts, np.maximum),
+            "item_id": ev.item_ids,
+            "count_all": np.bincount(ev.item, minlength=num_items).astype(np.int64),
+            "count_train_loo": np.bincount(ev.item[split_loo == SPLIT_TRAIN], minlength=num_items).astype(np.int64),
+            "count_train_time": np.bincount(ev.item[split_time == SPLIT_TRAIN], minlength=num_items).astype(np.int64),
+            "first_ts": first_last(ev.ts, np.minimum),
+            "last_ts": first_last(ev.ts, np.maximum),
         }
     )
-    user_stats = pa.table({"user_id": user_ids, "num_events": counts.astype(np.int64)})
+    user_stats = pa.table({"user_id": ev.user_ids, "num_events": np.diff(offsets)})
 
     manifest = {
         "format_version": FORMAT_VERSION,
-        "num_events": int(len(ev_ts)),
+        "num_events": int(len(ev.ts)),
         "num_users": int(num_users),
         "num_items": int(num_items),
         "num_hashes": H,
         "actions": list((info or {}).get("actions", cfg.log.actions)),
-        "surfaces": surfaces,
+        "surfaces": ev.surfaces,
         "split_sizes": {
-            scheme: {
-                name: int((arr == code).sum())
-                for name, code in (("train", SPLIT_TRAIN), ("valid", SPLIT_VALID), ("test", SPLIT_TEST))
-            }
+            scheme: dict(zip(("train", "valid", "test"), np.bincount(arr, minlength=3).tolist()))
             for scheme, arr in (("loo", split_loo), ("time", split_time))
         },
-        "time_range": [int(ev_ts.min()), int(ev_ts.max())],
+        "time_range": [int(ev.ts.min()), int(ev.ts.max())],
         "config": cfgmod.to_dict(cfg),
         **{k: v for k, v in (info or {}).items() if k != "actions"},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     arrays = {
         "user_offsets": offsets,
-        "event_item": ev_item,
-        "event_ts": ev_ts,
-        "event_actions": ev_actions,
-        "event_surface": ev_surface,
-        "event_weight": ev_weight,
+        "event_item": ev.item,
+        "event_ts": ev.ts,
+        "event_actions": ev.actions,
+        "event_surface": ev.surface,
+        "event_weight": ev.weight,
         "split_loo": split_loo,
         "split_time": split_time,
         "item_hash": item_hash,
@@ -287,12 +425,11 @@ def prepare_files(
     users_path: str | Path | None = None,
 ) -> dict:
     """Prepare a generic log (+ optional item / user tables) described by ``cfg``'s column mappings."""
-    from .readers import read_items, read_log, read_users
-
+    t0 = time.perf_counter()
     cfg = cfg or PrepareConfig()
-    events = read_log(log_path, cfg.log)
-    items = read_items(items_path, cfg.items) if items_path else None
-    users = read_users(users_path, cfg.users) if users_path else None
+    events = encode_events(readers.iter_log(log_path, cfg.log), readers.log_rows(log_path))  # chunk by chunk
+    items = readers.read_items(items_path, cfg.items) if items_path else None
+    users = readers.read_users(users_path, cfg.users) if users_path else None
     info = {
         "dataset": Path(log_path).name,
         "source": str(log_path),
@@ -301,7 +438,7 @@ def prepare_files(
             k: _sha256(p) for k, p in (("log", log_path), ("items", items_path), ("users", users_path)) if p
         },
     }
-    return build(events, items, users, cfg, out, info)
+    return _build(events, items, users, cfg, out, info, t0)
 
 
 def prepare_movielens(out: str | Path, path: str | Path | None = None, cfg: PrepareConfig | None = None) -> dict:
