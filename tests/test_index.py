@@ -134,3 +134,21 @@ def test_bad_queries_are_clear_errors(corpus):
         idx.search(np.full((1, 32), np.nan, np.float32), 3)
     with pytest.raises(ValueError, match="k must be"):
         idx.search(q[:1], 0)
+
+
+def test_exact_scan_of_few_queries_equals_the_blocked_matmul_path():
+    """Few queries take FAISS's scan, many the blocked GEMM: same results under tombstones and filters."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 1
+    idx = VectorIndex.build(ids, x, IndexConfig(backend="exact", exact_block=1024))
+    idx.delete(ids[rng.choice(3000, 40, replace=False)])
+    q = rng.normal(size=(12, 16)).astype(np.float32)
+    exclude = [ids[rng.choice(3000, 25, replace=False)] for _ in range(12)]
+    allow = ids[rng.choice(3000, 2600, replace=False)]  # few enough filtered out for the scan path
+    for kw in ({}, {"exclude": exclude}, {"allow": allow}, {"exclude": exclude, "allow": allow}):
+        few = idx.search(q[:4], 50, **{k: (v[:4] if k == "exclude" else v) for k, v in kw.items()})
+        many = idx.search(q, 50, **kw)  # 12 queries: the GEMM path
+        assert np.array_equal(few[1], many[1][:4]), kw
+        assert np.allclose(few[0], many[0][:4], atol=1e-5)

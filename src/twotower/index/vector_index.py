@@ -182,6 +182,10 @@ class VectorIndex:
         return self._ann(q, k, allowed, allow is not None, ex_labels)
 
     def _exact(self, q: np.ndarray, k: int, allowed: np.ndarray, ex_labels) -> tuple[np.ndarray, np.ndarray]:
+        n_dead = len(allowed) - (self.n_alive if allowed is self.alive else int(allowed.sum()))
+        extra = n_dead + (0 if ex_labels is None else max((len(e) for e in ex_labels), default=0))
+        if len(q) <= 8 and extra <= 1024 and len(self.vectors):
+            return self._exact_scan(q, k, allowed, ex_labels, extra)
         n = len(self.vectors)
         if n == 0:
             return pad_results([np.zeros(0)] * len(q), [np.zeros(0, np.int64)] * len(q), k)
@@ -213,6 +217,20 @@ class VectorIndex:
         return pad_results(
             [scores[b][valid[b]] for b in range(len(q))], [self.ids[labels[b][valid[b]]] for b in range(len(q))], k
         )
+
+    def _exact_scan(self, q, k: int, allowed: np.ndarray, ex_labels, extra: int) -> tuple[np.ndarray, np.ndarray]:
+        """Few queries: FAISS's SIMD scan of the vectors (near memory bandwidth; a GEMV + top-k is ~2x slower).
+        The top ``k + extra`` of everything hold the top ``k`` of what the filters let through."""
+        fetch = min(k + extra, len(self.vectors))
+        D, L = _faiss().knn(q, self.vectors, fetch, metric=_faiss().METRIC_INNER_PRODUCT)
+        scores, ids = [], []
+        for b in range(len(q)):
+            ok = (L[b] >= 0) & allowed[np.maximum(L[b], 0)]
+            if ex_labels is not None and len(ex_labels[b]):
+                ok &= ~np.isin(L[b], ex_labels[b])
+            scores.append(D[b][ok][:k])
+            ids.append(self.ids[L[b][ok][:k]])
+        return pad_results(scores, ids, k)
 
     def _params(self, selector):
         faiss, cfg = _faiss(), self.config
