@@ -10,13 +10,13 @@ with a message that says what to change.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -133,7 +133,8 @@ def _result_json(res: Result, took_ms: float) -> dict:
 
 
 def _json(body: dict, status: int = 200) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json")
+    # orjson: a 100-item response costs ~10x less to encode than with json.dumps, on the hot path of every request
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
 def _validation_error(_: Request, exc: RequestValidationError) -> Response:
