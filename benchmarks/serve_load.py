@@ -257,6 +257,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=30.0, help="length of each timed phase")
     p.add_argument("--conns", type=int, default=32, help="keep-alive connections (bounded concurrency)")
     p.add_argument("--cache", default=str(REPO / "runs" / "bench_serve"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="server setting, e.g. faiss_threads=2 (becomes TWOTOWER_FAISS_THREADS)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_load.json"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -267,7 +269,8 @@ def main() -> int:
     token = secrets.token_urlsafe(24)
     results: dict = {}
     swap: dict = {}
-    server = Server(root, token)
+    server_env = dict(kv.split("=", 1) for kv in args.set)
+    server = Server(root, token, **server_env)
     try:
         asyncio.run(load(server.port, bodies, 3.0, args.rate, args.conns))  # warm-up, not recorded
         results["steady"] = asyncio.run(load(server.port, bodies, args.seconds, args.rate, args.conns))
@@ -285,7 +288,7 @@ def main() -> int:
         _, ready = server._get("/readyz")
     finally:
         server.stop()
-    server = Server(root, token, micro_batch="1")
+    server = Server(root, token, **{**server_env, "micro_batch": "1"})
     try:
         asyncio.run(load(server.port, bodies, 3.0, args.rate, args.conns))
         results["steady, micro-batching off"] = asyncio.run(
