@@ -227,3 +227,26 @@ def test_unsplit_model_is_refused_with_the_fix(synth_data, tmp_path):
         build_artifacts(tmp_path / "run", tmp_path / "root")
     with pytest.raises(Exception, match="serve-prepare"):
         load_bundle(tmp_path / "root")
+
+
+def test_a_reload_reaches_every_worker_process(art, tmp_path):
+    """Two services over one root stand in for two uvicorn workers: a reload sent to one reaches both."""
+    import time
+
+    root = art.copy_root(tmp_path / "root")
+    emb = next((root / "embeddings").iterdir())
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    body = {"user_id": "u3", "k": 5}
+    with TestClient(create_app(settings(root, reload_poll_s=0.1))) as a, \
+         TestClient(create_app(settings(root, reload_poll_s=0.1))) as b:  # fmt: skip
+        v0 = b.post("/v1/retrieve", json=body).json()["index_version"]
+        new = build_and_publish(emb, root / "index", IndexConfig(backend="hnsw"), recall_floor=0.0)["version"]
+        time.sleep(0.3)
+        assert b.post("/v1/retrieve", json=body).json()["index_version"] == v0  # publishing alone swaps nothing
+        assert a.post("/admin/reload", headers=auth).status_code == 200
+        deadline = time.monotonic() + 10
+        while b.post("/v1/retrieve", json=body).json()["index_version"] != new and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert b.post("/v1/retrieve", json=body).json()["index_version"] == new
+        assert a.post("/v1/retrieve", json=body).json()["index_version"] == new
+        assert metric(b, "twotower_reloads_total", result="ok") == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from contextlib import asynccontextmanager
@@ -41,8 +42,31 @@ ERRORS = {
 }
 
 
+GENERATION_FILE = ".reload-generation"
+
+
+def _read_generation(root) -> str:
+    try:
+        return (root / GENERATION_FILE).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _write_generation(root) -> str:
+    """Announce a successful reload to the other worker processes (atomic replace of a small file)."""
+    gen = f"{time.time_ns()}-{os.getpid()}"
+    tmp = root / f".{GENERATION_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(gen + "\n")
+    os.replace(tmp, root / GENERATION_FILE)
+    return gen
+
+
 class Service:
-    """What the routes share: settings, metrics, the retriever (current bundle + store) and the batcher."""
+    """What the routes share: settings, metrics, the retriever (current bundle + store) and the batcher.
+
+    With several worker processes a reload request reaches one of them; that worker then bumps
+    ``ROOT/.reload-generation`` and every other worker, polling it, reloads the same published version.
+    """
 
     def __init__(self, settings: ServeSettings, bundle: Bundle | None = None) -> None:
         self.settings, self.metrics = settings, Metrics()
@@ -51,6 +75,8 @@ class Service:
         self.batcher: MicroBatcher | None = None
         self.reload_lock = asyncio.Lock()
         self.last_reload_error: str | None = None
+        self._generation = ""
+        self._watcher: asyncio.Task | None = None
 
     async def start(self) -> None:
         import torch
@@ -68,15 +94,34 @@ class Service:
         self.batcher = MicroBatcher(self.retriever.run, s.micro_batch, s.micro_batch_wait_ms / 1000.0)
         self.metrics.set_versions(bundle.model_version, bundle.index_version)
         log.info("serving model %s with index %s from %s", bundle.model_version, bundle.index_version, s.artifacts)
+        self._generation = _read_generation(s.artifacts)
+        if s.reload_poll_s > 0:
+            self._watcher = asyncio.create_task(self._watch_generation())
+
+    async def _watch_generation(self) -> None:
+        """Reload when another worker announced a reload (a failed one is logged and reported by /readyz)."""
+        while True:
+            await asyncio.sleep(self.settings.reload_poll_s)
+            gen = await asyncio.to_thread(_read_generation, self.settings.artifacts)
+            if gen and gen != self._generation and not self.reload_lock.locked():
+                self._generation = gen
+                try:
+                    await self.reload(announce=False)
+                except HTTPException:
+                    pass  # reload() logged it and keeps serving the current version
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self.batcher is not None:
             await self.batcher.close()
         if self.retriever is not None:
             self.retriever.store.close()
 
-    async def reload(self) -> ReloadResponse:
-        """Load the published version and swap it in; on any failure keep serving and raise a 409."""
+    async def reload(self, announce: bool = True) -> ReloadResponse:
+        """Load the published version and swap it in; on any failure keep serving and raise a 409.
+
+        ``announce``: tell the other worker processes (see the class docstring)."""
         t0 = time.perf_counter()
         if self.reload_lock.locked():
             raise HTTPException(409, "a reload is already running; retry when it has finished")
@@ -94,6 +139,8 @@ class Service:
                     f"Fix or roll back the published artifacts, then reload again. Cause: {self.last_reload_error}",
                 ) from exc
             self.retriever.swap(new)
+            if announce:
+                self._generation = await asyncio.to_thread(_write_generation, self.settings.artifacts)
             self.last_reload_error = None
             self.metrics.reloads.labels("ok").inc()
             self.metrics.set_versions(new.model_version, new.index_version)

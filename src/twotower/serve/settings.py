@@ -45,6 +45,9 @@ class ServeSettings(BaseSettings):
     faiss_threads: int = Field(1, ge=1, description="OpenMP threads for the ANN search")
     hnsw_ef_search: int | None = Field(None, ge=1, description="override the index's efSearch")
     store_retry_s: float = Field(1.0, ge=0.0, description="after a store failure, skip it this long")
+    reload_poll_s: float = Field(
+        1.0, ge=0.0, description="check ROOT/.reload-generation this often, so a reload reaches every worker (0 = off)"
+    )
 
     @model_validator(mode="after")
     def _check_token(self) -> ServeSettings:
