@@ -117,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     errors: tuple[type[BaseException], ...] = (DataError, ConfigError, FileNotFoundError)
     if args.command not in ("prepare", "synth"):
         from .index.base import IndexError_
+        from .refresh import RefreshError
         from .store import StoreError
         from .train.checkpoint import CheckpointError
 
-        errors += (IndexError_, CheckpointError, StoreError, ValueError)
+        errors += (IndexError_, CheckpointError, StoreError, RefreshError)
     try:
         return int(args.func(args) or 0)
     except errors as exc:

@@ -26,6 +26,10 @@ from .train.loop import load_model
 log = logging.getLogger(__name__)
 
 
+class RefreshError(ValueError):
+    """The run cannot be refreshed (e.g. an unsplit model has no cached state); the message names the fix."""
+
+
 class RefreshStopped(Exception):
     """Raised by ``stop_after_batches`` (tests use it to simulate a kill)."""
 
@@ -80,7 +84,7 @@ def refresh_states(
     """
     model, cfg, version = load_model(run, device=device)
     if model.head is None:
-        raise ValueError(
+        raise RefreshError(
             f"{run} is an unsplit model (model.online_head = false): it has no cached state to refresh; "
             "train with online_head = true (e.g. configs/ml1m_hybrid.toml)"
         )
