@@ -11,7 +11,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("artifacts", args.artifacts), ("host", args.host), ("port", args.port),
                                    ("workers", args.workers), ("store_url", args.store)) if v is not None}  # fmt: skip
-    settings = ServeSettings(**overrides)  # refuses an empty/default admin token outside dev mode
+    from pydantic import ValidationError
+
+    from .config import ConfigError
+
+    try:
+        settings = ServeSettings(**overrides)  # refuses an empty/default admin token outside dev mode
+    except ValidationError as exc:  # the CLI reports config errors without a traceback (exit 2)
+        raise ConfigError(str(exc)) from exc
     if not (settings.artifacts / "index").is_dir():
         raise SystemExit(f"error: {settings.artifacts} is not an artifact root; run `twotower serve-prepare` first")
     import uvicorn
