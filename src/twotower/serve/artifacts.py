@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from ..data.dataset import SequenceData
 from ..data.hashing import multi_hash, to_buckets
@@ -36,6 +35,7 @@ from ..index.publish import build_and_publish, current_version, load_current
 from ..index.vector_index import VectorIndex
 from ..model import TwoTower
 from ..train.loop import RunConfig, load_model
+from .head import OnlineEncoder
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class ItemTable:
     """
 
     ids: np.ndarray
-    lookup: pd.Index
+    lookup: dict[str, int]
     hash: np.ndarray
     author: np.ndarray
     feat: np.ndarray
@@ -129,10 +129,12 @@ class ItemTable:
     item_buckets: int
 
     def dense(self, item_ids: list[str]) -> np.ndarray:
-        """Dense indices of ``item_ids``, -1 where unknown. int64 [n] (one vectorised hash-table probe)."""
-        if not item_ids:
-            return np.zeros(0, np.int64)
-        return self.lookup.get_indexer(item_ids).astype(np.int64)
+        """Dense indices of ``item_ids``, -1 where unknown. int64 [n].
+
+        A plain dict: ~0.15 us per id, where ``pd.Index.get_indexer`` costs ~150-370 us per call whatever the
+        number of ids (measured on 1M ids, pandas 3) and is called twice on every request path."""
+        get = self.lookup.get
+        return np.fromiter((get(i, -1) for i in item_ids), np.int64, len(item_ids))
 
     def hashed(self, item_ids: list[str], dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(item, author, feat) bucket ids for ``item_ids`` [n]: table rows for known items; unknown items are
@@ -161,6 +163,7 @@ class Bundle:
     items: ItemTable
     actions: dict[str, int]  # action name -> bit
     surfaces: dict[str, int]  # surface name -> embedding index (0 = none/unknown)
+    encoder: OnlineEncoder  # the online head as served (traced graph, or eager)
 
     @property
     def state_shape(self) -> tuple[int, int]:
@@ -176,8 +179,10 @@ def _dataset_dir(root: Path, model_dir: Path) -> Path:
     return Path(rec.read_text().strip())
 
 
-def load_bundle(root: str | Path, ef_search: int | None = None) -> Bundle:
-    """Load the version ``ROOT/index/CURRENT`` names, with its model and item tables; checks they agree."""
+def load_bundle(root: str | Path, ef_search: int | None = None, trace_head: bool = True) -> Bundle:
+    """Load the version ``ROOT/index/CURRENT`` names, with its model and item tables; checks they agree.
+
+    ``trace_head``: serve the online head as a traced graph (checked against eager, see :mod:`.head`)."""
     root = Path(root)
     if not (root / "index").is_dir():
         raise ArtifactError(f"{root} has no index/; assemble it with `twotower serve-prepare --run RUN --artifacts`")
@@ -200,8 +205,8 @@ def load_bundle(root: str | Path, ef_search: int | None = None) -> Bundle:
     ids = data.item_ids().astype(str).astype(object)
     if len(index.ids) and (index.ids.min() < 0 or index.ids.max() >= len(ids)):
         raise ArtifactError(f"index {index_version} holds item ids outside the dataset's {len(ids)} items; rebuild")
-    lookup = pd.Index(ids)
-    if not lookup.is_unique:
+    lookup = {item: i for i, item in enumerate(ids)}  # ~80 MB per 1M ids
+    if len(lookup) != len(ids):
         raise ArtifactError("the dataset's item ids are not unique; re-run `twotower prepare`")
     if ef_search is not None and index.config.backend == "hnsw":
         index.set_search_params(hnsw_ef_search=ef_search)
@@ -217,4 +222,5 @@ def load_bundle(root: str | Path, ef_search: int | None = None) -> Bundle:
     actions = {name: i for i, name in enumerate(data.manifest.get("actions", [])[: max(cfg.model.num_actions, 0)])}
     surfaces = {name: i + 1 for i, name in enumerate(data.manifest.get("surfaces", [])) if i < cfg.model.num_surfaces}
     model.requires_grad_(False)
-    return Bundle(model, cfg, version, index, index_version, table, actions, surfaces)
+    encoder = OnlineEncoder(model, table.feat.shape[1], trace=trace_head)
+    return Bundle(model, cfg, version, index, index_version, table, actions, surfaces, encoder)

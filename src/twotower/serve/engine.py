@@ -98,8 +98,7 @@ class Retriever:
         """One store read and one forward of the online head: (unit user vectors float32 [B, D], path of each)."""
         states, found, mismatch, snap, last, store_ok = self._lookup(bundle, [r.user_id for r in reqs])
         ctx = build_context(bundle, reqs, found, snap, last)
-        with torch.inference_mode():
-            q = bundle.model.encode_online(torch.from_numpy(states), ctx).numpy()  # [B, D]
+        q = bundle.encoder(torch.from_numpy(states), ctx).numpy()  # [B, D]
         paths = [
             "cached" if f else ("fallback" if (m or not store_ok) else "cold_start") for f, m in zip(found, mismatch)
         ]

@@ -1,0 +1,87 @@
+"""The served online head: the traced graph equals eager ``encode_online``, and serving never depends on it."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from test_serve_support import settings, shared_artifacts
+
+from twotower.serve import load_bundle
+from twotower.serve.app import create_app
+from twotower.serve.head import OnlineEncoder, random_context
+
+
+@pytest.fixture(scope="session")
+def art(tmp_path_factory, synth_data):
+    return shared_artifacts(tmp_path_factory, synth_data)
+
+
+@pytest.fixture(scope="module")
+def bundle(art):
+    return load_bundle(art.root)
+
+
+def test_traced_head_equals_eager_at_every_batch_size(bundle):
+    enc = bundle.encoder
+    assert enc.traced, enc.reason
+    gen = torch.Generator().manual_seed(123)
+    F = bundle.items.feat.shape[1]
+    for B in (1, 4, 33):  # the trace was taken at batch 3: other sizes must not be baked in
+        state, ctx = random_context(bundle.model, B, F, gen)
+        ctx.subject.item[: B // 2] = 0  # a mix of requests with and without a subject item
+        ctx.subject.author[: B // 2] = 0
+        ctx.subject.feat[: B // 2] = 0
+        with torch.inference_mode():
+            want = bundle.model.encode_online(state, ctx)
+        got = enc(state, ctx)
+        assert got.shape == (B, bundle.config.model.dim)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # all-zero states (cold start) and no events at all
+    state, ctx = random_context(bundle.model, 5, F, gen)
+    state.zero_()
+    ctx.events.length.zero_()
+    for t in (ctx.events.history.item, ctx.events.history.author, ctx.events.history.feat):
+        t.zero_()
+    with torch.inference_mode():
+        torch.testing.assert_close(enc(state, ctx), bundle.model.encode_online(state, ctx), atol=1e-5, rtol=0)
+
+
+def test_a_failing_trace_falls_back_to_eager(bundle, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("tracer exploded")
+
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    enc = OnlineEncoder(bundle.model, bundle.items.feat.shape[1])
+    assert not enc.traced and "tracer exploded" in enc.reason
+    assert "eager online head" in caplog.text
+    state, ctx = random_context(bundle.model, 2, bundle.items.feat.shape[1], torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(enc(state, ctx), bundle.model.encode_online(state, ctx), atol=0, rtol=0)
+
+
+def test_a_trace_that_disagrees_with_eager_is_not_used(bundle, monkeypatch):
+    real = torch.jit.trace
+
+    def off_by_a_bit(module, example, **kwargs):
+        graph = real(module, example, **kwargs)
+        return lambda *a: graph(*a) + 1e-3
+
+    monkeypatch.setattr(torch.jit, "trace", off_by_a_bit)
+    enc = OnlineEncoder(bundle.model, bundle.items.feat.shape[1])
+    assert not enc.traced and "differs from eager" in enc.reason
+
+
+def test_tracing_can_be_turned_off(bundle):
+    enc = OnlineEncoder(bundle.model, bundle.items.feat.shape[1], trace=False)
+    assert not enc.traced and "TWOTOWER_TRACE_HEAD=0" in enc.reason
+
+
+def test_the_service_freezes_its_loaded_heap(art):
+    """The loaded bundle is moved out of the cyclic GC's reach (full collections over it stalled requests)."""
+    gc.unfreeze()
+    with TestClient(create_app(settings(art.root))):
+        assert gc.get_freeze_count() > 0
+    gc.unfreeze()
