@@ -37,6 +37,12 @@ class Result:
     model_version: str
     index_version: str
 
+    def as_json(self, took_ms: float) -> dict:
+        """The ``RetrieveResponse`` body (built directly: no pydantic on the hot path)."""
+        items = [{"item_id": i, "score": s} for i, s in zip(self.item_ids.tolist(), self.scores.tolist())]
+        return {"items": items, "model_version": self.model_version, "index_version": self.index_version,
+                "path": self.path, "took_ms": took_ms}  # fmt: skip
+
 
 class RateLimitedLog:
     """Emit a warning at most once per ``every_s`` seconds, with the number of suppressed repeats."""

@@ -44,6 +44,7 @@ class ServeSettings(BaseSettings):
     torch_threads: int = Field(1, ge=1, description="intra-op threads for the online head")
     faiss_threads: int = Field(1, ge=1, description="OpenMP threads for the ANN search")
     hnsw_ef_search: int | None = Field(None, ge=1, description="override the index's efSearch")
+    fast_path: bool = Field(True, description="serve valid POST /v1/retrieve as pure ASGI (same answers)")
     trace_head: bool = Field(True, description="run the online head as a traced graph checked against eager")
     store_retry_s: float = Field(1.0, ge=0.0, description="after a store failure, skip it this long")
     reload_poll_s: float = Field(
