@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .base import (
     IndexConfig,
@@ -30,6 +29,7 @@ from .base import (
     read_manifest,
     write_manifest,
 )
+from .exact import blocked_topk
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -183,40 +183,28 @@ class VectorIndex:
 
     def _exact(self, q: np.ndarray, k: int, allowed: np.ndarray, ex_labels) -> tuple[np.ndarray, np.ndarray]:
         n_dead = len(allowed) - (self.n_alive if allowed is self.alive else int(allowed.sum()))
-        extra = n_dead + (0 if ex_labels is None else max((len(e) for e in ex_labels), default=0))
-        if len(q) <= 8 and extra <= 1024 and len(self.vectors):
-            return self._exact_scan(q, k, allowed, ex_labels, extra)
-        n = len(self.vectors)
-        if n == 0:
+        n_ex = 0 if ex_labels is None else max((len(e) for e in ex_labels), default=0)
+        if len(q) <= 8 and n_dead + n_ex <= 1024 and len(self.vectors):
+            return self._exact_scan(q, k, allowed, ex_labels, n_dead + n_ex)
+        if not len(self.vectors):
             return pad_results([np.zeros(0)] * len(q), [np.zeros(0, np.int64)] * len(q), k)
-        kk = min(k, n)
-        V = torch.from_numpy(self.vectors)
-        Q = torch.from_numpy(q)
-        dead = torch.from_numpy(~allowed)
-        best_s, best_l = None, None
-        block = self.config.exact_block
-        for lo in range(0, n, block):
-            s = Q @ V[lo : lo + block].T  # [B, blk]
-            if bool(dead[lo : lo + block].any()):
-                s.masked_fill_(dead[lo : lo + block][None, :], float("-inf"))
-            if ex_labels is not None:
-                for b, e in enumerate(ex_labels):
-                    e = e[(e >= lo) & (e < lo + block)] - lo
-                    if len(e):
-                        s[b, torch.from_numpy(e)] = float("-inf")
-            ts, tl = torch.topk(s, min(kk, s.shape[1]), dim=1)
-            tl = tl + lo
-            if best_s is None:
-                best_s, best_l = ts, tl
-            else:
-                cat_s, cat_l = torch.cat([best_s, ts], 1), torch.cat([best_l, tl], 1)
-                best_s, pos = torch.topk(cat_s, kk, dim=1)
-                best_l = cat_l.gather(1, pos)
-        scores, labels = best_s.numpy(), best_l.numpy()
-        valid = np.isfinite(scores)
-        return pad_results(
-            [scores[b][valid[b]] for b in range(len(q))], [self.ids[labels[b][valid[b]]] for b in range(len(q))], k
-        )
+        # Few allowed rows: score only those. Otherwise mask the dead ones inside the scan. Exclusions are
+        # per query: the top k + (its exclusions) of everything hold its top k of the rest (over-fetch).
+        if n_dead > len(allowed) // 2:
+            rows = np.flatnonzero(allowed)
+            scores, labels = blocked_topk(q, self.vectors[rows], k + n_ex, self.config.exact_block)
+            labels = np.where(labels >= 0, rows[np.maximum(labels, 0)], -1)
+        else:
+            dead = ~allowed if n_dead else None
+            scores, labels = blocked_topk(q, self.vectors, k + n_ex, self.config.exact_block, dead)
+        out_s, out_i = [], []
+        for b in range(len(q)):
+            ok = labels[b] >= 0
+            if ex_labels is not None and len(ex_labels[b]):
+                ok &= ~np.isin(labels[b], ex_labels[b])
+            out_s.append(scores[b][ok][:k])
+            out_i.append(self.ids[labels[b][ok][:k]])
+        return pad_results(out_s, out_i, k)
 
     def _exact_scan(self, q, k: int, allowed: np.ndarray, ex_labels, extra: int) -> tuple[np.ndarray, np.ndarray]:
         """Few queries: FAISS's SIMD scan of the vectors (near memory bandwidth; a GEMV + top-k is ~2x slower).

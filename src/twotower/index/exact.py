@@ -1,0 +1,58 @@
+"""Exact top-k by inner product for a batch of queries: cache-sized GEMM tiles feeding per-query heaps.
+
+For B queries over N vectors the work is one ``[B, D] x [D, N]`` product and a top-k per row. Two things
+decide the speed on a CPU:
+
+* the tile: ``Q @ V[lo:lo + block]ᵀ`` with a small ``block`` (2,048 rows) keeps the ``[B, block]`` score
+  tile in cache, and the GEMM runs near the core's FMA peak (~78 GFLOP/s here against ~25 GFLOP/s for
+  262,144-row blocks, whose 256 MiB tile goes through memory);
+* the top-k: each tile goes through FAISS's per-query min-heaps (``HeapArray.addn``), which compare every
+  score with the heap's current k-th best and touch the heap only on a win. Once a few tiles are in, almost
+  nothing wins, so the top-k costs about a compare per score, against a full ``torch.topk`` per tile.
+
+``benchmarks/ann.py`` reports the batched throughput beside the single-query one and beside the GEMM alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+DEFAULT_BLOCK = 2048
+
+
+def blocked_topk(
+    queries: np.ndarray, vectors: np.ndarray, k: int, block: int = DEFAULT_BLOCK, dead: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` rows of ``vectors`` [N, D] by inner product with each of ``queries`` [B, D].
+
+    ``dead``: bool [N], rows never returned. Returns (scores float32 [B, k'], labels int64 [B, k']) best
+    first, k' = min(k, N); a row with fewer than k' live candidates is padded with -inf / -1.
+    """
+    import faiss
+
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    B, N = q.shape[0], v.shape[0]
+    k = min(k, N)
+    if B == 0 or k == 0:
+        return np.zeros((B, k), np.float32), np.full((B, k), -1, np.int64)
+    heaps = faiss.ResultHeap(B, k, keep_max=True)
+    block = max(1, min(block, N))
+    tile = torch.empty(B, block)
+    dead_t = None if dead is None else torch.from_numpy(np.ascontiguousarray(dead, dtype=bool))
+    for lo in range(0, N, block):
+        hi = min(lo + block, N)
+        out = tile[:, : hi - lo] if hi - lo == block else torch.empty(B, hi - lo)
+        torch.mm(q, v[lo:hi].T, out=out)
+        if dead_t is not None:
+            d = dead_t[lo:hi]
+            if bool(d.any()):
+                out.masked_fill_(d[None, :], float("-inf"))
+        heaps.heaps.addn(hi - lo, faiss.swig_ptr(out.numpy()), lo, 0, B)
+    heaps.finalize()
+    scores, labels = heaps.D, heaps.I
+    lost = (labels < 0) | ~np.isfinite(scores)  # an empty heap slot (fewer than k live rows)
+    labels[lost] = -1
+    scores[lost] = -np.inf
+    return scores, labels
