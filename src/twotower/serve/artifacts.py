@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from ..data.dataset import SequenceData
-from ..data.hashing import multi_hash, to_buckets
-from ..data.prepare import SALT_ITEM
+from ..data.hashing import hash64, multi_hash, to_buckets
+from ..data.prepare import SALT_FEATURE, SALT_ITEM
 from ..features import Featurizer
 from ..index import IndexConfig
 from ..index.publish import build_and_publish, current_version, load_current
@@ -114,6 +114,43 @@ def build_artifacts(
 
 
 @dataclass
+class FeatureIndex:
+    """Item-table feature tokens -> items: the (token hash, dense item) pairs of every item, sorted by hash.
+
+    The dataset keeps one 64-bit hash per ``"column=value"`` token (``item_feat_hash``), the same hash
+    ``prepare`` computed, so a filter value is found by hashing it and a binary search: no string table.
+    """
+
+    keys: np.ndarray  # uint64 [P] sorted token hashes
+    items: np.ndarray  # int64 [P] dense item index of each
+
+    @classmethod
+    def build(cls, feat_hash: np.ndarray) -> FeatureIndex:
+        """From ``uint64 [N, F]`` token hashes (0 = padding)."""
+        rows, cols = np.nonzero(feat_hash)
+        keys = feat_hash[rows, cols]
+        order = np.argsort(keys, kind="stable")
+        return cls(keys[order], rows[order].astype(np.int64))
+
+    def items_with(self, column: str, values: list[str]) -> np.ndarray:
+        """Dense items whose ``column`` has any of ``values``: sorted unique int64 [m]."""
+        h = hash64([f"{column}={v}" for v in values], seed=1000 * SALT_FEATURE)
+        lo, hi = np.searchsorted(self.keys, h, "left"), np.searchsorted(self.keys, h, "right")
+        parts = [self.items[a:b] for a, b in zip(lo, hi) if b > a]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def matching(self, features: dict[str, list[str]]) -> np.ndarray:
+        """Items matching every column (AND) with any of its values (OR): sorted int64 [m]."""
+        out: np.ndarray | None = None
+        for column, values in features.items():
+            got = self.items_with(column, values)
+            out = got if out is None else np.intersect1d(out, got, assume_unique=True)
+            if not len(out):
+                break
+        return np.zeros(0, np.int64) if out is None else out
+
+
+@dataclass
 class ItemTable:
     """The corpus as the service sees it: id strings <-> dense index, and the model's hashed item tables.
 
@@ -127,6 +164,7 @@ class ItemTable:
     feat: np.ndarray
     num_hashes: int
     item_buckets: int
+    features: FeatureIndex
 
     def dense(self, item_ids: list[str]) -> np.ndarray:
         """Dense indices of ``item_ids``, -1 where unknown. int64 [n].
@@ -218,6 +256,7 @@ def load_bundle(root: str | Path, ef_search: int | None = None, trace_head: bool
         feat=np.ascontiguousarray(feat.item_feat),
         num_hashes=cfg.model.num_hashes,
         item_buckets=cfg.model.item_buckets,
+        features=FeatureIndex.build(np.asarray(data.item_feat_hash)),
     )
     actions = {name: i for i, name in enumerate(data.manifest.get("actions", [])[: max(cfg.model.num_actions, 0)])}
     surfaces = {name: i + 1 for i, name in enumerate(data.manifest.get("surfaces", [])) if i < cfg.model.num_surfaces}

@@ -51,6 +51,7 @@ class ParsedRequest:
     subject: str | None
     exclude: list[str]
     allow: list[str] | None
+    features: dict[str, list[str]] | None = None
 
 
 def parse_request(req: RetrieveRequest, bundle: Bundle, now: int | None = None) -> ParsedRequest:
@@ -80,6 +81,7 @@ def parse_request(req: RetrieveRequest, bundle: Bundle, now: int | None = None) 
         subject=ctx.subject_item_id,
         exclude=req.exclude_item_ids,
         allow=req.filters.allow_item_ids,
+        features=req.filters.item_features or None,
     )
 
 

@@ -126,7 +126,7 @@ class Retriever:
                     bundle.model_version,
                 )
         found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        plain = [b for b, r in enumerate(reqs) if r.allow is None]
+        plain = [b for b, r in enumerate(reqs) if r.allow is None and r.features is None]
         if plain:
             ex = seen_items_batch(bundle, [reqs[b] for b in plain])
             k = max(reqs[b].k for b in plain)
@@ -149,8 +149,11 @@ class Retriever:
         if r.allow is not None:
             allow = bundle.items.dense(r.allow)
             allow = allow[allow >= 0]
-            if not len(allow):
-                return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if r.features is not None:
+            by_feature = bundle.items.features.matching(r.features)
+            allow = by_feature if allow is None else np.intersect1d(allow, by_feature)
+        if allow is not None and not len(allow):
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
         ex = seen_items(bundle, r)
         scores, ids = bundle.index.search(q, r.k, exclude=[ex] if len(ex) else None, allow=allow)
         keep = ids[0] >= 0

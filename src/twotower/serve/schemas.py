@@ -18,6 +18,8 @@ MAX_ACTIONS = 32
 MAX_TS = 1 << 40  # seconds; year 36812 - anything larger is a unit mistake (ms or us)
 
 ItemId = Annotated[str, Field(min_length=1, max_length=256, examples=["Toy Story (1995)"])]
+FeatureName = Annotated[str, Field(min_length=1, max_length=128)]
+FeatureValue = Annotated[str, Field(min_length=1, max_length=256)]
 Timestamp = Annotated[int, Field(ge=0, lt=MAX_TS, description="seconds since the epoch (UTC)")]
 
 
@@ -51,6 +53,15 @@ class Filters(_Strict):
 
     allow_item_ids: list[ItemId] | None = Field(
         None, max_length=MAX_IDS, description="return only these items (unknown ids are ignored)"
+    )
+    item_features: dict[FeatureName, Annotated[list[FeatureValue], Field(min_length=1, max_length=MAX_IDS)]] | None = (
+        Field(
+            None,
+            max_length=32,
+            description="return only items that have, for every named item-table column, one of the listed "
+            'values (e.g. {"genre": ["Comedy", "Drama"]}); values no item has match nothing',
+            examples=[{"genre": ["Comedy", "Drama"]}],
+        )
     )
 
 

@@ -1,0 +1,77 @@
+"""Allow-lists by item feature: the token-hash inverted index, and the service applying it inside the search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from test_serve_support import settings, shared_artifacts
+
+from twotower.data import ItemSchema, PrepareConfig, SequenceData, prepare_files
+from twotower.data.hashing import hash64
+from twotower.data.prepare import SALT_FEATURE
+from twotower.serve.app import create_app
+from twotower.serve.artifacts import FeatureIndex
+
+
+def test_feature_index_matches_the_item_table(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 300
+    genres = ["Comedy", "Drama", "Horror", "Sci-Fi"]
+    items = pa.table({
+        "item_id": [f"i{j}" for j in range(n)],
+        "genre": ["|".join(rng.choice(genres, int(rng.integers(0, 3)), replace=False)) for _ in range(n)],
+        "decade": [str(1950 + 10 * int(rng.integers(0, 6))) for _ in range(n)],
+    })  # fmt: skip
+    log = pa.table({"user_id": [f"u{j % 20}" for j in range(3 * n)], "item_id": [f"i{j % n}" for j in range(3 * n)],
+                    "timestamp": list(range(3 * n))})  # fmt: skip
+    pq.write_table(items, tmp_path / "items.parquet")
+    pq.write_table(log, tmp_path / "log.parquet")
+    cfg = PrepareConfig(items=ItemSchema(features=["decade"], multi_valued={"genre": "|"}))
+    prepare_files(tmp_path / "log.parquet", tmp_path / "data", cfg, items_path=tmp_path / "items.parquet")
+    data = SequenceData.load(tmp_path / "data")
+    fi = FeatureIndex.build(np.asarray(data.item_feat_hash))
+    dense = {s: i for i, s in enumerate(data.item_ids().astype(str))}
+    table = {r["item_id"]: r for r in items.to_pylist()}
+
+    def truth(pred) -> np.ndarray:
+        return np.sort([dense[i] for i, r in table.items() if pred(r)]).astype(np.int64)
+
+    got = fi.matching({"genre": ["Comedy", "Horror"]})
+    np.testing.assert_array_equal(got, truth(lambda r: {"Comedy", "Horror"} & set(r["genre"].split("|"))))
+    got = fi.matching({"genre": ["Drama"], "decade": ["1970", "1990"]})  # AND across columns, OR within one
+    np.testing.assert_array_equal(got, truth(lambda r: "Drama" in r["genre"].split("|") and r["decade"] in
+                                             ("1970", "1990")))  # fmt: skip
+    assert len(fi.matching({"genre": ["Western"]})) == 0
+    assert len(fi.matching({"no_such_column": ["Drama"]})) == 0
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory, synth_data):
+    return shared_artifacts(tmp_path_factory, synth_data)
+
+
+def test_service_returns_only_items_with_the_feature(art):
+    data = SequenceData.load(art.data)
+    users, items = data.user_ids().astype(str), data.item_ids().astype(str)
+    red = np.arange(0, len(items), 3)  # give every third item colour=red (the synthetic set has no item table)
+    key = hash64(["colour=red"], seed=1000 * SALT_FEATURE)[0]
+    with TestClient(create_app(settings(art.root))) as c:
+        bundle = c.app.state.service.retriever.bundle
+        bundle.items.features = FeatureIndex(np.full(len(red), key, np.uint64), red.astype(np.int64))
+        r = c.post("/v1/retrieve", json={"user_id": users[0], "k": 10, "filters": {"item_features": {
+            "colour": ["red"]}}})  # fmt: skip
+        assert r.status_code == 200, r.text
+        got = [i["item_id"] for i in r.json()["items"]]
+        assert len(got) == 10 and set(got) <= set(items[red])
+        # combined with an id allow-list: the intersection
+        allow = list(items[:30])
+        r = c.post("/v1/retrieve", json={"user_id": users[0], "k": 50, "filters": {
+            "item_features": {"colour": ["red"]}, "allow_item_ids": allow}})  # fmt: skip
+        assert sorted(i["item_id"] for i in r.json()["items"]) == sorted(set(allow) & set(items[red]))
+        r = c.post("/v1/retrieve", json={"user_id": users[0], "filters": {"item_features": {"colour": ["blue"]}}})
+        assert r.status_code == 200 and r.json()["items"] == []
+        r = c.post("/v1/retrieve", json={"user_id": users[0], "filters": {"item_features": {"colour": []}}})
+        assert r.status_code == 422 and "item_features" in r.json()["error"]
