@@ -20,6 +20,7 @@ import orjson
 from pydantic import ValidationError
 
 from .context import RequestError, parse_request
+from .limits import replay_body
 from .schemas import RetrieveRequest
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class RetrieveFastPath:
         try:
             parsed = parse_request(RetrieveRequest.model_validate_json(body), svc.retriever.bundle)
         except (ValidationError, RequestError):
-            await self.app(scope, _replay(body, receive), send)  # the route writes the 422 and its message
+            await self.app(scope, replay_body(body, receive), send)  # the route writes the 422 and its message
             return
         [res] = await svc.batcher.submit([parsed])
         payload = orjson.dumps(res.as_json(round(1000 * (time.perf_counter() - t0), 3)))
@@ -73,16 +74,3 @@ class RetrieveFastPath:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode())]})  # fmt: skip
         await send({"type": "http.response.body", "body": payload})
-
-
-def _replay(body: bytes, receive):
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
