@@ -197,23 +197,23 @@ class VectorIndex:
         else:
             dead = ~allowed if n_dead else None
             scores, labels = blocked_topk(q, self.vectors, k + n_ex, self.config.exact_block, dead)
-        out_s, out_i = [], []
-        for b in range(len(q)):
-            ok = labels[b] >= 0
-            if ex_labels is not None and len(ex_labels[b]):
-                ok &= ~np.isin(labels[b], ex_labels[b])
-            out_s.append(scores[b][ok][:k])
-            out_i.append(self.ids[labels[b][ok][:k]])
-        return pad_results(out_s, out_i, k)
+        return self._first_k(scores, labels, k, None, ex_labels)
 
     def _exact_scan(self, q, k: int, allowed: np.ndarray, ex_labels, extra: int) -> tuple[np.ndarray, np.ndarray]:
         """Few queries: FAISS's SIMD scan of the vectors (near memory bandwidth; a GEMV + top-k is ~2x slower).
         The top ``k + extra`` of everything hold the top ``k`` of what the filters let through."""
         fetch = min(k + extra, len(self.vectors))
         D, L = _faiss().knn(q, self.vectors, fetch, metric=_faiss().METRIC_INNER_PRODUCT)
+        return self._first_k(D, L, k, allowed, ex_labels)
+
+    def _first_k(self, D: np.ndarray, L: np.ndarray, k: int, allowed: np.ndarray | None, ex_labels):
+        """Over-fetched (scores [B, F], labels [B, F]) -> the first ``k`` per row that are valid (label >= 0),
+        allowed (when ``allowed`` is given) and not among the row's exclusions, as padded external ids."""
         scores, ids = [], []
-        for b in range(len(q)):
-            ok = (L[b] >= 0) & allowed[np.maximum(L[b], 0)]
+        for b in range(len(D)):
+            ok = L[b] >= 0
+            if allowed is not None:
+                ok &= allowed[np.maximum(L[b], 0)]
             if ex_labels is not None and len(ex_labels[b]):
                 ok &= ~np.isin(L[b], ex_labels[b])
             scores.append(D[b][ok][:k])

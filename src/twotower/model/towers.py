@@ -203,6 +203,11 @@ class TwoTower(nn.Module):
         raw = self.encode_raw(u)
         return self.states_at(raw, torch.arange(raw.shape[0], device=raw.device), u.length)
 
+    def add_subject(self, request: torch.Tensor, subject: ItemInputs) -> torch.Tensor:
+        """``request`` [B, D] + the projected subject item of each row that has one (all-zero ids = none)."""
+        has = (subject.item[:, 0] > 0)[:, None].to(request.dtype)
+        return request + has * self.subject_proj(self._item_features(subject))
+
     def encode_online(
         self, state: torch.Tensor, ctx: Context, event_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
@@ -214,9 +219,8 @@ class TwoTower(nn.Module):
         if self.head is None:
             raise ValueError("this model has no online head; train it with model.online_head = true")
         request = self.head.request(ctx.surface, ctx.hour, ctx.weekday, ctx.since_last)
-        if bool((ctx.subject.item > 0).any()):
-            has = (ctx.subject.item[:, 0] > 0)[:, None].to(request.dtype)
-            request = request + has * self.subject_proj(self._item_features(ctx.subject))
+        if bool((ctx.subject.item > 0).any()):  # most requests have none: skip the projection
+            request = self.add_subject(request, ctx.subject)
         if event_tokens is None:
             event_tokens = (self._event_tokens(ctx.events), ctx.events.length)
         return self.head(state, *event_tokens, request)
