@@ -66,9 +66,16 @@ def main() -> None:
     print(f"FLOP bound    {bound:>12,.0f} items/s  ({flops_per_item / 1e3:.1f} kFLOP/item at {gemm:.1f} GFLOP/s GEMM)")
     met = "MET" if rate >= 200_000 else "NOT MET"
     print(f"measured / bound = {rate / bound:.1%}; target >= 200,000 items/s: {met}")
-    out = {"benchmark": "export", "items": n, "threads": args.threads, "items_per_s": round(rate, 1),
-           "flops_per_item": flops_per_item, "gemm_gflops": round(gemm, 2), "flop_bound_items_per_s": round(bound, 1),
-           "target_met": rate >= 200_000}
+    out = {
+        "benchmark": "export",
+        "items": n,
+        "threads": args.threads,
+        "items_per_s": round(rate, 1),
+        "flops_per_item": flops_per_item,
+        "gemm_gflops": round(gemm, 2),
+        "flop_bound_items_per_s": round(bound, 1),
+        "target_met": rate >= 200_000,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -182,14 +182,30 @@ def main() -> None:
     for d, s in snaps.items():
         has_state = float((s > data.user_offsets[wu]).mean())
         events = wr - s
-        row(f"(b) stale {d}d state only", vectors(model, feat, wu, wr, s, hide_context=True), wu, wr,
-            users_with_state=round(has_state, 4))
-        row(f"(c) stale {d}d state + online head", vectors(model, feat, wu, wr, s), wu, wr,
-            users_with_state=round(has_state, 4), events_since_snapshot_median=float(np.median(events)),
-            events_since_snapshot_p90=float(np.percentile(events, 90)))
+        row(
+            f"(b) stale {d}d state only",
+            vectors(model, feat, wu, wr, s, hide_context=True),
+            wu,
+            wr,
+            users_with_state=round(has_state, 4),
+        )
+        row(
+            f"(c) stale {d}d state + online head",
+            vectors(model, feat, wu, wr, s),
+            wu,
+            wr,
+            users_with_state=round(has_state, 4),
+            events_since_snapshot_median=float(np.median(events)),
+            events_since_snapshot_p90=float(np.percentile(events, 90)),
+        )
     for dt in ("float16", "int8"):
-        row(f"(c) stale 1d + head, {dt} state", vectors(model, feat, wu, wr, snaps[1], dtype=dt), wu, wr,
-            bytes_per_user=bytes_per_user(cfg.model.state_tokens, cfg.model.dim, dt))
+        row(
+            f"(c) stale 1d + head, {dt} state",
+            vectors(model, feat, wu, wr, snaps[1], dtype=dt),
+            wu,
+            wr,
+            bytes_per_user=bytes_per_user(cfg.model.state_tokens, cfg.model.dim, dt),
+        )
     hu, hr = users[held], rows[held]
     if len(hu):
         start = data.user_offsets[hu]
@@ -204,18 +220,21 @@ def main() -> None:
         has = snaps[1] > data.user_offsets[wu]
         snap_ts = data.event_ts[snaps[1]]
         last = np.where(has, data.event_ts[np.maximum(snaps[1] - 1, 0)], -1)
-        store.put_many(list(user_ids[wu[has]]), st[has], snap_ts[has], np.minimum(last[has], snap_ts[has] - 1),
-                       version)
+        store.put_many(list(user_ids[wu[has]]), st[has], snap_ts[has], np.minimum(last[has], snap_ts[has] - 1), version)
         cost = cost_per_request(model, version, feat, wu, wr, snaps[1], store, user_ids)
     ratio = cost["hybrid_ms_b64"] / cost["fresh_ms_b64"]
     flop_ratio = cost["hybrid_mflops"] / cost["fresh_mflops"]
     print("\ncost per request, one thread      fresh (a)   hybrid (c)   ratio")
     for B in (1, 64):
         f, h = cost[f"fresh_ms_b{B}"], cost[f"hybrid_ms_b{B}"]
-        print(f"  CPU ms, batch of {B:<3}        {f:>10.3f}   {h:>10.3f}   {h / f:>6.1%}"
-              f"   (store read {cost[f'store_read_ms_b{B}']:.3f} ms)")
-    print(f"  model MFLOPs                 {cost['fresh_mflops']:>10.3f}   {cost['hybrid_mflops']:>10.3f}   "
-          f"{flop_ratio:>6.1%}")
+        print(
+            f"  CPU ms, batch of {B:<3}        {f:>10.3f}   {h:>10.3f}   {h / f:>6.1%}"
+            f"   (store read {cost[f'store_read_ms_b{B}']:.3f} ms)"
+        )
+    print(
+        f"  model MFLOPs                 {cost['fresh_mflops']:>10.3f}   {cost['hybrid_mflops']:>10.3f}   "
+        f"{flop_ratio:>6.1%}"
+    )
 
     # a daily refresh cadence over the timeline: who needs a new state each day, and what it costs
     t_mid = int(np.median(data.event_ts)) // DAY * DAY
@@ -223,24 +242,42 @@ def main() -> None:
     url = f"sqlite:///{tmp.name}/daily.db"
     for i in range(args.refresh_days + 1):
         r = refresh_states(run, url, as_of=t_mid + i * DAY, data_dir=data_dir, progress=False)
-        days.append({"as_of": r.as_of, "encoded": r.encoded, "seconds": round(r.seconds, 2),
-                     "users_with_history": r.users_with_history})
+        days.append(
+            {
+                "as_of": r.as_of,
+                "encoded": r.encoded,
+                "seconds": round(r.seconds, 2),
+                "users_with_history": r.users_with_history,
+            }
+        )
     daily = days[1:]
-    print(f"daily refresh from {time.strftime('%Y-%m-%d', time.gmtime(t_mid))}: first (bulk) {days[0]['encoded']} "
-          f"users in {days[0]['seconds']} s; then {np.mean([d['encoded'] for d in daily]):.0f} users/day on average "
-          f"({np.mean([d['seconds'] for d in daily]):.2f} s/day)")
+    print(
+        f"daily refresh from {time.strftime('%Y-%m-%d', time.gmtime(t_mid))}: first (bulk) {days[0]['encoded']} "
+        f"users in {days[0]['seconds']} s; then {np.mean([d['encoded'] for d in daily]):.0f} users/day on average "
+        f"({np.mean([d['seconds'] for d in daily]):.2f} s/day)"
+    )
 
     a, c = table["(a) fresh: encoder at request"], table["(c) stale 1d state + online head"]
     keep = c["recall@100"] / a["recall@100"]
     met = keep >= 0.95 and ratio <= 0.10
-    print(f"(c) 1d keeps {keep:.1%} of (a)'s Recall@100 at {ratio:.1%} of its CPU time (batch of 64; "
-          f"{cost['hybrid_ms_b1'] / cost['fresh_ms_b1']:.1%} one at a time) and {flop_ratio:.1%} of its FLOPs: "
-          f"target {'MET' if met else 'NOT MET'} (>= 95 % at <= 10 %)")
-    out = {"benchmark": "freshness", "model_version": version, "run": str(run), "rows": table,
-           "cost_ms_per_request": cost, "hybrid_over_fresh_cpu_b64": round(ratio, 4),
-           "hybrid_over_fresh_flops": round(flop_ratio, 4),
-           "recall100_kept_1d": round(keep, 4), "target_met": met, "daily_refresh": days,
-           "config": cfgmod.to_dict(cfg)}
+    print(
+        f"(c) 1d keeps {keep:.1%} of (a)'s Recall@100 at {ratio:.1%} of its CPU time (batch of 64; "
+        f"{cost['hybrid_ms_b1'] / cost['fresh_ms_b1']:.1%} one at a time) and {flop_ratio:.1%} of its FLOPs: "
+        f"target {'MET' if met else 'NOT MET'} (>= 95 % at <= 10 %)"
+    )
+    out = {
+        "benchmark": "freshness",
+        "model_version": version,
+        "run": str(run),
+        "rows": table,
+        "cost_ms_per_request": cost,
+        "hybrid_over_fresh_cpu_b64": round(ratio, 4),
+        "hybrid_over_fresh_flops": round(flop_ratio, 4),
+        "recall100_kept_1d": round(keep, 4),
+        "target_met": met,
+        "daily_refresh": days,
+        "config": cfgmod.to_dict(cfg),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -56,10 +56,23 @@ def main() -> None:
             while pending and len(running) < args.parallel:
                 name = pending.pop(0)
                 out = f"{tmp}/{name}.json"
-                sets = [f"train.epochs={args.epochs}", f"train.patience={args.epochs}", "train.threads=1",
-                        "train.time_budget_s=0", *VARIANTS[name]]
-                cmd = [sys.executable, str(here / "ml1m_quality.py"), "--config", args.config, "--data", data,
-                       "--out", out] + [a for s in sets for a in ("--set", s)]
+                sets = [
+                    f"train.epochs={args.epochs}",
+                    f"train.patience={args.epochs}",
+                    "train.threads=1",
+                    "train.time_budget_s=0",
+                    *VARIANTS[name],
+                ]
+                cmd = [
+                    sys.executable,
+                    str(here / "ml1m_quality.py"),
+                    "--config",
+                    args.config,
+                    "--data",
+                    data,
+                    "--out",
+                    out,
+                ] + [a for s in sets for a in ("--set", s)]
                 log = open(f"{tmp}/{name}.log", "w")  # a file, not a pipe: progress bars would fill a pipe
                 running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), out))
             time.sleep(2)
@@ -72,17 +85,30 @@ def main() -> None:
                         continue
                     results[name] = json.loads(Path(out).read_text())
                     r = results[name]
-                    print(f"{name:<22}{r['hr@10']:>8.4f}{r['ndcg@10']:>9.4f}{r['hr@100']:>8.4f}"
-                          f"{r['train_examples_per_s']:>10.0f}  {' '.join(VARIANTS[name]) or '(default)'}", flush=True)
+                    print(
+                        f"{name:<22}{r['hr@10']:>8.4f}{r['ndcg@10']:>9.4f}{r['hr@100']:>8.4f}"
+                        f"{r['train_examples_per_s']:>10.0f}  {' '.join(VARIANTS[name]) or '(default)'}",
+                        flush=True,
+                    )
     print(f"\n{'variant':<22}{'HR@10':>8}{'NDCG@10':>9}{'R@100':>8}{'ex/s(1t)':>10}")
     for name in names:
         if name in results:
             r = results[name]
-            print(f"{name:<22}{r['hr@10']:>8.4f}{r['ndcg@10']:>9.4f}{r['hr@100']:>8.4f}{r['train_examples_per_s']:>10.0f}")
+            print(
+                f"{name:<22}{r['hr@10']:>8.4f}{r['ndcg@10']:>9.4f}{r['hr@100']:>8.4f}{r['train_examples_per_s']:>10.0f}"
+            )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"benchmark": "ml1m_ablation", "epochs": args.epochs,
-                                          "variants": {n: {"overrides": VARIANTS[n], **results[n]} for n in results}},
-                                         indent=2) + "\n")
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "benchmark": "ml1m_ablation",
+                "epochs": args.epochs,
+                "variants": {n: {"overrides": VARIANTS[n], **results[n]} for n in results},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {args.out}")
 
 

@@ -89,6 +89,22 @@ def test_filters_return_k_valid_results(corpus, backend):
     assert sorted(got[0][:4]) == sorted(ids[:4]) and (got[0][4:] == -1).all() and np.isneginf(s[0][4:]).all()
 
 
+def test_probed_lists_too_small_for_k_are_completed_exactly(corpus):
+    """nprobe=1 of 64 lists holds ~94 items: a k=200 search cannot fill from them, so those rows are answered
+    by exact search (and counted), never returned short."""
+    ids, x, q = corpus
+    idx = VectorIndex.build(ids, x, IndexConfig(backend="ivfflat", ivf_nlist=64, ivf_nprobe=1))
+    exact = VectorIndex.build(ids, x, IndexConfig(backend="exact"))
+    s, got = idx.search(q[:5], 200)
+    es, want = exact.search(q[:5], 200)
+    assert idx.completed_exactly == 5
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(s, es, rtol=1e-5, atol=1e-6)
+    idx.set_search_params(ivf_nprobe=64)  # every list: nothing to complete
+    idx.search(q[:5], 200)
+    assert idx.completed_exactly == 5
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_upsert_and_delete_visible_in_next_search(corpus, backend):
     ids, x, q = corpus

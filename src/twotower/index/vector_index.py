@@ -55,6 +55,9 @@ class VectorIndex:
         self._lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted live ids, their labels)
         self._alive_sel = None
         self._n_alive: int | None = None  # cached: counting 1M flags costs more than a FAISS search
+        # Query rows the ANN search returned short (filters, or too few items in the probed lists) and that
+        # exact search completed. If it climbs, raise ivf_nprobe / hnsw_ef_search: each one costs a scan.
+        self.completed_exactly = 0
 
     # --- building and mutation -------------------------------------------------------------------------
     @classmethod
@@ -273,6 +276,7 @@ class VectorIndex:
             scores_out.append(s)
             ids_out.append(self.ids[lab])
         if short:  # the graph / probed lists ran dry under the filters: complete these rows exactly
+            self.completed_exactly += len(short)
             sub_ex = None if ex_labels is None else [ex_labels[b] for b in short]
             es, ei = self._exact(q[short], k, allowed, sub_ex)
             for j, b in enumerate(short):
