@@ -59,8 +59,9 @@ def test_killed_refresh_resumes_without_redoing_batches(synth_data, hybrid_run, 
     straight = refresh_states(hybrid_run, f"sqlite:///{tmp_path}/a.db", as_of=as_of, batch=32, progress=False)
     assert straight.batches > 3
     with pytest.raises(RefreshStopped):
-        refresh_states(hybrid_run, f"sqlite:///{tmp_path}/b.db", as_of=as_of, batch=32, progress=False,
-                       stop_after_batches=2)
+        refresh_states(
+            hybrid_run, f"sqlite:///{tmp_path}/b.db", as_of=as_of, batch=32, progress=False, stop_after_batches=2
+        )
     resumed = refresh_states(hybrid_run, f"sqlite:///{tmp_path}/b.db", as_of=as_of, batch=32, progress=False)
     assert resumed.encoded == straight.encoded - 2 * 32  # the two finished batches are not redone
     ids = list(data.user_ids().astype(str))
@@ -72,8 +73,10 @@ def test_killed_refresh_resumes_without_redoing_batches(synth_data, hybrid_run, 
 
 
 def test_refresh_cli_and_unsplit_model_error(synth_data, hybrid_run, tmp_path, capsys):
-    assert main(["refresh-states", "--run", str(hybrid_run), "--store", f"sqlite:///{tmp_path}/c.db",
-                 "--no-progress"]) == 0
+    assert (
+        main(["refresh-states", "--run", str(hybrid_run), "--store", f"sqlite:///{tmp_path}/c.db", "--no-progress"])
+        == 0
+    )
     assert "encoded" in capsys.readouterr().out
     from conftest import small_run_config
 

@@ -112,8 +112,13 @@ def test_checkpoint_errors_are_clear(tmp_path, synth_data):
 
 @pytest.mark.parametrize(
     "model_opts",
-    [{"causal": False}, {"pooling": "mean"}, {"positions": "learned+time"}, {"user_token": False},
-     {"causal": False, "user_token": False}],
+    [
+        {"causal": False},
+        {"pooling": "mean"},
+        {"positions": "learned+time"},
+        {"user_token": False},
+        {"causal": False, "user_token": False},
+    ],
 )
 def test_model_options_train(synth_data, tmp_path, model_opts):
     data = SequenceData.load(synth_data)

@@ -24,7 +24,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     common = dict(host=settings.host, port=settings.port, access_log=False, timeout_graceful_shutdown=30)
-    if settings.workers == 1:
+    workers = settings.resolved_workers()
+    if workers == 1:
         from .serve.app import create_app
 
         uvicorn.run(create_app(settings), **common)
@@ -32,7 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Several processes: each worker builds its app from the environment, so pass the overrides through it.
     for key, value in overrides.items():
         os.environ[f"TWOTOWER_{key.upper()}"] = str(value)
-    uvicorn.run("twotower.serve.app:app_from_env", factory=True, workers=settings.workers, **common)
+    uvicorn.run("twotower.serve.app:app_from_env", factory=True, workers=workers, **common)
     return 0
 
 
@@ -56,7 +57,12 @@ def add_serve_commands(sub) -> None:
     s.add_argument("--artifacts", help="artifact root (default: TWOTOWER_ARTIFACTS or ./artifacts)")
     s.add_argument("--host", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default 8000)")
-    s.add_argument("--workers", type=int, help="processes (each loads its own copy; reload each one)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes, each with its own copy of the bundle (default: one per core); "
+        "a reload reaches all of them",
+    )
     s.add_argument("--store", help="feature store URL (default sqlite:///ARTIFACTS/states.db)")
     s.set_defaults(func=cmd_serve)
 

@@ -7,6 +7,7 @@ well-known token, so a forgotten variable cannot leave hot swaps open to anyone 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class ServeSettings(BaseSettings):
     dev_mode: bool = Field(False, description="allow a weak admin token (development machines only)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=64)
+    workers: int = Field(0, ge=0, le=64, description="worker processes, each with its own copy; 0 = one per core")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="requests with a larger body get 413")
     max_batch_requests: int = Field(256, ge=1, description="users in one /v1/retrieve/batch call")
     micro_batch: int = Field(32, ge=1, le=1024, description="concurrent requests run as one batch (1 = off)")
@@ -68,6 +69,11 @@ class ServeSettings(BaseSettings):
         elif weak:
             log.warning("dev mode: the admin token is weak; never run like this on a reachable address")
         return self
+
+    def resolved_workers(self) -> int:
+        """Worker processes to run: the setting, else one per core (each has its own GIL; one process tops out
+        at about one core, ~450 req/s in ``benchmarks/serve_load.py``)."""
+        return self.workers or max(1, min(os.cpu_count() or 1, 64))
 
     def resolved_store_url(self) -> str:
         """The feature store URL: the setting, else SQLite inside the artifact root."""
