@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .prepare import FORMAT_VERSION, SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
@@ -105,7 +106,12 @@ class SequenceData:
 
     def item_ids(self) -> np.ndarray:
         """Original item id strings, object [N] (index = dense item index)."""
-        return pq.read_table(self.root / "items.parquet", columns=["item_id"]).column(0).to_numpy(zero_copy_only=False)
+        return self.item_id_column().to_numpy(zero_copy_only=False)
+
+    def item_id_column(self) -> pa.ChunkedArray:
+        """The item id strings as Arrow [N] (no Python objects yet: convert in slices where that matters)."""
+        col = pq.read_table(self.root / "items.parquet", columns=["item_id"]).column(0)
+        return col if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) else col.cast(pa.string())
 
     def user_ids(self) -> np.ndarray:
         return pq.read_table(self.root / "users.parquet", columns=["user_id"]).column(0).to_numpy(zero_copy_only=False)

@@ -226,13 +226,7 @@ def _item_id_table(data: SequenceData) -> tuple[np.ndarray, dict[str, int]]:
     A reload runs this in a thread beside live requests. Converting 1M ids in one call holds the GIL for
     ~100 ms per step (Arrow -> Python strings, then the dict), and every request in flight waits; per slice,
     each hold is a few ms."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    col = pq.read_table(data.root / "items.parquet", columns=["item_id"]).column(0)
-    if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
-        col = pc.cast(col, pa.string())
+    col = data.item_id_column()
     ids = np.empty(len(col), dtype=object)
     lookup: dict[str, int] = {}
     for lo in range(0, len(col), ID_CHUNK):
