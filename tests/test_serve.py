@@ -199,6 +199,20 @@ def test_reload_swaps_versions_and_survives_broken_artifacts(art, tmp_path):
         assert metric(c, "twotower_served_version", index=new, model=ok.json()["model_version"]) == 1
 
 
+def test_worker_count_defaults_to_one_per_core(monkeypatch):
+    import os
+
+    monkeypatch.setenv("TWOTOWER_DEV_MODE", "1")
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert ServeSettings().resolved_workers() == 6
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one
+    assert ServeSettings().resolved_workers() == 1
+    monkeypatch.setenv("TWOTOWER_WORKERS", "3")
+    assert ServeSettings().resolved_workers() == 3
+    with pytest.raises(ValidationError, match="workers"):
+        ServeSettings(workers=-1)
+
+
 def test_settings_refuse_an_empty_or_default_admin_token(monkeypatch, tmp_path):
     for token in ("", "changeme", "short"):
         with pytest.raises(ValidationError, match="TWOTOWER_ADMIN_TOKEN"):
