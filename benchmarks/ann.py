@@ -127,14 +127,18 @@ def bench_corpus(
     print(_fmt(ex), flush=True)
     n = len(x)
     nlist = 0  # the library default: about 4 * sqrt(N), at least 39 training points per list
+    # each point sets every search knob of its backend; IVF-PQ also sweeps the refine factor (how many PQ
+    # candidates per result are re-scored exactly), which bounds its recall once nprobe covers the true lists
+    pq_points = [{"ivf_nprobe": p, "refine_factor": 4} for p in (8, 16, 32, 64)]
+    pq_points += [{"ivf_nprobe": 32, "refine_factor": r} for r in (8, 16)]
     sweeps = [
-        ("hnsw", {"hnsw_m": 32, "hnsw_ef_construction": 100}, "hnsw_ef_search", [16, 32, 64, 128, 256]),
-        ("ivfflat", {"ivf_nlist": nlist}, "ivf_nprobe", [4, 8, 16, 32, 64]),
-        ("ivfpq", {"ivf_nlist": nlist, "pq_m": 16, "refine_factor": 4}, "ivf_nprobe", [8, 16, 32, 64]),
+        ("hnsw", {"hnsw_m": 32, "hnsw_ef_construction": 100}, [{"hnsw_ef_search": e} for e in (16, 32, 64, 128, 256)]),
+        ("ivfflat", {"ivf_nlist": nlist}, [{"ivf_nprobe": p} for p in (4, 8, 16, 32, 64)]),
+        ("ivfpq", {"ivf_nlist": nlist, "pq_m": 16}, pq_points),
     ]
     import faiss
 
-    for backend, build_kw, knob, values in sweeps:
+    for backend, build_kw, points in sweeps:
         if backend not in backends:
             continue
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # building is offline work: every core
@@ -144,8 +148,8 @@ def bench_corpus(
         faiss.omp_set_num_threads(1)  # searching is measured on one thread
         idx.save(Path(tmp) / f"{name}-{backend}")
         size = dir_mib(Path(tmp) / f"{name}-{backend}") - x.nbytes / 2**20  # minus our float32 copy
-        for v in values[:2] if quick else values:
-            idx.set_search_params(**{knob: v})
+        for point in points[:2] if quick else points:
+            idx.set_search_params(**point)
             idx.completed_exactly = 0
             _, got = idx.search(q, 100)
             short = idx.completed_exactly  # rows whose probed lists held < 100 items: answered by exact
@@ -157,7 +161,7 @@ def bench_corpus(
                 "corpus": name,
                 "n": n,
                 "backend": backend,
-                "params": f"{knob}={v}",
+                "params": " ".join(f"{_KNOB_LABEL[k]}={v}" for k, v in point.items()),
                 "recall@10": recall_at(got[:, :10], truth[:, :10]),
                 "recall@100": recall_at(got, truth),
                 "p50_ms": p50,
@@ -175,9 +179,12 @@ def bench_corpus(
     return ex
 
 
+_KNOB_LABEL = {"hnsw_ef_search": "efSearch", "ivf_nprobe": "nprobe", "refine_factor": "refine"}
+
+
 def _fmt(r: dict) -> str:
     return (
-        f"{r['corpus']:<10}{r['n']:>9,} {r['backend']:<8}{r['params']:<20}{r['recall@10']:>7.3f}"
+        f"{r['corpus']:<10}{r['n']:>9,} {r['backend']:<8}{r['params']:<22}{r['recall@10']:>7.3f}"
         f"{r['recall@100']:>8.3f}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{r['qps_batch256']:>10.0f}"
         f"{r['build_s']:>8.1f}{r['index_mib']:>9.0f}"
     )
@@ -195,7 +202,7 @@ def plot(rows: list, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for corpus, backend in sorted({(r["corpus"], r["backend"]) for r in rows}):
         pts = [(r["p50_ms"], r["recall@100"]) for r in rows if r["corpus"] == corpus and r["backend"] == backend]
-        ax.plot(*zip(*pts), marker="o", label=f"{corpus} {backend}")
+        ax.plot(*zip(*sorted(pts)), marker="o", label=f"{corpus} {backend}")
     ax.set_xscale("log")
     ax.set_xlabel("single-query p50 latency (ms, one thread, log)")
     ax.set_ylabel("recall@100 vs exact")
@@ -226,7 +233,7 @@ def main() -> None:
     print(f"memory bandwidth (1 thread, streaming read): {bw:.1f} GB/s")
     print(f"float32 GEMM peak (1 thread, square 2,048): {peak:.1f} GFLOP/s")
     print(
-        f"{'corpus':<10}{'N':>9} {'backend':<8}{'params':<20}{'R@10':>7}{'R@100':>8}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'corpus':<10}{'N':>9} {'backend':<8}{'params':<22}{'R@10':>7}{'R@100':>8}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'QPS@256':>10}{'build s':>8}{'MiB':>9}"
     )
     rows: list = []

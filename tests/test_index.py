@@ -168,3 +168,23 @@ def test_exact_scan_of_few_queries_equals_the_blocked_matmul_path():
         many = idx.search(q, 50, **kw)  # 12 queries: the GEMM path
         assert np.array_equal(few[1], many[1][:4]), kw
         assert np.allclose(few[0], many[0][:4], atol=1e-5)
+
+
+def test_search_params_take_search_knobs_only(corpus, tmp_path):
+    """Search knobs change results in place (and are saved); build-time fields and bad values are refused
+    before anything changes, so the manifest never describes an index that was not built."""
+    ids, x, q = corpus
+    idx = VectorIndex.build(ids, x, IndexConfig(backend="ivfflat", ivf_nlist=64, ivf_nprobe=1))
+    exact = VectorIndex.build(ids, x, IndexConfig(backend="exact"))
+    _, want = exact.search(q[:20], 10)
+    _, narrow = idx.search(q[:20], 10)
+    idx.set_search_params(ivf_nprobe=64)
+    _, wide = idx.search(q[:20], 10)
+    assert (wide == want).mean() == 1.0 > (narrow == want).mean()
+    for bad in ({"ivf_nlist": 8}, {"backend": "exact"}, {"ivf_nprobe": 0}, {"ivf_nprobe": 2.5},
+                {"hnsw_ef_search": True}, {"filter_exact_below": 2.0}, {"no_such_knob": 1}):  # fmt: skip
+        with pytest.raises(ValueError, match="search-time|positive integer|fraction"):
+            idx.set_search_params(**bad)
+    assert idx.config.ivf_nlist == 64 and idx.config.ivf_nprobe == 64 and idx.config.backend == "ivfflat"
+    idx.save(tmp_path / "i")
+    assert VectorIndex.load(tmp_path / "i").config.ivf_nprobe == 64

@@ -31,6 +31,8 @@ from .base import (
 )
 from .exact import blocked_topk
 
+SEARCH_KNOBS = ("hnsw_ef_search", "ivf_nprobe", "refine_factor", "exact_block", "filter_exact_below")
+
 log = logging.getLogger(__name__)
 FORMAT = 1
 
@@ -284,10 +286,23 @@ class VectorIndex:
         return pad_results(scores_out, ids_out, k)
 
     def set_search_params(self, **kw) -> None:
-        """Change search-time knobs (``hnsw_ef_search``, ``ivf_nprobe``, ``refine_factor``) in place."""
+        """Change search-time knobs in place: ``hnsw_ef_search``, ``ivf_nprobe``, ``refine_factor`` (positive
+        ints), ``exact_block`` and ``filter_exact_below``. Build-time fields (backend, M, nlist, PQ) are
+        refused: changing them here would make the saved manifest describe an index that was not built."""
         for key, v in kw.items():
-            if not hasattr(self.config, key):
-                raise ValueError(f"unknown search parameter {key!r}")
+            if key not in SEARCH_KNOBS:
+                raise ValueError(
+                    f"{key!r} is not a search-time parameter (one of {', '.join(SEARCH_KNOBS)}); "
+                    "build-time parameters need a rebuild: VectorIndex.build(ids, vectors, IndexConfig(...))"
+                )
+            if key == "filter_exact_below":
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                    raise ValueError(f"filter_exact_below must be a fraction in [0, 1], got {v!r}")
+                v = float(v)
+            elif isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{key} must be a positive integer, got {v!r}")
+            else:
+                v = int(v)
             setattr(self.config, key, v)
 
     # --- persistence -----------------------------------------------------------------------------------
