@@ -130,7 +130,7 @@ def bench_corpus(
     # each point sets every search knob of its backend; IVF-PQ also sweeps the refine factor (how many PQ
     # candidates per result are re-scored exactly), which bounds its recall once nprobe covers the true lists
     pq_points = [{"ivf_nprobe": p, "refine_factor": 4} for p in (8, 16, 32, 64)]
-    pq_points += [{"ivf_nprobe": 32, "refine_factor": r} for r in (8, 16)]
+    pq_points += [{"ivf_nprobe": p, "refine_factor": r} for p, r in ((8, 8), (8, 16), (32, 8))]
     sweeps = [
         ("hnsw", {"hnsw_m": 32, "hnsw_ef_construction": 100}, [{"hnsw_ef_search": e} for e in (16, 32, 64, 128, 256)]),
         ("ivfflat", {"ivf_nlist": nlist}, [{"ivf_nprobe": p} for p in (4, 8, 16, 32, 64)]),
@@ -200,14 +200,32 @@ def plot(rows: list, path: Path) -> None:
         print("matplotlib not installed (pip install matplotlib): no plot")
         return
     fig, ax = plt.subplots(figsize=(8, 5))
-    for corpus, backend in sorted({(r["corpus"], r["backend"]) for r in rows}):
-        pts = [(r["p50_ms"], r["recall@100"]) for r in rows if r["corpus"] == corpus and r["backend"] == backend]
-        ax.plot(*zip(*sorted(pts)), marker="o", label=f"{corpus} {backend}")
+
+    def series(r: dict) -> tuple:  # one line per corpus, size, backend and (IVF-PQ) refine factor
+        refine = [t for t in r["params"].split() if t.startswith("refine=")]
+        return r["corpus"], r["n"], r["backend"], " ".join(refine)
+
+    colour = {"exact": "black", "hnsw": "C0", "ivfflat": "C1", "ivfpq": "C2"}  # backend: colour
+    sizes = sorted({(r["corpus"], r["n"]) for r in rows}, key=lambda c: c[1])
+    style = dict(zip(sizes, [":", "--", "-", "-."]))  # corpus and size: line style
+    marker = {"": "o", "refine=4": "o", "refine=8": "s", "refine=16": "^"}
+    for key in sorted({series(r) for r in rows}):
+        corpus, n, backend, extra = key
+        pts = sorted((r["p50_ms"], r["recall@100"]) for r in rows if series(r) == key)
+        size = f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k" if n >= 100_000 else f"{n:,}"
+        ax.plot(
+            *zip(*pts),
+            color=colour[backend],
+            ls=style.get((corpus, n), "-"),
+            marker=marker.get(extra, "o"),
+            ms=3,
+            label=f"{corpus} {size} {backend} {extra}".rstrip(),
+        )
     ax.set_xscale("log")
     ax.set_xlabel("single-query p50 latency (ms, one thread, log)")
     ax.set_ylabel("recall@100 vs exact")
     ax.axhline(0.95, color="grey", lw=0.5, ls="--")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, ncol=2)
     ax.set_title("twotower ANN backends: recall@100 vs latency")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
