@@ -188,3 +188,17 @@ def test_search_params_take_search_knobs_only(corpus, tmp_path):
     assert idx.config.ivf_nlist == 64 and idx.config.ivf_nprobe == 64 and idx.config.backend == "ivfflat"
     idx.save(tmp_path / "i")
     assert VectorIndex.load(tmp_path / "i").config.ivf_nprobe == 64
+
+
+def test_ivfpq_on_a_corpus_too_small_for_its_codebooks_warns_with_the_fix(corpus, caplog):
+    """6,000 vectors cannot train 256 centroids per sub-quantiser well (k-means wants 39 x 256 = 9,984): the
+    build says so in our words and names what fits; pq_bits=6 (2,496 wanted) builds quietly."""
+    ids, x, _ = corpus
+    with caplog.at_level("WARNING", logger="twotower.index.vector_index"):
+        VectorIndex.build(ids, x, IndexConfig(backend="ivfpq", ivf_nlist=64, pq_m=8, pq_bits=8))
+    msgs = [r.getMessage() for r in caplog.records if r.name == "twotower.index.vector_index"]
+    assert len(msgs) == 1 and "at least 9984" in msgs[0] and "pq_bits=7" in msgs[0] and "ivfflat or hnsw" in msgs[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="twotower.index.vector_index"):
+        VectorIndex.build(ids, x, IndexConfig(backend="ivfpq", ivf_nlist=64, pq_m=8, pq_bits=6))
+    assert not [r for r in caplog.records if r.name == "twotower.index.vector_index"]

@@ -105,7 +105,15 @@ class VectorIndex:
                 + f" needs at least {need} vectors to train, got {len(train)}; "
                 "use a smaller ivf_nlist / pq_bits or the hnsw / exact backend"
             )
-        sample = train[np.random.default_rng(0).permutation(len(train))[: max(nlist * 64, 10000)]]
+        if cfg.backend == "ivfpq" and len(train) < 39 * 2**cfg.pq_bits:
+            fits = int(np.log2(max(len(train) // 39, 2)))
+            log.warning(
+                "ivfpq: %d vectors train %d centroids per sub-quantiser (pq_bits=%d); k-means wants at least %d, "
+                "so the codes will be coarse and recall low. For a corpus this small use the ivfflat or hnsw "
+                "backend (PQ saves little memory here), or pq_bits=%d.",
+                len(train), 2**cfg.pq_bits, cfg.pq_bits, 39 * 2**cfg.pq_bits, fits,
+            )  # fmt: skip
+        sample = train[np.random.default_rng(0).permutation(len(train))[: max(nlist * 64, 39 * 2**cfg.pq_bits, 10000)]]
         index.train(sample)
         index.quantizer_trains_alone = 0
         self._ivf = index
