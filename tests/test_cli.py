@@ -85,3 +85,10 @@ def test_export_index_build_rollback(synth_data, tmp_path, capsys):
     assert main(["index", "rollback", "--root", str(root)]) == 0
     assert current_version(root) == first
     assert main(["index", "list", "--root", str(root)]) == 0
+    # the IVF-PQ knobs reach the published config, and a miss names them
+    pq = ["index", "build", "--emb", str(emb), "--out", str(root), "--backend", "ivfpq", "--pq-m", "4"]
+    assert main([*pq, "--pq-bits", "4", "--refine-factor", "1", "--ivf-nprobe", "1", "--recall-floor", "1.01"]) == 2
+    assert "--refine-factor" in capsys.readouterr().err and current_version(root) == first
+    assert main([*pq, "--pq-bits", "4", "--refine-factor", "8", "--recall-floor", "0"]) == 0
+    built = json.loads((root / "versions" / current_version(root) / "manifest.json").read_text())["config"]
+    assert (built["pq_bits"], built["refine_factor"], built["pq_m"]) == (4, 8, 4)

@@ -89,12 +89,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# IndexConfig fields `twotower index build` exposes: (field, type, help); unset ones keep IndexConfig's default
+INDEX_KNOBS = (
+    ("hnsw_m", int, "hnsw: graph degree"),
+    ("hnsw_ef_construction", int, "hnsw: build-time beam"),
+    ("hnsw_ef_search", int, "hnsw: search beam, the recall knob"),
+    ("ivf_nlist", int, "ivfflat/ivfpq: lists; 0 = about 4 sqrt(N), at most N/39"),
+    ("ivf_nprobe", int, "ivfflat/ivfpq: lists probed per query, the recall knob"),
+    ("pq_m", int, "ivfpq: sub-quantisers; must divide the dimension"),
+    ("pq_bits", int, "ivfpq: bits per code; training wants about 39 x 2^bits items"),
+    ("refine_factor", int, "ivfpq: PQ candidates re-scored exactly per result"),
+)
+
+
 def cmd_index_build(args: argparse.Namespace) -> int:
     from .index import IndexConfig
     from .index.publish import build_and_publish
 
     cfg = IndexConfig(backend=args.backend)
-    for key in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nlist", "ivf_nprobe", "pq_m"):
+    for key, _, _ in INDEX_KNOBS:
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     res = build_and_publish(args.emb, args.out, cfg, recall_floor=args.recall_floor)
@@ -217,15 +230,12 @@ def add_commands(sub) -> None:
     b.add_argument("--out", required=True, help="index root (versions/, CURRENT)")
     b.add_argument("--backend", default="hnsw", choices=["exact", "hnsw", "ivfflat", "ivfpq"])
     b.add_argument("--recall-floor", type=float, default=0.95, help="refuse to publish below this recall@100")
-    for key, typ in (
-        ("hnsw_m", int),
-        ("hnsw_ef_construction", int),
-        ("hnsw_ef_search", int),
-        ("ivf_nlist", int),
-        ("ivf_nprobe", int),
-        ("pq_m", int),
-    ):
-        b.add_argument("--" + key.replace("_", "-"), type=typ, dest=key)
+    from .index.base import IndexConfig
+
+    defaults = IndexConfig()
+    for key, typ, text in INDEX_KNOBS:
+        flag, default = "--" + key.replace("_", "-"), getattr(defaults, key)
+        b.add_argument(flag, type=typ, dest=key, help=f"{text} (default {default})")
     b.set_defaults(func=cmd_index_build)
     r = isub.add_parser("rollback", help="point CURRENT at the previous (or a named) version")
     r.add_argument("--root", required=True)

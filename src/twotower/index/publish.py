@@ -31,6 +31,14 @@ class RecallTooLow(IndexError_):
     """The ANN index misses too many of the exact top-k; it was not published."""
 
 
+_RECALL_KNOBS = {  # what raises recall, per backend, in the words of `twotower index build`
+    "exact": "exact search has recall 1",
+    "hnsw": "raise --hnsw-ef-search (or build with a larger --hnsw-m)",
+    "ivfflat": "raise --ivf-nprobe",
+    "ivfpq": "raise --ivf-nprobe and --refine-factor (past a few lists the refine factor sets recall), or use ivfflat",
+}
+
+
 def recall_at(approx: np.ndarray, exact: np.ndarray) -> float:
     """Mean fraction of each row of ``exact`` [B, K] found in the same row of ``approx`` [B, K]."""
     hits = [len(np.intersect1d(a[a >= 0], e[e >= 0])) / max(1, int((e >= 0).sum())) for a, e in zip(approx, exact)]
@@ -97,7 +105,7 @@ def build_and_publish(
     if rec["recall@100"] < recall_floor:
         raise RecallTooLow(
             f"{config.backend} recall@100 = {rec['recall@100']:.4f} is below the floor "
-            f"{recall_floor}; raise hnsw_ef_search / ivf_nprobe or lower --recall-floor. "
+            f"{recall_floor}; {_RECALL_KNOBS[config.backend]}, or lower --recall-floor. "
             "Nothing was published."
         )
     version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{emb_manifest['model_version'][:8]}-{config.backend}"
