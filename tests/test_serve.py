@@ -264,3 +264,17 @@ def test_a_reload_reaches_every_worker_process(art, tmp_path):
         assert b.post("/v1/retrieve", json=body).json()["index_version"] == new
         assert a.post("/v1/retrieve", json=body).json()["index_version"] == new
         assert metric(b, "twotower_reloads_total", result="ok") == 1
+
+
+def test_serve_prepare_cli_passes_the_index_knobs(art, tmp_path):
+    """`twotower serve-prepare` takes the same index flags as `twotower index build`; they reach the index."""
+    import json
+
+    from twotower.cli import main
+    from twotower.index.publish import current_version
+
+    root = tmp_path / "root"
+    argv = ["serve-prepare", "--run", str(art.run), "--artifacts", str(root), "--no-progress", "--backend", "hnsw"]
+    assert main([*argv, "--hnsw-m", "8", "--hnsw-ef-search", "40", "--recall-floor", "0"]) == 0
+    manifest = json.loads((root / "index" / "versions" / current_version(root / "index") / "manifest.json").read_text())
+    assert (manifest["config"]["hnsw_m"], manifest["config"]["hnsw_ef_search"]) == (8, 40)

@@ -102,14 +102,33 @@ INDEX_KNOBS = (
 )
 
 
-def cmd_index_build(args: argparse.Namespace) -> int:
+def add_index_knobs(parser: argparse.ArgumentParser) -> None:
+    """--backend, --recall-floor and the INDEX_KNOBS flags, shared by `index build` and `serve-prepare`."""
+    from .index.base import IndexConfig
+
+    defaults = IndexConfig()
+    parser.add_argument("--backend", default="hnsw", choices=["exact", "hnsw", "ivfflat", "ivfpq"])
+    parser.add_argument("--recall-floor", type=float, default=0.95, help="refuse to publish below this recall@100")
+    for key, typ, text in INDEX_KNOBS:
+        flag, default = "--" + key.replace("_", "-"), getattr(defaults, key)
+        parser.add_argument(flag, type=typ, dest=key, help=f"{text} (default {default})")
+
+
+def index_config_from(args: argparse.Namespace):
+    """The IndexConfig the flags of ``add_index_knobs`` describe (unset knobs keep their defaults)."""
     from .index import IndexConfig
-    from .index.publish import build_and_publish
 
     cfg = IndexConfig(backend=args.backend)
     for key, _, _ in INDEX_KNOBS:
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
+    return cfg
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from .index.publish import build_and_publish
+
+    cfg = index_config_from(args)
     res = build_and_publish(args.emb, args.out, cfg, recall_floor=args.recall_floor)
     r = res["recall"]
     print(
@@ -228,14 +247,7 @@ def add_commands(sub) -> None:
     b = isub.add_parser("build", help="build an index, measure recall vs exact, publish atomically")
     b.add_argument("--emb", required=True, help="embeddings directory from `twotower export`")
     b.add_argument("--out", required=True, help="index root (versions/, CURRENT)")
-    b.add_argument("--backend", default="hnsw", choices=["exact", "hnsw", "ivfflat", "ivfpq"])
-    b.add_argument("--recall-floor", type=float, default=0.95, help="refuse to publish below this recall@100")
-    from .index.base import IndexConfig
-
-    defaults = IndexConfig()
-    for key, typ, text in INDEX_KNOBS:
-        flag, default = "--" + key.replace("_", "-"), getattr(defaults, key)
-        b.add_argument(flag, type=typ, dest=key, help=f"{text} (default {default})")
+    add_index_knobs(b)
     b.set_defaults(func=cmd_index_build)
     r = isub.add_parser("rollback", help="point CURRENT at the previous (or a named) version")
     r.add_argument("--root", required=True)

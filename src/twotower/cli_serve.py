@@ -38,10 +38,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_prepare(args: argparse.Namespace) -> int:
+    from .cli_model import index_config_from
     from .serve import ArtifactError, build_artifacts
 
     try:
-        res = build_artifacts(args.run, args.artifacts, backend=args.backend, store_url=args.store,
+        res = build_artifacts(args.run, args.artifacts, index_config=index_config_from(args), store_url=args.store,
                               recall_floor=args.recall_floor, progress=not args.no_progress)  # fmt: skip
     except ArtifactError as exc:
         raise SystemExit(f"error: {exc}") from exc
@@ -69,8 +70,9 @@ def add_serve_commands(sub) -> None:
     s = sub.add_parser("serve-prepare", help="assemble an artifact root from a hybrid run (export, states, index)")
     s.add_argument("--run", required=True, help="run directory of a hybrid model (model.online_head = true)")
     s.add_argument("--artifacts", required=True, help="artifact root to create or add a version to")
-    s.add_argument("--backend", default="hnsw", choices=["exact", "hnsw", "ivfflat", "ivfpq"])
     s.add_argument("--store", help="feature store URL (default sqlite:///ARTIFACTS/states.db)")
-    s.add_argument("--recall-floor", type=float, default=0.95, help="refuse to publish an index below this")
+    from .cli_model import add_index_knobs
+
+    add_index_knobs(s)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_serve_prepare)
