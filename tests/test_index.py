@@ -182,7 +182,8 @@ def test_search_params_take_search_knobs_only(corpus, tmp_path):
     _, wide = idx.search(q[:20], 10)
     assert (wide == want).mean() == 1.0 > (narrow == want).mean()
     for bad in ({"ivf_nlist": 8}, {"backend": "exact"}, {"ivf_nprobe": 0}, {"ivf_nprobe": 2.5},
-                {"hnsw_ef_search": True}, {"filter_exact_below": 2.0}, {"no_such_knob": 1}):  # fmt: skip
+                {"hnsw_ef_search": True}, {"filter_exact_below": 2.0}, {"no_such_knob": 1},
+                {"ivf_nprobe": 2, "refine_factor": 0}):  # fmt: skip
         with pytest.raises(ValueError, match="search-time|positive integer|fraction"):
             idx.set_search_params(**bad)
     assert idx.config.ivf_nlist == 64 and idx.config.ivf_nprobe == 64 and idx.config.backend == "ivfflat"

@@ -105,15 +105,15 @@ class VectorIndex:
                 + f" needs at least {need} vectors to train, got {len(train)}; "
                 "use a smaller ivf_nlist / pq_bits or the hnsw / exact backend"
             )
-        if cfg.backend == "ivfpq" and len(train) < 39 * 2**cfg.pq_bits:
-            fits = int(np.log2(max(len(train) // 39, 2)))
+        pq_wants = 39 * 2**cfg.pq_bits if cfg.backend == "ivfpq" else 0  # k-means: 39 points per centroid
+        if len(train) < pq_wants:
             log.warning(
                 "ivfpq: %d vectors train %d centroids per sub-quantiser (pq_bits=%d); k-means wants at least %d, "
                 "so the codes will be coarse and recall low. For a corpus this small use the ivfflat or hnsw "
                 "backend (PQ saves little memory here), or pq_bits=%d.",
-                len(train), 2**cfg.pq_bits, cfg.pq_bits, 39 * 2**cfg.pq_bits, fits,
+                len(train), 2**cfg.pq_bits, cfg.pq_bits, pq_wants, int(np.log2(max(len(train) // 39, 2))),
             )  # fmt: skip
-        sample = train[np.random.default_rng(0).permutation(len(train))[: max(nlist * 64, 39 * 2**cfg.pq_bits, 10000)]]
+        sample = train[np.random.default_rng(0).permutation(len(train))[: max(nlist * 64, pq_wants, 10000)]]
         index.train(sample)
         index.quantizer_trains_alone = 0
         self._ivf = index
@@ -297,7 +297,8 @@ class VectorIndex:
         """Change search-time knobs in place: ``hnsw_ef_search``, ``ivf_nprobe``, ``refine_factor`` (positive
         ints), ``exact_block`` and ``filter_exact_below``. Build-time fields (backend, M, nlist, PQ) are
         refused: changing them here would make the saved manifest describe an index that was not built."""
-        for key, v in kw.items():
+        checked = {}
+        for key, v in kw.items():  # check every value first: a refused call changes nothing
             if key not in SEARCH_KNOBS:
                 raise ValueError(
                     f"{key!r} is not a search-time parameter (one of {', '.join(SEARCH_KNOBS)}); "
@@ -306,11 +307,12 @@ class VectorIndex:
             if key == "filter_exact_below":
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                     raise ValueError(f"filter_exact_below must be a fraction in [0, 1], got {v!r}")
-                v = float(v)
+                checked[key] = float(v)
             elif isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{key} must be a positive integer, got {v!r}")
             else:
-                v = int(v)
+                checked[key] = int(v)
+        for key, v in checked.items():
             setattr(self.config, key, v)
 
     # --- persistence -----------------------------------------------------------------------------------
