@@ -29,7 +29,7 @@ from .base import (
     read_manifest,
     write_manifest,
 )
-from .exact import blocked_topk
+from .exact import FUSED_MIN_BATCH, blocked_topk, fused_available
 
 SEARCH_KNOBS = ("hnsw_ef_search", "ivf_nprobe", "refine_factor", "exact_block", "filter_exact_below")
 
@@ -197,7 +197,8 @@ class VectorIndex:
     def _exact(self, q: np.ndarray, k: int, allowed: np.ndarray, ex_labels) -> tuple[np.ndarray, np.ndarray]:
         n_dead = len(allowed) - (self.n_alive if allowed is self.alive else int(allowed.sum()))
         n_ex = 0 if ex_labels is None else max((len(e) for e in ex_labels), default=0)
-        if len(q) <= 8 and n_dead + n_ex <= 1024 and len(self.vectors):
+        few = len(q) < FUSED_MIN_BATCH if fused_available() else len(q) <= 8
+        if few and n_dead + n_ex <= 1024 and len(self.vectors):
             return self._exact_scan(q, k, allowed, ex_labels, n_dead + n_ex)
         if not len(self.vectors):
             return pad_results([np.zeros(0)] * len(q), [np.zeros(0, np.int64)] * len(q), k)
@@ -214,6 +215,7 @@ class VectorIndex:
 
     def _exact_scan(self, q, k: int, allowed: np.ndarray, ex_labels, extra: int) -> tuple[np.ndarray, np.ndarray]:
         """Few queries: FAISS's SIMD scan of the vectors (near memory bandwidth; a GEMV + top-k is ~2x slower).
+        It costs a full scan per query, so with the fused kernel it serves single queries only.
         The top ``k + extra`` of everything hold the top ``k`` of what the filters let through."""
         fetch = min(k + extra, len(self.vectors))
         D, L = _faiss().knn(q, self.vectors, fetch, metric=_faiss().METRIC_INNER_PRODUCT)
