@@ -1,4 +1,6 @@
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -208,3 +210,156 @@ def test_build_from_table_and_from_chunks_agree(tmp_path, monkeypatch):
     _assert_same_dataset(tmp_path / "table", tmp_path / "chunks")
     _assert_same_dataset(tmp_path / "table", tmp_path / "small")
     _check_against_slow_reference(tmp_path / "small", log)
+
+
+DEAD_PID = 4_194_305  # above Linux's largest pid_max: never a live process
+
+
+def _tree(root):
+    return sorted((str(p.relative_to(root)), p.read_bytes() if p.is_file() else b"") for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("kind", ["foreign_dir", "file", "dataset_with_run"])
+def test_out_that_is_not_a_prepared_dataset_is_left_alone(tiny_files, tiny_data, tmp_path, kind):
+    from twotower.data import DataError
+
+    if kind == "foreign_dir":
+        out = tmp_path / "photos"
+        out.mkdir()
+        (out / "cat.jpg").write_bytes(b"meow")
+    elif kind == "file":
+        out = tmp_path / "notes.txt"
+        out.write_text("keep me")
+    else:  # a run written into the dataset directory: its checkpoints must survive a re-prepare
+        out = tiny_data
+        (out / "checkpoints").mkdir()
+        (out / "checkpoints" / "best.safetensors").write_bytes(b"weights")
+    before = _tree(tmp_path)
+    with pytest.raises(DataError, match=f"--out {out} .*choose another --out or delete {out}"):
+        prepare_files(tiny_files["log"], out, tiny_config())
+    assert _tree(tmp_path) == before
+
+
+def test_out_containing_an_input_is_refused(tiny_files, tmp_path):
+    from twotower.data import DataError
+
+    before = _tree(tmp_path)
+    with pytest.raises(DataError, match=f"--out {tmp_path} contains the input .*log.csv"):
+        prepare_files(tiny_files["log"], tmp_path, tiny_config())
+    assert _tree(tmp_path) == before
+    (tmp_path / "side").mkdir()
+    items = tiny_files["items"].rename(tmp_path / "side" / "items.csv")
+    with pytest.raises(DataError, match="contains the input .*side/items.csv"):
+        prepare_files(tiny_files["log"], tmp_path / "side" / ".." / "side", tiny_config(), items_path=items)
+    assert items.exists()
+    (tmp_path / "empty").mkdir()
+    assert prepare_files(tiny_files["log"], tmp_path / "empty", tiny_config())["num_events"] == 11
+
+
+def test_stop_between_the_renames_keeps_the_new_dataset(tiny_files, tiny_data, monkeypatch):
+    """Interrupted right after the old dataset was moved aside, the complete new one must still land at --out."""
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_interrupt(src, dst):
+        real_replace(src, dst)
+        calls.append(dst)
+        if len(calls) == 1:
+            raise KeyboardInterrupt("killed between the renames")
+
+    tiny_files["log"].write_text(tiny_files["log"].read_text() + "u4,a,900,1,0,home\n")
+    monkeypatch.setattr(prep.os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_files(tiny_files["log"], tiny_data, tiny_config())
+    assert SequenceData.load(tiny_data).num_events == 12
+    assert [p.name for p in tiny_data.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_leftovers_of_a_killed_run_are_removed(tiny_files, tiny_data, caplog):
+    parent = tiny_data.parent
+    old, tmp, odd = (parent / f".prepared.{k}-{DEAD_PID - i}" for i, k in enumerate(("old", "tmp", "old")))
+    shutil.copytree(tiny_data, old)
+    tmp.mkdir()
+    (tmp / "event_ts.npy").write_bytes(b"half")
+    odd.mkdir()
+    (odd / "thesis.tex").write_text("not ours")
+    with caplog.at_level("WARNING", logger="twotower.data.prepare"):
+        prepare_files(tiny_files["log"], tiny_data, tiny_config())
+    assert not old.exists() and not tmp.exists() and (odd / "thesis.tex").exists()
+    assert f"removing {old}, the previous dataset of an earlier prepare that was killed" in caplog.text
+    assert f"leaving {odd} alone" in caplog.text
+
+
+def _events(users, items, ts, surfaces=None):
+    import pyarrow as pa
+
+    n = len(users)
+    return pa.table(
+        {
+            "user_id": users,
+            "item_id": items,
+            "timestamp": np.asarray(ts, np.int64),
+            "actions": np.zeros(n, np.uint8),
+            "surface": surfaces if surfaces is not None else [""] * n,
+            "weight": np.ones(n, np.float32),
+        }
+    )
+
+
+def test_more_surfaces_than_int16_holds_is_an_error(tmp_path):
+    from twotower.data import DataError, PrepareConfig, build
+
+    n = 32_767  # int16 max
+    events = _events([f"u{i % 7}" for i in range(n)], ["a"] * n, np.arange(n), [f"s{i}" for i in range(n)])
+    build(events, None, None, PrepareConfig(), tmp_path / "fits")
+    assert SequenceData.load(tmp_path / "fits").event_surface.max() == n
+    events = _events(["u"] * (n + 1), ["a"] * (n + 1), np.arange(n + 1), [f"s{i}" for i in range(n + 1)])
+    with pytest.raises(DataError, match="surface column has more than 32,767 distinct values.*--surface-col"):
+        build(events, None, None, PrepareConfig(), tmp_path / "over")
+
+
+def test_empty_author_is_no_author(tiny_files, tmp_path):
+    tiny_files["items"].write_text("item_id,author,genres,year\na,,Comedy,1995\nb,,Drama,\nc,y,,\nd,y,,\ne,,,\n")
+    prepare_files(tiny_files["log"], tmp_path / "d", tiny_config(), items_path=tiny_files["items"])
+    d = SequenceData.load(tmp_path / "d")
+    has_author = (d.item_author_hash != 0).all(1)
+    assert dict(zip(d.item_ids(), has_author)) == {"a": False, "b": False, "c": True, "d": True, "e": False}
+
+
+def test_item_table_matching_no_log_item_is_an_error(tiny_files, tmp_path):
+    from twotower.data import DataError
+
+    tiny_files["items"].write_text("item_id,author,genres,year\nX1,x,,\nX2,y,,\n")
+    with pytest.raises(DataError, match=r"items.csv: none of its 2 item ids is in the log.*'X1'.*ItemSchema.item_id"):
+        prepare_files(tiny_files["log"], tmp_path / "d", tiny_config(), items_path=tiny_files["items"])
+    tiny_files["users"].write_text("user_id,gender,age\n1,F,20\n")
+    with pytest.raises(DataError, match=r"users.csv: none of its 1 user ids is in the log"):
+        prepare_files(tiny_files["log"], tmp_path / "d", tiny_config(), users_path=tiny_files["users"])
+
+
+def test_duplicate_events_are_counted_kept_and_warned(tmp_path, caplog):
+    from twotower.data import PrepareConfig, build
+
+    users = ["u1", "u1", "u1", "u1", "u2", "u1", "u2", "u2", "u3"]
+    items = ["a", "b", "a", "a", "a", "b", "a", "a", "a"]
+    ts = [5, 5, 5, 6, 5, 7, 5, 5, 5]  # u1: a@5 twice (b@5 in between), a@6, b@7; u2: a@5 three times
+    with caplog.at_level("WARNING", logger="twotower.data.prepare"):
+        m = build(_events(users, items, ts), None, None, PrepareConfig(), tmp_path / "d")
+    assert m["duplicate_events"] == 3 and m["num_events"] == 9
+    assert json.loads((tmp_path / "d" / "manifest.json").read_text())["duplicate_events"] == 3
+    assert "3 events repeat an earlier event's (user, item, timestamp); they are kept" in caplog.text
+
+
+def test_empty_splits_are_warned_about(tmp_path, caplog):
+    from twotower.data import PrepareConfig, build
+
+    users = [f"u{i // 2}" for i in range(40)]
+    with caplog.at_level("WARNING", logger="twotower.data.prepare"):
+        m = build(_events(users, ["a", "b"] * 20, np.arange(40)), None, None, PrepareConfig(), tmp_path / "two")
+    assert m["split_sizes"]["loo"]["valid"] == 0
+    assert "split loo (leave-last-out): validation is empty because no user has 3 or more events" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="twotower.data.prepare"):
+        m = build(_events(users, ["a"] * 40, [1000] * 40), None, None, PrepareConfig(), tmp_path / "same")
+    assert m["split_sizes"]["time"] == {"train": 0, "valid": 0, "test": 40}
+    assert "split time (global time split): train and validation are empty" in caplog.text

