@@ -203,3 +203,89 @@ def test_ivfpq_on_a_corpus_too_small_for_its_codebooks_warns_with_the_fix(corpus
     with caplog.at_level("WARNING", logger="twotower.index.vector_index"):
         VectorIndex.build(ids, x, IndexConfig(backend="ivfpq", ivf_nlist=64, pq_m=8, pq_bits=6))
     assert not [r for r in caplog.records if r.name == "twotower.index.vector_index"]
+
+
+@pytest.mark.parametrize("backend", ["hnsw", "ivfflat"])
+def test_one_query_keeps_its_exclusions_through_the_exact_completion(corpus, backend):
+    """A single query's exclusions go into FAISS as a selector; when the filtered ANN search runs dry and the
+    row is completed by exact search, the completion must exclude them too (it once did not)."""
+    ids, x, q = corpus
+    idx = VectorIndex.build(ids, x, IndexConfig(backend=backend, ivf_nlist=64, ivf_nprobe=2, hnsw_ef_search=16))
+    exact = VectorIndex.build(ids, x, IndexConfig(backend="exact"))
+    _, near = exact.search(q[:1], 400)
+    excluded = near[0][:300]  # its 300 nearest: the graph / the probed lists have little left
+    allow = ids[::2]  # and an allow-list
+    for rows in (q[:1], q[:2]):  # one query (selector) and two (post-filter): the same rule
+        idx.completed_exactly = 0
+        _, got = idx.search(rows, 100, exclude=[excluded] * len(rows), allow=allow)
+        assert idx.completed_exactly > 0  # the completion path ran
+        assert not np.isin(got, excluded).any()
+        assert np.isin(got[got >= 0], allow).all() and ((got >= 0).sum(1) == 100).all()
+
+
+@pytest.mark.parametrize(
+    "knob,value",
+    [("hnsw_m", -1), ("hnsw_m", 0), ("pq_bits", 0), ("pq_bits", 40), ("ivf_nprobe", 0), ("refine_factor", 0),
+     ("ivf_nlist", -4), ("hnsw_ef_search", 0), ("pq_m", 0), ("hnsw_m", 2.5), ("filter_exact_below", 1.5)],
+)  # fmt: skip
+def test_index_config_refuses_knobs_faiss_would_crash_on(knob, value):
+    """hnsw_m = -1 made FAISS ask for all memory, hnsw_m = 0 / pq_bits = 0 crashed it: refused up front."""
+    with pytest.raises(ValueError, match=knob):
+        IndexConfig(backend="hnsw", **{knob: value})
+
+
+def test_vectors_with_nan_are_refused_naming_their_ids(corpus):
+    """A NaN vector made HNSW searches spin forever; build and upsert refuse it and name the id."""
+    ids, x, _ = corpus
+    bad = x[:200].copy()
+    bad[5, 3] = np.nan
+    for backend in ("exact", "hnsw"):
+        with pytest.raises(ValueError, match=rf"ids \[{ids[5]}\]"):
+            VectorIndex.build(ids[:200], bad, IndexConfig(backend=backend))
+    idx = VectorIndex.build(ids[:200], x[:200], IndexConfig(backend="exact"))
+    with pytest.raises(ValueError, match="NaN"):
+        idx.upsert(np.array([1, 2]), np.full((2, x.shape[1]), np.inf, np.float32))
+    with pytest.raises(ValueError, match="unique"):
+        idx.upsert(np.array([1, 1]), x[:2])
+    assert len(idx) == 200  # nothing changed
+
+
+def test_publish_refuses_an_ann_that_exact_search_had_to_complete(tmp_path, corpus):
+    """1 probe of many tiny lists returns a handful of items per query; the exact completion would report
+    recall 1.0 for an index that does not work, so the build is refused on the completed fraction."""
+    import json
+
+    from twotower.index.publish import RecallTooLow, build_and_publish, history
+
+    ids, x, q = corpus
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    np.save(emb / "ids.npy", ids)
+    np.save(emb / "embeddings.npy", x)
+    np.save(emb / "users_sample.npy", q)
+    manifest = {"model_version": "m" * 16, "dim": x.shape[1], "count": len(x), "dtype": "float32"}
+    (emb / "manifest.json").write_text(json.dumps({**manifest, "created_at": "now", "normalized": True}))
+    bad = IndexConfig(backend="ivfflat", ivf_nlist=1000, ivf_nprobe=1)
+    with pytest.raises(RecallTooLow, match="exact scan"):
+        build_and_publish(emb, tmp_path / "root", bad, recall_floor=0.5)
+    assert history(tmp_path / "root") == []
+    good = build_and_publish(emb, tmp_path / "root", IndexConfig(backend="ivfflat", ivf_nlist=64, ivf_nprobe=16))
+    assert good["recall"]["completed_exactly"] == 0.0 and good["recall"]["recall@100"] >= 0.95
+
+
+def test_rollback_takes_published_names_only_and_a_corrupt_history_is_a_clear_error(tmp_path, corpus):
+    from twotower.index.publish import history, rollback
+
+    root = tmp_path / "root"
+    (root / "versions").mkdir(parents=True)
+    (root / "history.json").write_text('["v1", "v2"]')
+    (root / "CURRENT").write_text("v2\n")
+    with pytest.raises(IndexError_, match="not a version published"):
+        rollback(root, to="../../elsewhere/versions/v9")
+    assert (root / "CURRENT").read_text() == "v2\n"
+    (root / "history.json").write_text('["v1", "v2"')  # truncated
+    with pytest.raises(IndexError_, match="unreadable"):
+        history(root)
+    (root / "history.json").write_text('["v1", "../x"]')
+    with pytest.raises(IndexError_, match="not a list of version names"):
+        history(root)

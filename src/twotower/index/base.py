@@ -52,6 +52,38 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.backend not in ("exact", "hnsw", "ivfflat", "ivfpq"):
             raise ValueError(f"backend must be exact|hnsw|ivfflat|ivfpq, got {self.backend!r}")
+        # FAISS takes these as C ints: a zero or negative one crashes it (HNSW M <= 0, pq_bits 0) or asks
+        # it for all memory (M = -1), so each is checked here, before any FAISS call
+        bounds = {
+            "hnsw_m": (2, 512),
+            "hnsw_ef_construction": (1, None),
+            "hnsw_ef_search": (1, None),
+            "ivf_nlist": (0, None),
+            "ivf_nprobe": (1, None),
+            "pq_m": (1, None),
+            "pq_bits": (1, 16),
+            "refine_factor": (1, None),
+            "exact_block": (1, None),
+            "threads": (0, None),
+        }
+        for name, (lo, hi) in bounds.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
+                want = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+                raise ValueError(f"index {name} must be {want}, got {v!r}")
+        if isinstance(self.filter_exact_below, bool) or not 0.0 <= float(self.filter_exact_below) <= 1.0:
+            raise ValueError(f"index filter_exact_below must be a fraction in [0, 1], got {self.filter_exact_below!r}")
+
+
+def check_finite(vectors: np.ndarray, ids: np.ndarray) -> None:
+    """Refuse vectors with NaN or inf: FAISS's HNSW never finishes a search over one, and no backend could
+    rank it. The message names the first bad ids."""
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"{int(bad.sum())} of {len(vectors)} vectors hold NaN or inf (ids {ids[bad][:5].tolist()}"
+            f"{' ...' if bad.sum() > 5 else ''}); re-export them from a healthy checkpoint"
+        )
 
 
 def as_queries(q: np.ndarray, dim: int) -> np.ndarray:

@@ -34,7 +34,7 @@ class RecallTooLow(IndexError_):
 _RECALL_KNOBS = {  # what raises recall, per backend, in the words of `twotower index build`
     "exact": "exact search has recall 1",
     "hnsw": "raise --hnsw-ef-search (or build with a larger --hnsw-m)",
-    "ivfflat": "raise --ivf-nprobe",
+    "ivfflat": "raise --ivf-nprobe (or build with fewer lists, --ivf-nlist)",
     "ivfpq": "raise --ivf-nprobe and --refine-factor (past a few lists the refine factor sets recall), or use ivfflat",
 }
 
@@ -45,14 +45,22 @@ def recall_at(approx: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(hits)) if hits else float("nan")
 
 
+MAX_COMPLETED = 0.01  # queries the ANN may leave short (completed by exact search) before a build is refused
+
+
 def measure_recall(index: VectorIndex, oracle: VectorIndex, queries: np.ndarray, ks=(10, 100)) -> dict[str, float]:
+    """Recall@k of ``index`` against ``oracle`` on ``queries``, its batched QPS, and ``completed_exactly``:
+    the fraction of queries whose ANN search came back with fewer than k results and were completed by an
+    exact scan (their recall is the exact scan's, so a high fraction hides an ANN that does not work)."""
     kmax = max(ks)
     _, truth = oracle.search(queries, kmax)
+    index.completed_exactly = 0
     t0 = time.perf_counter()
     _, got = index.search(queries, kmax)
     secs = time.perf_counter() - t0
     out = {f"recall@{k}": recall_at(got[:, :k], truth[:, :k]) for k in ks}
     out["batched_qps"] = round(len(queries) / max(secs, 1e-9), 1)
+    out["completed_exactly"] = round(index.completed_exactly / max(len(queries), 1), 4)
     return out
 
 
@@ -63,8 +71,18 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def history(root: str | Path) -> list[str]:
+    """The versions published under ``root``, oldest first."""
     f = Path(root) / "history.json"
-    return json.loads(f.read_text()) if f.is_file() else []
+    if not f.is_file():
+        return []
+    try:
+        hist = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise IndexError_(f"{f} is unreadable ({e}); restore it, or rebuild it from {root}/versions") from e
+    names_ok = all(isinstance(v, str) and "/" not in v and v not in ("", ".", "..") for v in hist or [None])
+    if not isinstance(hist, list) or (hist and not names_ok):
+        raise IndexError_(f"{f} is not a list of version names; restore it, or rebuild it from {root}/versions")
+    return hist
 
 
 def current_version(root: str | Path) -> str:
@@ -83,6 +101,9 @@ def build_and_publish(
 ) -> dict:
     """Build ``config.backend`` over an export, measure recall on real user vectors, publish if it passes."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise IndexError_(f"--out {root} is a file; an index root is a directory (choose another --out)")
+    earlier = history(root)  # a corrupt history fails here, before any work
     ids, emb, emb_manifest = load_embeddings(emb_dir)
     qfile = Path(emb_dir) / "users_sample.npy"
     queries = np.load(qfile) if qfile.is_file() else emb[:0]
@@ -102,6 +123,12 @@ def build_and_publish(
         rec["recall@100"],
         build_s,
     )
+    if rec["completed_exactly"] > MAX_COMPLETED:
+        raise RecallTooLow(
+            f"{config.backend}: {rec['completed_exactly']:.1%} of the sample queries came back with fewer than 100 "
+            f"results and needed an exact scan to complete (at most {MAX_COMPLETED:.0%} may), so the index would "
+            f"serve them at exact-search cost; {_RECALL_KNOBS[config.backend]}. Nothing was published."
+        )
     if rec["recall@100"] < recall_floor:
         raise RecallTooLow(
             f"{config.backend} recall@100 = {rec['recall@100']:.4f} is below the floor "
@@ -119,16 +146,19 @@ def build_and_publish(
         "embeddings": {k: emb_manifest[k] for k in ("model_version", "dim", "count", "dtype", "created_at")},
     }
     index.save(root / "versions" / version, extra=extra)
-    hist = history(root) + [version]
+    hist = earlier + [version]
     _write_atomic(root / "history.json", json.dumps(hist, indent=2) + "\n")
     _write_atomic(root / "CURRENT", version + "\n")  # the switch: readers see the old or the new, never half
     return {"version": version, **extra}
 
 
 def rollback(root: str | Path, to: str | None = None) -> str:
-    """Point CURRENT at ``to`` (default: the version published before the current one)."""
+    """Point CURRENT at ``to`` (default: the version published before the current one); ``to`` must be a
+    version published under this root (a name from its history, not a path)."""
     root = Path(root)
     hist, cur = history(root), current_version(root)
+    if to is not None and to not in hist:
+        raise IndexError_(f"{to!r} is not a version published under {root}; published: {hist}")
     if to is None:
         if cur not in hist or hist.index(cur) == 0:
             raise IndexError_(f"no version before {cur} to roll back to; published: {hist}")

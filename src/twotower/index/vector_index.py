@@ -24,6 +24,7 @@ from .base import (
     IndexError_,
     VersionMismatch,
     as_queries,
+    check_finite,
     normalise_exclude,
     pad_results,
     read_manifest,
@@ -73,6 +74,7 @@ class VectorIndex:
             raise ValueError(f"embeddings {list(emb.shape)} and ids {list(ids.shape)} do not match")
         if len(np.unique(ids)) != len(ids):
             raise ValueError("ids must be unique")
+        check_finite(emb, ids)
         idx = cls(emb.shape[1], config, model_version)
         cfg = idx.config
         if cfg.threads:
@@ -157,6 +159,9 @@ class VectorIndex:
         emb = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
         if emb.shape != (len(ids), self.dim):
             raise ValueError(f"upsert needs embeddings of shape [{len(ids)}, {self.dim}], got {list(emb.shape)}")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("upsert ids must be unique within one call")
+        check_finite(emb, ids)
         self.delete(ids)
         self._append(ids, emb)
 
@@ -262,6 +267,7 @@ class VectorIndex:
                 if not has_allow:
                     self._alive_sel = base
         n_allowed = int(allowed.sum()) if has_allow else self.n_alive
+        post_ex = ex_labels  # exclusions still to drop from FAISS's output (the rows' own list stays in ex_labels)
         if ex_labels is not None and len(q) == 1:
             # One query: its exclusions go inside the search as a selector.
             excl = ex_labels[0]
@@ -271,19 +277,19 @@ class VectorIndex:
                 sel = not_ex if base is None else faiss.IDSelectorAnd(base, not_ex)
                 sel.__dict__["_keep"] = (base, not_ex)
                 base = sel
-            ex_labels = None
-        extra = 0 if ex_labels is None else max(len(e) for e in ex_labels)
+            post_ex = None
+        extra = 0 if post_ex is None else max(len(e) for e in post_ex)
         fetch = min(k + extra, len(self.alive))
         D, L = self._faiss_index.search(q, fetch, params=self._params(base))
         scores_out, ids_out, short = [], [], []
         for b in range(len(q)):
             lab = L[b]
             ok = lab >= 0
-            if ex_labels is not None and len(ex_labels[b]):
-                ok &= ~np.isin(lab, ex_labels[b])
+            if post_ex is not None and len(post_ex[b]):
+                ok &= ~np.isin(lab, post_ex[b])
             s, lab = D[b][ok][:k], lab[ok][:k]
-            want = min(k, n_allowed - (0 if ex_labels is None else int(allowed[ex_labels[b]].sum())))
-            if len(lab) < want:
+            n_ex = 0 if ex_labels is None else int(allowed[np.unique(ex_labels[b])].sum())
+            if len(lab) < min(k, n_allowed - n_ex):
                 short.append(b)
             scores_out.append(s)
             ids_out.append(self.ids[lab])
