@@ -94,8 +94,8 @@ def fused_topk(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``blocked_topk`` through the fused kernel (needs ``fused_available()``); same arguments and results.
 
-    ``threads`` (default: torch's intra-op thread count) split the work by query panels, or by rows with a
-    merge of the per-thread heaps when there are fewer panels than threads.
+    ``threads`` (default: torch's intra-op thread count, or 1 for small work) split the work by query panels,
+    or by rows with a merge of the per-thread candidates when there are fewer panels than threads.
     """
     if _fused_topk is None:
         raise RuntimeError("the fused top-k kernel is not compiled here; reinstall with a C compiler on PATH")
@@ -114,7 +114,9 @@ def fused_topk(
     dead_u8 = None if dead is None else np.ascontiguousarray(dead, dtype=bool).view(np.uint8)
     if dead_u8 is not None and len(dead_u8) != N:
         raise ValueError(f"dead has {len(dead_u8)} entries for {N} vectors")
-    threads = max(1, threads or torch.get_num_threads())
+    if threads is None:  # by default, threads only for work worth a pool
+        threads = torch.get_num_threads() if N * P >= 65536 else 1
+    threads = max(1, threads)
     cap = k + min(max(k, 32), 1024)  # candidates kept per query between two cuts back to its k best
 
     def buffers() -> tuple[np.ndarray, ...]:
@@ -134,7 +136,7 @@ def fused_topk(
             labs[~unused] += offset
         return vals, labs
 
-    if threads == 1 or (P == 1 and N < 4096):
+    if threads == 1:
         buf = buffers()
         _fused_topk.scan(v, N, D, packed, 0, P, k, *buf, dead_u8)
         hv, hl = collect(buf)
