@@ -159,7 +159,7 @@ def main() -> None:
         cfg = cfgmod.load(RunConfig, args.config)
         cfg.train.device = args.device
         run = f"{tmp.name}/run"
-        Trainer(data, cfg, run).fit(progress=True)
+        Trainer(data, cfg, run, overwrite=True).fit(progress=True)
     model, cfg, version = load_model(run)
     feat = Featurizer(data, cfg.model)
     items = encode_corpus(model, feat)

@@ -64,7 +64,7 @@ def main() -> None:
         data = SequenceData.load(data_dir)
         run = args.run or f"{tmp}/run"
         t0 = time.perf_counter()
-        summary = Trainer(data, cfg, run).fit(progress=True)
+        summary = Trainer(data, cfg, run, overwrite=True).fit(progress=True)
         wall = time.perf_counter() - t0
         model, rc, version = load_model(run)
         res = evaluate_model(model, Featurizer(data, rc.model), rc.train.split, "test")

@@ -102,7 +102,7 @@ def build(cache: Path, n_items: int, n_users: int, topics: int = 1000) -> Path:
     cfg.model.max_len = 50
     cfg.train.epochs, cfg.train.time_budget_s, cfg.train.eval_users, cfg.train.num_uniform = 1, 30, 0, 256
     cfg.train.holdout_users, cfg.train.eval_every = 0.0, 0  # no full-corpus validation over 1M items
-    Trainer(SequenceData.load(cache / "data"), cfg, cache / "run").fit(progress=False)
+    Trainer(SequenceData.load(cache / "data"), cfg, cache / "run", overwrite=True).fit(progress=False)
     # The default recall floor (0.95 @100 against exact, on the model's user vectors) applies.
     res = build_artifacts(cache / "run", root, index_config=index_cfg, progress=False)
     log.info("built %s", res)

@@ -10,7 +10,7 @@ bash scripts/setup.sh
 WORK=${1:-runs/quickstart}
 mkdir -p "$WORK"
 twotower prepare --dataset ml-1m --out "$WORK/data"
-twotower train --data "$WORK/data" --config configs/ml1m_quick.toml --out "$WORK/run" --no-progress
+twotower train --data "$WORK/data" --config configs/ml1m_quick.toml --out "$WORK/run" --overwrite --no-progress
 twotower evaluate --run "$WORK/run"
 twotower serve-prepare --run "$WORK/run" --artifacts "$WORK/serve" --backend hnsw --no-progress
 

@@ -140,3 +140,135 @@ def test_committed_configs_load():
     for f in sorted(Path(__file__).parent.parent.glob("configs/*.toml")):
         cfg = cfgmod.load(RunConfig, f)
         assert cfg.model.dim > 0 and cfg.train.epochs > 0
+
+
+# --- the run directory, resume, and bad input ------------------------------------------------------------------
+
+
+def prepared(tmp_path, events_per_user: int, users: int = 20):
+    """A prepared log where every user has exactly ``events_per_user`` events."""
+    from twotower.data import prepare_files
+
+    rows = [f"u{u},i{(u * 7 + k) % 30},{1000 + 10 * u + k}" for u in range(users) for k in range(events_per_user)]
+    log = tmp_path / f"log{events_per_user}.csv"
+    log.write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    prepare_files(log, tmp_path / f"data{events_per_user}")
+    return SequenceData.load(tmp_path / f"data{events_per_user}")
+
+
+def test_fresh_training_refuses_a_directory_holding_a_run(synth_data, tmp_path):
+    from twotower.config import OutputError
+
+    data, run = SequenceData.load(synth_data), tmp_path / "r"
+    cfg = small_run_config(epochs=1, eval_every=0)
+    Trainer(data, cfg, run).fit(stop_after_steps=2, progress=False)
+    (run / "eval_test.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(
+        OutputError, match="already holds a run; continue it with --resume, discard it with --overwrite"
+    ):
+        Trainer(data, small_run_config(epochs=3, eval_every=0), run)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing touched
+    Trainer(data, cfg, run, overwrite=True).fit(progress=False)
+    assert not (run / "eval_test.json").exists()  # the old run's files are gone, not mixed in
+    assert (
+        sum(",train,loss," in r and r.split(",")[2] == "5" for r in (run / "metrics.csv").read_text().splitlines()) == 1
+    )
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="holds no twotower run"):
+        Trainer(data, cfg, other, overwrite=True)
+    assert (other / "notes.txt").read_text() == "keep me"
+
+
+def test_resume_uses_the_saved_config_and_refuses_changes_that_alter_training(synth_data, tmp_path):
+    from twotower.config import ConfigError
+    from twotower.train.loop import resume_config
+
+    data, run = SequenceData.load(synth_data), tmp_path / "r"
+    cfg = small_run_config(epochs=2, eval_every=0, checkpoint_every=2)
+    Trainer(data, cfg, run).fit(stop_after_steps=3, progress=False)
+    saved = resume_config(run)
+    assert saved.model.dim == 16 and saved.train.batch_tokens == 512  # not the RunConfig() defaults
+    changed = small_run_config(epochs=2, eval_every=0, checkpoint_every=2, batch_tokens=256)
+    changed.model.dim = 32
+    with pytest.raises(ConfigError, match=r"changes model.dim \(16 -> 32\), train.batch_tokens \(512 -> 256\)"):
+        resume_config(run, changed)
+    with pytest.raises(ConfigError, match="train.batch_tokens"):  # the library guards it too
+        Trainer(data, small_run_config(epochs=2, eval_every=0, checkpoint_every=2, batch_tokens=256), run, resume=True)
+    longer = resume_config(run, small_run_config(epochs=3, eval_every=0, checkpoint_every=2, time_budget_s=100.0))
+    s = Trainer(data, longer, run, resume=True).fit(progress=False)
+    assert s["epoch"] == 3 and s["step"] == 3 * s["steps_per_epoch"]
+
+
+def test_resume_refuses_another_dataset(synth_data, tiny_data, tmp_path):
+    from twotower.data.readers import DataError
+
+    run = tmp_path / "r"
+    cfg = small_run_config(epochs=1, eval_every=0, checkpoint_every=1)
+    Trainer(SequenceData.load(synth_data), cfg, run).fit(stop_after_steps=1, progress=False)
+    with pytest.raises(DataError, match="was trained on another dataset"):
+        Trainer(
+            SequenceData.load(tiny_data), small_run_config(epochs=1, eval_every=0, checkpoint_every=1), run, resume=True
+        )
+
+
+def test_a_run_stopped_by_its_time_budget_continues_when_the_budget_is_raised(synth_data, tmp_path):
+    data, run = SequenceData.load(synth_data), tmp_path / "r"
+    s = Trainer(data, small_run_config(epochs=2, eval_every=0, time_budget_s=1e-9), run).fit(progress=False)
+    assert s["done"] and s["stop_reason"] == "time_budget" and s["step"] == 1
+    same = Trainer(data, small_run_config(epochs=2, eval_every=0, time_budget_s=1e-9), run, resume=True)
+    assert same.fit(progress=False)["step"] == 1  # nothing raised: stays stopped
+    s = Trainer(data, small_run_config(epochs=2, eval_every=0, time_budget_s=0.0), run, resume=True).fit(progress=False)
+    assert not s["done"] and s["epoch"] == 2 and s["step"] == 2 * s["steps_per_epoch"]
+
+
+def test_an_early_stopped_run_continues_when_epochs_are_raised(synth_data, tmp_path):
+    data, run = SequenceData.load(synth_data), tmp_path / "r"
+    frozen = dict(lr=1e-12, embedding_lr=1e-12, patience=1, eval_users=50)  # no change -> no improvement
+    s = Trainer(data, small_run_config(epochs=4, **frozen), run).fit(progress=False)
+    assert s["done"] and s["stop_reason"] == "early_stop" and s["epoch"] == 2
+    assert Trainer(data, small_run_config(epochs=4, **frozen), run, resume=True).fit(progress=False)["epoch"] == 2
+    s = Trainer(data, small_run_config(epochs=6, **frozen), run, resume=True).fit(progress=False)
+    assert s["epoch"] == 3 and s["stop_reason"] == "early_stop"  # patience started over: one more epoch
+
+
+def test_empty_splits_are_clear_errors_before_training(tmp_path):
+    from twotower.data.readers import DataError
+
+    two = prepared(tmp_path, 2)  # leave-last-out: one training and one test event per user, no validation
+    with pytest.raises(DataError, match=r'no validation targets under split \'loo\'.*set train.split = "time"'):
+        Trainer(two, small_run_config(epochs=1), tmp_path / "r")
+    s = Trainer(two, small_run_config(epochs=1, eval_every=0), tmp_path / "r2").fit(progress=False)
+    assert s["step"] > 0 and (tmp_path / "r2" / "checkpoints" / "last").is_dir()
+    model, cfg, _ = load_model(tmp_path / "r2")
+    empty = evaluate_model(model, Featurizer(two, cfg.model), "loo", "valid")  # reports, does not crash
+    assert empty["num_users"] == 0 and np.isnan(empty["all/hr@10"])
+    with pytest.raises(DataError, match="no training events under split 'loo' after holding out 99%.*holdout_users"):
+        Trainer(two, small_run_config(epochs=1, eval_every=0, holdout_users=0.99), tmp_path / "r3")
+
+
+def test_more_hashes_than_the_dataset_has_is_a_config_error(synth_data, tmp_path):
+    from twotower.config import ConfigError
+
+    cfg = small_run_config(epochs=1)
+    cfg.model.num_hashes = 3
+    with pytest.raises(ConfigError, match=r"model.num_hashes = 3 but dataset .* was prepared with 2.*--num-hashes 3"):
+        Trainer(SequenceData.load(synth_data), cfg, tmp_path / "r")
+
+
+def test_a_kill_between_the_checkpoint_renames_loses_nothing(synth_data, tmp_path):
+    """The state a kill mid-save leaves (no `last`, the previous one as `.last.old`, a half tmp dir) resumes."""
+    data, run = SequenceData.load(synth_data), tmp_path / "r"
+    cfg = small_run_config(epochs=1, eval_every=0, checkpoint_every=2)
+    Trainer(data, cfg, run).fit(stop_after_steps=3, progress=False)
+    ckdir = run / "checkpoints"
+    (ckdir / "last").rename(ckdir / ".last.old")  # the first rename of save() happened, the second did not
+    (ckdir / ".last.tmp-99999").mkdir()  # and an earlier kill left a half-written temporary copy
+    (ckdir / ".last.tmp-99999" / "model.safetensors").write_bytes(b"half")
+    assert load_model(run, which="last")[2]  # readable
+    tr = Trainer(data, cfg, run, resume=True)
+    assert tr.state["step"] == 2
+    tr.fit(progress=False)
+    assert sorted(p.name for p in ckdir.iterdir()) == ["last"]  # stale copies cleaned by the next save

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from .config import ConfigError
+from .config import ConfigError, OutputError
 
 log = logging.getLogger("twotower")
 
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--user-col"), s.add_argument("--item-col"), s.add_argument("--time-col")
     s.add_argument("--action-cols", help="comma-separated 0/1 columns -> multi-hot actions")
     s.add_argument("--surface-col"), s.add_argument("--weight-col")
-    s.add_argument("--delimiter", help="CSV delimiter (default ',')")
+    s.add_argument("--delimiter", help="CSV delimiter (default: tab for .tsv/.tab files, else ',')")
     s.add_argument("--num-hashes", type=int)
     s.add_argument("--out", required=True, help="output dataset directory")
     s.set_defaults(func=cmd_prepare)
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--items", type=int, required=True)
     s.add_argument("--events", type=int, required=True)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True, help=".parquet or .csv")
+    s.add_argument("--out", required=True, help=".parquet, .csv or .tsv")
     s.set_defaults(func=cmd_synth)
 
     _add_model_commands(sub)
@@ -106,6 +106,11 @@ def _add_model_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; expected failures print one ``error:`` line and return 2, Ctrl-C returns 130.
+
+    Errors of our own types (bad input, config, checkpoint, output path, index, store) and OS errors (a
+    permission, a full disk) are expected. Anything else is a bug and keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from .data.readers import DataError
 
-    errors: tuple[type[BaseException], ...] = (DataError, ConfigError, FileNotFoundError)
+    errors: tuple[type[BaseException], ...] = (DataError, ConfigError, OutputError, OSError)
     if args.command not in ("prepare", "synth"):
         from .index.base import IndexError_
         from .refresh import RefreshError
@@ -127,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # `train` says where its last checkpoint is; other commands leave nothing half-written
+        print(f"interrupted: {args.command} did not finish", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

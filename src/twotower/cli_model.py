@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
 from pathlib import Path
 
 
@@ -20,18 +22,24 @@ TABLE_KEYS = ["hr@10", "ndcg@10", "hr@50", "hr@100", "hr@200", "mrr"]
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import config as cfgmod
-    from .data import SequenceData
-    from .train.loop import RunConfig, Trainer
+    from .train.loop import RunConfig, Trainer, resume_config
+    from .train.run import load_dataset
 
-    cfg = cfgmod.load(RunConfig, args.config) if args.config else RunConfig()
-    if args.epochs is not None:
-        cfg.train.epochs = args.epochs
-    if args.device:
-        cfg.train.device = args.device
-    if args.time_budget is not None:
-        cfg.train.time_budget_s = args.time_budget
-    data = SequenceData.load(args.data)
-    summary = Trainer(data, cfg, args.out, resume=args.resume).fit(progress=not args.no_progress)
+    given = cfgmod.load(RunConfig, args.config) if args.config else None
+    # A resume trains on with the run's saved config; a given --config may only change what RESUMABLE allows.
+    cfg = resume_config(args.out, given) if args.resume else given or RunConfig()
+    flags = {"epochs": args.epochs, "device": args.device, "time_budget_s": args.time_budget}
+    try:
+        cfg.train = dataclasses.replace(cfg.train, **{k: v for k, v in flags.items() if v is not None})
+    except cfgmod.ConfigError as exc:  # the range checks run again on the flags' values
+        raise cfgmod.ConfigError(f"command line: {exc}") from exc
+    data = load_dataset(args.data)
+    try:
+        trainer = Trainer(data, cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+        summary = trainer.fit(progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(_interrupted(Path(args.out), args.data), file=sys.stderr)
+        return 130
     print(
         f"trained {summary['step']} steps, {summary['epoch']} epochs, {summary['train_seconds']:.0f} s, "
         f"{summary['examples_per_s']:,.0f} examples/s; best valid ndcg@10 {summary['best']:.4f} "
@@ -40,20 +48,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupted(out: Path, data: str) -> str:
+    """One line for Ctrl-C during training: where the last checkpoint is and how to continue."""
+    from .train import checkpoint as ckpt
+
+    last = ckpt.resolve(out / "checkpoints" / "last")
+    if last is None:
+        return f"interrupted before the first checkpoint; nothing to resume, start again with --out {out} --overwrite"
+    try:
+        state = json.loads((last / "state.json").read_text())
+        at = f" (epoch {state['epoch']}, step {state['step']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        at = ""
+    resume = f"twotower train --data {data} --out {out} --resume"
+    return f"interrupted; the last checkpoint{at} is {last}; continue with: {resume}"
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import SequenceData
     from .evaluate import evaluate_model, evaluate_popularity
     from .features import Featurizer
     from .train.loop import load_model
+    from .train.run import check_model_fits, load_dataset, recorded_dataset
 
     run = Path(args.run)
-    data_dir = args.data
-    if data_dir is None:
-        if not (run / "data_path.txt").is_file():
-            raise SystemExit(f"{run} does not record its dataset; pass --data DIR")
-        data_dir = (run / "data_path.txt").read_text().strip()
     model, cfg, version = load_model(run, device=args.device)
-    data = SequenceData.load(data_dir)
+    data = load_dataset(recorded_dataset(run, args.data))
+    check_model_fits(cfg.model, data)
     scheme = cfg.train.split
     res = {
         "model": evaluate_model(
@@ -218,10 +238,16 @@ def add_commands(sub) -> None:
     s.add_argument("--data", required=True, help="dataset directory from `twotower prepare`")
     s.add_argument("--config", help="RunConfig .toml/.json ([model] and [train] tables)")
     s.add_argument("--out", required=True, help="run directory (checkpoints, metrics.csv, config.json)")
-    s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
-    s.add_argument("--epochs", type=int)
+    again = s.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume", action="store_true", help="continue OUT from its last checkpoint, with its saved config"
+    )
+    again.add_argument("--overwrite", action="store_true", help="discard the run already in OUT and start afresh")
+    s.add_argument("--epochs", type=int, help="train.epochs (may be raised on --resume)")
     s.add_argument("--device", help="cpu | cuda | cuda:N")
-    s.add_argument("--time-budget", type=float, help="seconds of training before stopping")
+    s.add_argument(
+        "--time-budget", type=float, help="stop after this many seconds of training, resumes included (0 = none)"
+    )
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_train)
 

@@ -9,7 +9,9 @@ Writes ``EMB_DIR/``::
                         measure ANN recall on the queries the index will really see
     manifest.json       model version, dim, count, dtype, normalisation, throughput, created-at
 
-The directory is written under a temporary name and renamed, so readers never see half an export.
+The directory is written under a temporary name and renamed, so readers never see half an export. An
+existing ``EMB_DIR`` is replaced only when it is empty or an earlier export (it has ``manifest.json``);
+anything else is refused before any work is done.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from .data.dataset import SequenceData
+from .config import OutputError
 from .evaluate.evaluator import encode_requests
 from .features import Featurizer
 from .train.loop import load_model
+from .train.run import check_model_fits, load_dataset, recorded_dataset
 
 log = logging.getLogger(__name__)
+
+EMB_KIND = "twotower-embeddings"  # manifest.json "kind" of an export directory
 
 
 @torch.no_grad()
@@ -50,13 +55,11 @@ def export_items(
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
     run, out = Path(run), Path(out)
+    check_replaceable(out)
     model, cfg, version = load_model(run, device=device)
-    if data_dir is None:
-        rec = run / "data_path.txt"
-        if not rec.is_file():
-            raise FileNotFoundError(f"{run} does not record its dataset; pass --data DIR")
-        data_dir = rec.read_text().strip()
-    data = SequenceData.load(data_dir)
+    data_dir = recorded_dataset(run, data_dir)
+    data = load_dataset(data_dir)
+    check_model_fits(cfg.model, data)
     feat = Featurizer(data, cfg.model)
     n, d = data.num_items, cfg.model.dim
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -84,7 +87,7 @@ def export_items(
         ]
         np.save(tmp / "users_sample.npy", torch.cat(uvec).numpy() if uvec else np.zeros((0, d), np.float32))
         manifest = {
-            "kind": "twotower-embeddings",
+            "kind": EMB_KIND,
             "model_version": version,
             "dim": d,
             "count": n,
@@ -99,14 +102,39 @@ def export_items(
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        check_replaceable(out)  # again: something may have been put there while we encoded
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():
-            shutil.rmtree(out)
+            os.replace(out, old)
         os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("exported %d items (%.0f items/s) -> %s", n, manifest["items_per_s"], out)
     return manifest
+
+
+def check_replaceable(out: Path) -> None:
+    """OutputError unless ``out`` is absent, an empty directory or an earlier export (its manifest.json says so).
+
+    A prepared dataset also has a manifest.json: the kind keeps `--out DATA_DIR` from wiping it."""
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "is a file" if blocker == out else f"cannot be created: {blocker} is a file"
+        raise OutputError(f"export directory {out} {where}; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and _manifest_kind(out) != EMB_KIND:
+        raise OutputError(
+            f"{out} is not empty and is not an earlier export (no embeddings manifest.json), so export will not "
+            "replace it; choose a new or empty --out"
+        )
+
+
+def _manifest_kind(emb_dir: Path) -> str | None:
+    try:
+        return json.loads((emb_dir / "manifest.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):  # missing, garbled, or not an object
+        return None
 
 
 def load_embeddings(emb_dir: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:

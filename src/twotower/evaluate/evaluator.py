@@ -40,10 +40,20 @@ def _ranks(
         target = torch.from_numpy(data.event_item[r].astype(np.int64))
         all_r.append(target_ranks(scores, target).numpy())
         filt_r.append(target_ranks(scores, target, seen_mask(data, u, r)).numpy())
+    if not all_r:  # an empty split (e.g. no validation events): no ranks, reported as NaN metrics
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(all_r), np.concatenate(filt_r)
 
 
 def _report(all_r: np.ndarray, filt_r: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """Metrics of both variants plus ``num_users``; with no users every metric is NaN (not a crash)."""
+    if len(all_r) == 0:
+        nan = {k: float("nan") for k in summarize(np.zeros(1), ks)}
+        return {
+            **{f"all/{k}": v for k, v in nan.items()},
+            **{f"filtered/{k}": v for k, v in nan.items()},
+            "num_users": 0.0,
+        }
     out = {f"all/{k}": v for k, v in summarize(all_r, ks).items()}
     out.update({f"filtered/{k}": v for k, v in summarize(filt_r, ks).items()})
     out["num_users"] = float(len(all_r))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import check, check_float, check_int
+
 POSITIONS = ("none", "learned", "time", "learned+time")
 POOLINGS = ("mean", "last")
 
@@ -38,18 +40,26 @@ class ModelConfig:
     head_heads: int = 2  # attention heads of the head's context layer
 
     def __post_init__(self) -> None:
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
-        if self.online_head and not self.causal:
-            raise ValueError("online_head needs causal = true: the cached state is the encoder output at a prefix")
-        if self.state_tokens < 1 or self.context_len < 1:
-            raise ValueError("state_tokens and context_len must be >= 1")
-        if self.dim % self.head_heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by head_heads ({self.head_heads})")
+        """Range checks; every failure is a ConfigError naming the field, the value and what is allowed."""
+        for name in ("dim", "num_hashes", "max_len", "num_heads", "ffn_mult", "time_buckets"):
+            check_int(self, name, 1)
+        for name in ("state_tokens", "context_len", "head_heads"):
+            check_int(self, name, 1)
+        for name in ("num_actions", "num_surfaces", "num_layers"):
+            check_int(self, name, 0)
         for name in ("item_buckets", "author_buckets", "user_buckets", "feature_buckets"):
-            if getattr(self, name) < 2:
-                raise ValueError(f"{name} must be >= 2 (bucket 0 is padding)")
+            check(getattr(self, name) >= 2, name, getattr(self, name), "it must be an integer >= 2 (0 is padding)")
+        for name in ("dropout", "attn_dropout"):
+            check_float(self, name, 0.0, 1.0, hi_open=True)
+        check(self.positions in POSITIONS, "positions", self.positions, f"use one of {POSITIONS}")
+        check(self.pooling in POOLINGS, "pooling", self.pooling, f"use one of {POOLINGS}")
+        check(self.dim % self.num_heads == 0, "dim", self.dim, f"it must be divisible by num_heads ({self.num_heads})")
+        check(
+            self.dim % self.head_heads == 0, "dim", self.dim, f"it must be divisible by head_heads ({self.head_heads})"
+        )
+        check(
+            self.causal or not self.online_head,
+            "causal",
+            self.causal,
+            "online_head needs causal = true: the cached state is the encoder output at a prefix",
+        )

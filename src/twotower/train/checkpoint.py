@@ -3,13 +3,16 @@
 A checkpoint directory holds ``model.safetensors``, ``optim.safetensors`` (optimizer moments, RNG states,
 frequency-estimator arrays), ``state.json`` (step, epoch, position in the epoch's batch order, optimizer
 hyper-parameters, best metric) and ``config.json`` (the whole run config). It is written to a temporary
-sibling and renamed into place, so a kill mid-save leaves the previous checkpoint intact.
+sibling ``.NAME.tmp-PID`` and swapped in through ``.NAME.old``: a kill mid-save leaves the previous
+checkpoint intact, either in place or as ``.NAME.old``, which ``resolve`` / ``load`` fall back to. Temporary
+directories left by a kill are removed by the next save.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -19,9 +22,25 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+log = logging.getLogger(__name__)
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing or unreadable."""
+
+
+def _old(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def resolve(path: str | Path) -> Path | None:
+    """The checkpoint directory to read for ``path``: itself, or the previous copy a kill mid-save left behind."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if _old(path).is_dir():
+        return _old(path)
+    return None
 
 
 def model_version(model_file: str | Path, config: dict) -> str:
@@ -62,8 +81,9 @@ def save(
 ) -> str:
     """Atomically write a checkpoint; returns the model version id."""
     path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a kill mid-save (ours use one pid)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, tmp / "model.safetensors")
@@ -78,8 +98,11 @@ def save(
     (tmp / "state.json").write_text(
         json.dumps({**state, "param_groups": groups, "model_version": version}, indent=2) + "\n"
     )
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    # Two renames, not one: a directory cannot replace a non-empty one. Between them the previous checkpoint
+    # lives on as `.NAME.old`, which `resolve` reads when `NAME` is missing.
+    old = _old(path)
     if path.exists():
+        shutil.rmtree(old, ignore_errors=True)  # left by a kill after the first rename; `path` is newer
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
@@ -89,6 +112,10 @@ def save(
 def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict, dict[str, torch.Tensor]]:
     """Return (model weights, config, state, extra tensors incl. optimizer) of a checkpoint directory."""
     path = Path(path)
+    found = resolve(path)
+    if found is not None and found != path:
+        log.warning("%s is missing (a save was interrupted); reading the previous checkpoint %s", path, found)
+    path = found or path
     need = ["model.safetensors", "config.json", "state.json"]
     missing = [n for n in need if not (path / n).is_file()]
     if missing:
@@ -103,7 +130,25 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict, dict[st
         state = json.loads((path / "state.json").read_text())
     except (OSError, ValueError, SafetensorError) as exc:  # truncated or garbled files
         raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); retrain or restore it") from exc
+    if not isinstance(config, dict) or not isinstance(state, dict) or "model_version" not in state:
+        raise CheckpointError(
+            f"checkpoint {path} is incomplete (config.json / state.json lack the run config or model_version); "
+            "retrain or restore it"
+        )
     return weights, config, state, extra
+
+
+def load_config(path: str | Path) -> dict:
+    """Only the run config (a dict) of a checkpoint directory, without reading the tensors."""
+    found = resolve(path)
+    f = (found or Path(path)) / "config.json"
+    try:
+        config = json.loads(f.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint config {f} is missing or unreadable ({exc}); retrain or restore it") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint config {f} is not a JSON object; retrain or restore it")
+    return config
 
 
 def restore_optimizer(opt: torch.optim.Optimizer, extra: dict[str, torch.Tensor], state: dict) -> None:

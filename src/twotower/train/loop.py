@@ -13,6 +13,7 @@ import csv
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import config as cfgmod
+from ..config import ConfigError, check, check_float, check_int
 from ..data.dataset import SequenceData
+from ..data.readers import DataError
 from ..evaluate import PRIMARY, evaluate_model
 from ..features import Featurizer
 from ..model import ModelConfig, TwoTower
 from . import checkpoint as ckpt
+from . import run
 from .batches import WindowBatches, plan_epoch
 from .frequency import ExactFrequency, StreamingFrequency
 from .losses import candidate_softmax_loss, sampled_softmax_loss
@@ -36,6 +40,11 @@ from .optim import AdamWRowWiseAdagrad
 from .pseudo import PseudoBatch, PseudoContext
 
 log = logging.getLogger(__name__)
+
+NEGATIVES = ("in_batch", "uniform", "full")
+EMBEDDING_OPTIMIZERS = ("adamw", "rowwise_adagrad")
+LOGQ = ("streaming", "exact", "none")
+DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 
 
 @dataclass
@@ -78,17 +87,35 @@ class TrainConfig:
     holdout_users: float = 0.0  # fraction of users kept out of training entirely (cold-start evaluation)
 
     def __post_init__(self) -> None:
-        bad = [n for n in self.negatives if n not in ("in_batch", "uniform", "full")]
-        if bad or not self.negatives:
-            raise ValueError(f"negatives must be a non-empty list of in_batch|uniform|full, got {self.negatives}")
-        if self.embedding_optimizer not in ("adamw", "rowwise_adagrad"):
-            raise ValueError(f"embedding_optimizer must be adamw|rowwise_adagrad, got {self.embedding_optimizer!r}")
-        if self.logq not in ("streaming", "exact", "none"):
-            raise ValueError(f"logq must be streaming|exact|none, got {self.logq!r}")
-        if not 0.0 <= self.holdout_users < 1.0:
-            raise ValueError(f"holdout_users must be in [0, 1), got {self.holdout_users}")
-        if self.split not in ("loo", "time"):
-            raise ValueError(f"split must be loo|time, got {self.split!r}")
+        """Range checks; every failure is a ConfigError naming the field, the value and what is allowed."""
+        check(
+            isinstance(self.negatives, list) and bool(self.negatives) and set(self.negatives) <= set(NEGATIVES),
+            "negatives",
+            self.negatives,
+            f'give a non-empty list of {NEGATIVES}, e.g. negatives = ["in_batch", "uniform"]',
+        )
+        check(
+            self.embedding_optimizer in EMBEDDING_OPTIMIZERS,
+            "embedding_optimizer",
+            self.embedding_optimizer,
+            f"use one of {EMBEDDING_OPTIMIZERS}",
+        )
+        check(self.logq in LOGQ, "logq", self.logq, f"use one of {LOGQ}")
+        check(self.split in ("loo", "time"), "split", self.split, "use 'loo' (leave-last-out) or 'time'")
+        check(DEVICE.fullmatch(self.device) is not None, "device", self.device, "use cpu, cuda, cuda:N or mps")
+        for name in ("epochs", "batch_tokens", "num_uniform", "patience", "log_every"):
+            check_int(self, name, 1)
+        for name in ("warmup_steps", "seed", "num_workers", "threads", "eval_every", "eval_users", "checkpoint_every"):
+            check_int(self, name, 0)
+        check_int(self, "max_lag", 0)
+        for name in ("lr", "embedding_lr", "temperature"):
+            check_float(self, name, 0.0, lo_open=True)
+        for name in ("weight_decay", "grad_clip", "time_budget_s"):
+            check_float(self, name, 0.0)
+        for name in ("min_lr_ratio", "no_state_prob", "subject_prob"):
+            check_float(self, name, 0.0, 1.0)
+        check_float(self, "logq_alpha", 0.0, 1.0, lo_open=True)
+        check_float(self, "holdout_users", 0.0, 1.0, hi_open=True)
 
 
 @dataclass
@@ -154,21 +181,33 @@ def _param_groups(model: TwoTower, cfg: TrainConfig) -> list[dict]:
 class Trainer:
     """Owns model, optimizer, negatives and the run directory. ``fit()`` trains; ``resume=True`` continues."""
 
-    def __init__(self, data: SequenceData, cfg: RunConfig, out: str | Path, resume: bool = False):
+    def __init__(
+        self, data: SequenceData, cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: bool = False
+    ):
+        """``resume``: continue ``out``'s last checkpoint (``cfg`` may differ from the saved config only in
+        ``run.RESUMABLE`` fields; see ``resume_config``). ``overwrite``: discard the run already in ``out``.
+        Without either, ``out`` must be new or empty."""
         self.data, self.cfg, self.out = data, cfg, Path(out)
         tc, mc = cfg.train, cfg.model
+        run.check_run_dir(self.out, resume, overwrite)
+        if resume:
+            run.check_same_dataset(self.out, data)
         mc.num_actions, mc.num_surfaces = data.num_actions, data.num_surfaces
+        run.check_model_fits(mc, data)
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.device = torch.device(tc.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but CUDA is not available; set train.device = 'cpu'")
+            raise ConfigError(
+                "train.device = 'cuda' but CUDA is not available; set train.device = 'cpu' (--device cpu)"
+            )
         torch.manual_seed(tc.seed)
         self.model = TwoTower(mc).to(self.device)
         self.feat = Featurizer(data, mc)
         self.windows = data.train_windows(tc.split, mc.max_len)
         if tc.holdout_users:
             self.windows = self.windows[~holdout_mask(data.num_users, tc.holdout_users)[self.windows[:, 0]]]
+        self._check_examples()
         self.pseudo = (
             PseudoContext(self.feat, tc.max_lag, tc.no_state_prob, tc.subject_prob, tc.seed) if mc.online_head else None
         )
@@ -198,12 +237,40 @@ class Trainer:
             "train_seconds": 0.0,
             "examples": 0,
             "done": False,
+            "stop_reason": None,  # "time_budget" | "early_stop" once done
+            "dataset": run.dataset_fingerprint(data),
         }
-        self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self._restore(self.out / "checkpoints" / "last")
+        elif overwrite:
+            run.clear_run_dir(self.out)  # only now: a refused config must not cost the old run
+        self.out.mkdir(parents=True, exist_ok=True)
         cfgmod.save(cfg, self.out / "config.json")
         (self.out / "data_path.txt").write_text(str(Path(data.root).resolve()) + "\n")
+
+    def _check_examples(self) -> None:
+        """Training targets must exist, and validation targets too when validation runs (eval_every > 0)."""
+        tc, data = self.cfg.train, self.data
+        if len(self.windows) == 0:
+            held = f" after holding out {tc.holdout_users:.0%} of users" if tc.holdout_users else ""
+            why = (
+                " (leave-last-out keeps each user's last two events for validation and test)"
+                if tc.split == "loo"
+                else ""
+            )
+            raise DataError(
+                f"dataset {data.root} has no training events under split {tc.split!r}{held}; prepare a log with "
+                f"more events{why}" + (", or lower train.holdout_users" if tc.holdout_users else "")
+            )
+        if tc.eval_every and len(data.eval_targets(tc.split, "valid")[0]) == 0:
+            other = "time" if tc.split == "loo" else "loo"
+            n_other = len(data.eval_targets(other, "valid")[0])
+            alt = f'set train.split = "{other}" ({n_other:,} validation users), or ' if n_other else ""
+            why = " (leave-last-out needs users with 3+ events)" if tc.split == "loo" else ""
+            raise DataError(
+                f"dataset {data.root} has no validation targets under split {tc.split!r}{why}; {alt}turn validation "
+                "and early stopping off with train.eval_every = 0"
+            )
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -225,10 +292,32 @@ class Trainer:
         )
 
     def _restore(self, path: Path) -> None:
-        weights, _, state, extra = ckpt.load(path)
-        self.model.load_state_dict(weights)
-        ckpt.restore_optimizer(self.opt, extra, state)
-        self.state = {k: v for k, v in state.items() if k not in ("param_groups", "model_version")}
+        weights, config, state, extra = ckpt.load(path)
+        saved = cfgmod.from_dict(RunConfig, config, where=f"{path}/config.json")
+        changed = run.check_resumable(cfgmod.to_dict(saved), cfgmod.to_dict(self.cfg), self.out)
+        for key, (old, new) in changed.items():
+            log.info("resume: %s %r -> %r", key, old, new)
+        if "train.epochs" in changed:
+            log.warning(
+                "resume with epochs %d -> %d: the learning-rate schedule is stretched to the new length from here on, "
+                "so the result differs from a run trained straight for %d epochs",
+                saved.train.epochs,
+                self.cfg.train.epochs,
+                self.cfg.train.epochs,
+            )
+        need = [k for k in ("extra.torch_rng", "extra.sampler_rng", "extra.log_tau") if k not in extra]
+        need += [k for k in ("epoch", "batch", "step", "best", "bad_evals", "param_groups") if k not in state]
+        if need:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} cannot be resumed: it lacks {need} (optim.safetensors / state.json missing or "
+                "incomplete); restore the files, or start again with --overwrite"
+            )
+        try:
+            self.model.load_state_dict(weights)
+            ckpt.restore_optimizer(self.opt, extra, state)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ckpt.CheckpointError(f"checkpoint {path} does not fit this model ({exc}); retrain") from exc
+        self.state.update({k: v for k, v in state.items() if k not in ("param_groups", "model_version")})
         self.sched.last_epoch = self.state["step"]  # the optimizer's param_groups already carry the lr
         torch.set_rng_state(extra["extra.torch_rng"])
         self.gen.set_state(extra["extra.sampler_rng"])
@@ -246,6 +335,30 @@ class Trainer:
             self.state["batch"],
             self.state["step"],
         )
+        if self.state["done"]:
+            self._reopen(saved.train)
+
+    def _reopen(self, old: TrainConfig) -> None:
+        """A run stopped by its time budget or by early stopping continues when the new config allows more."""
+        tc, st = self.cfg.train, self.state
+        reason = st.get("stop_reason") or (
+            "time_budget" if old.time_budget_s and st["train_seconds"] > old.time_budget_s else "early_stop"
+        )
+        if reason == "time_budget":
+            more = not tc.time_budget_s or tc.time_budget_s > st["train_seconds"]
+            why = f"time budget {old.time_budget_s:g} s -> {tc.time_budget_s:g} s (0 = none)"
+            how = f"raise --time-budget above the {st['train_seconds']:.0f} s trained so far"
+        else:
+            more = tc.epochs > old.epochs or tc.patience > old.patience
+            why = f"epochs {old.epochs} -> {tc.epochs}, patience {old.patience} -> {tc.patience}"
+            how = f"raise --epochs above {old.epochs} (or train.patience above {old.patience})"
+        if not more:
+            log.warning("run %s had stopped (%s) and nothing was raised; to continue it, %s", self.out, reason, how)
+            return
+        log.info("run %s had stopped (%s); %s: continuing", self.out, reason, why)
+        st.update(done=False, stop_reason=None)
+        if reason == "early_stop":
+            st["bad_evals"] = 0  # patience starts over
 
     # --- one step --------------------------------------------------------------------------------------
     def _queries_and_targets(self, inputs, rows: torch.Tensor, pseudo: PseudoBatch | None = None):
@@ -408,7 +521,7 @@ class Trainer:
                         raise StopTraining
                     if tc.time_budget_s and self.state["train_seconds"] > tc.time_budget_s:
                         log.info("time budget of %.0fs reached", tc.time_budget_s)
-                        self.state["done"] = True
+                        self.state.update(done=True, stop_reason="time_budget")
                         break
                 epoch_rate = n_epoch / max(1e-9, time.perf_counter() - t_epoch)
                 if not self.state["done"]:
@@ -464,7 +577,7 @@ class Trainer:
             self.state["bad_evals"] += 1
             if self.state["bad_evals"] >= tc.patience:
                 log.info("early stop: no improvement of %s for %d evaluations", PRIMARY, tc.patience)
-                self.state["done"] = True
+                self.state.update(done=True, stop_reason="early_stop")
 
 
 def _tensorboard(out: Path):
@@ -475,15 +588,31 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tb"))
 
 
+def resume_config(out: str | Path, given: RunConfig | None = None) -> RunConfig:
+    """The config to resume run ``out`` with: the one saved with its last checkpoint, or ``given`` when that
+    differs from it only in ``run.RESUMABLE`` fields (anything else is a ConfigError naming the fields)."""
+    out = Path(out)
+    run.check_run_dir(out, resume=True, overwrite=False)
+    path = out / "checkpoints" / "last"
+    saved = cfgmod.from_dict(RunConfig, ckpt.load_config(path), where=f"{path}/config.json")
+    if given is None:
+        return saved
+    run.check_resumable(cfgmod.to_dict(saved), cfgmod.to_dict(given), out)
+    return given
+
+
 def load_model(run_or_ckpt: str | Path, which: str = "best", device: str = "cpu") -> tuple[TwoTower, RunConfig, str]:
     """Load a trained model: (model in eval mode, run config, model version id)."""
     p = Path(run_or_ckpt)
+    if ckpt.resolve(p) is None:
+        raise run.no_such_run(p)
     if (p / "checkpoints").is_dir():
-        p = p / "checkpoints" / which
-        if not p.exists():
-            p = p.parent / "last"
+        p = ckpt.resolve(p / "checkpoints" / which) or p / "checkpoints" / "last"
     weights, config, state, _ = ckpt.load(p)
-    cfg = cfgmod.from_dict(RunConfig, config)
+    cfg = cfgmod.from_dict(RunConfig, config, where=f"{p}/config.json")
     model = TwoTower(cfg.model)
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:  # weights of another shape than the saved config says
+        raise ckpt.CheckpointError(f"checkpoint {p} does not match its config.json ({exc}); retrain") from exc
     return model.to(device).eval(), cfg, state["model_version"]

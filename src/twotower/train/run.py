@@ -1,0 +1,179 @@
+"""The run directory: who may write into it, which dataset it belongs to, what a resume may change.
+
+A run directory holds one training run (``config.json``, ``data_path.txt``, ``metrics.csv``,
+``checkpoints/{last,best}``, ``train_summary.json``, ``eval_*.json``). Training refuses to write into a
+directory that holds anything else unless told to resume it or to overwrite it, and a resume refuses a
+different dataset or a config that would change what a training step computes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, OutputError
+from ..data.dataset import SequenceData
+from ..data.readers import DataError
+from ..model import ModelConfig
+from . import checkpoint as ckpt
+
+log = logging.getLogger(__name__)
+
+# Config fields a resumed run may change: they decide how long, where and how verbosely to train, not what a
+# step computes. Everything else (the model, the data order, the optimiser, the loss) must stay as saved.
+# Raising `epochs` stretches the cosine schedule from the resume point on, so the result is not the same as
+# a run trained straight to the new length.
+RESUMABLE = (
+    "train.epochs",
+    "train.time_budget_s",
+    "train.patience",
+    "train.eval_every",
+    "train.eval_users",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.device",
+    "train.amp",
+    "train.num_workers",
+    "train.threads",
+)
+_DERIVED = ("model.num_actions", "model.num_surfaces")  # read from the dataset, not from the config
+_RUN_MARKERS = ("checkpoints", "data_path.txt")  # what every run directory has from its first second on
+_VOLATILE = ("created_at", "seconds", "dataset", "source")  # when and from which path, not what
+
+
+def dataset_fingerprint(data: SequenceData) -> str:
+    """16 hex chars of sha256 over the prepare manifest without its time and path fields.
+
+    The manifest records the SHA-256 of every input file, the prepare config and the counts, so the same
+    inputs prepared again (anywhere, any time) give the same fingerprint and any other dataset a new one.
+    """
+    manifest = {k: v for k, v in data.manifest.items() if k not in _VOLATILE}
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_dataset(path: str | Path) -> SequenceData:
+    """``SequenceData.load`` with unreadable files (corrupt manifest.json, garbled arrays) as a DataError."""
+    try:
+        return SequenceData.load(path)
+    except DataError:
+        raise
+    except (ValueError, OSError) as exc:  # json.JSONDecodeError / UnicodeDecodeError are ValueErrors
+        raise DataError(f"dataset {path} is unreadable ({exc}); re-run `twotower prepare` into it") from exc
+
+
+def recorded_dataset(run: str | Path, data_dir: str | Path | None = None) -> Path:
+    """The dataset directory of ``run``: ``data_dir`` when given, else the one ``RUN/data_path.txt`` records."""
+    run = Path(run)
+    if data_dir is not None:
+        return Path(data_dir)
+    if not run.is_dir():
+        raise no_such_run(run)
+    rec = run / "data_path.txt"
+    if not rec.is_file():
+        raise DataError(f"run {run} does not record its dataset (no data_path.txt); pass --data DIR")
+    return Path(rec.read_text().strip())
+
+
+def no_such_run(run: Path) -> ckpt.CheckpointError:
+    """The error for a ``--run`` / ``--resume`` directory that does not exist."""
+    return ckpt.CheckpointError(f"no such run directory {run}; pass the --out directory of `twotower train`")
+
+
+def check_same_dataset(out: Path, data: SequenceData) -> None:
+    """DataError when run ``out`` was trained on another dataset than ``data`` (runs from before the
+    fingerprint was recorded are not checked)."""
+    last = ckpt.resolve(out / "checkpoints" / "last")
+    try:
+        trained_on = json.loads((last / "state.json").read_text()).get("dataset") if last else None
+    except (OSError, ValueError, AttributeError):
+        return  # an unreadable checkpoint is reported by the checkpoint loader, with its own words
+    here = dataset_fingerprint(data)
+    if trained_on is not None and trained_on != here:
+        raise DataError(
+            f"run {out} was trained on another dataset (fingerprint {trained_on}) than {data.root} ({here}); "
+            f"resume with the dataset in {out}/data_path.txt, or train a new run"
+        )
+
+
+def check_model_fits(cfg: ModelConfig, data: SequenceData) -> None:
+    """A model config that asks for more hashes than the dataset holds is a ConfigError naming both fixes."""
+    have = data.item_hash.shape[1]
+    if cfg.num_hashes > have:
+        raise ConfigError(
+            f"model.num_hashes = {cfg.num_hashes} but dataset {data.root} was prepared with {have} hashes per id; "
+            f"set model.num_hashes <= {have}, or re-run `twotower prepare --num-hashes {cfg.num_hashes}`"
+        )
+
+
+def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an ``--out`` this run must not write into, before any work is done.
+
+    Fresh runs need a new or empty directory; ``overwrite`` accepts a directory holding an earlier run
+    (cleared by ``clear_run_dir`` once everything else checked out), never one holding other files.
+    ``resume`` needs a run with a checkpoint.
+    """
+    if resume and overwrite:
+        raise ConfigError(
+            "--resume and --overwrite contradict each other: resume continues the run, overwrite discards it"
+        )
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "is a file" if blocker == out else f"cannot be created: {blocker} is a file"
+        raise OutputError(f"run directory {out} {where}; choose another --out")
+    if resume:
+        if not out.is_dir():
+            raise no_such_run(out)
+        if ckpt.resolve(out / "checkpoints" / "last") is None:
+            raise ckpt.CheckpointError(
+                f"run {out} has no checkpoint yet (no checkpoints/last); train it without --resume"
+                + (" --overwrite" if any(out.iterdir()) else "")
+            )
+        return
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not any((out / m).exists() for m in _RUN_MARKERS):
+        raise OutputError(f"{out} is not empty and holds no twotower run; choose a new or empty --out")
+    if not overwrite:
+        raise OutputError(
+            f"{out} already holds a run; continue it with --resume, discard it with --overwrite, "
+            "or choose another --out"
+        )
+
+
+def clear_run_dir(out: Path) -> None:
+    """Empty a run directory ``check_run_dir`` accepted for ``overwrite``."""
+    if out.is_dir() and any(out.iterdir()):
+        log.info("--overwrite: removing the earlier run in %s", out)
+        shutil.rmtree(out)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resumable(saved: dict[str, Any], given: dict[str, Any], run: Path) -> dict[str, tuple[Any, Any]]:
+    """Compare two RunConfig dicts; ConfigError naming the fields a resume may not change.
+
+    Returns the changed RESUMABLE fields as ``{key: (saved, given)}`` (for the log).
+    """
+    a, b = _flat(saved), _flat(given)
+    changed = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in _DERIVED}
+    refused = [f"{k} ({x!r} -> {y!r})" for k, (x, y) in changed.items() if k not in RESUMABLE]
+    if refused:
+        shown = ", ".join(refused[:8]) + (f" and {len(refused) - 8} more" if len(refused) > 8 else "")
+        raise ConfigError(
+            f"--resume of {run} with a config that changes {shown}; a resume continues the saved run "
+            f"and may only change {', '.join(k.split('.', 1)[1] for k in RESUMABLE)}. Drop --config to resume "
+            "with the saved one, or train a new run (another --out, or --overwrite)"
+        )
+    return changed
