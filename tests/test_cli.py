@@ -63,32 +63,16 @@ def test_export_index_build_rollback(synth_data, tmp_path, capsys):
     manifest = json.loads((root / "versions" / second / "manifest.json").read_text())
     assert manifest["recall"]["recall@100"] >= 0.95 and manifest["model_version"] == version
     assert load_current(root, expect_model_version=version).config.backend == "hnsw"
-    # a floor the ANN cannot reach: refused, CURRENT unchanged
-    assert (
-        main(
-            [
-                "index",
-                "build",
-                "--emb",
-                str(emb),
-                "--out",
-                str(root),
-                "--backend",
-                "hnsw",
-                "--recall-floor",
-                "1.01",
-            ]
-        )
-        == 2
-    )
-    assert "below the floor" in capsys.readouterr().err and current_version(root) == second
+    # a floor the ANN cannot reach (4-bit PQ codes, no re-ranking): refused naming its knob, CURRENT unchanged
+    pq = ["index", "build", "--emb", str(emb), "--out", str(root), "--backend", "ivfpq", "--pq-m", "4"]
+    assert main([*pq, "--pq-bits", "4", "--refine-factor", "1", "--recall-floor", "1.0"]) == 2
+    err = capsys.readouterr().err
+    assert "below the floor" in err and "--refine-factor" in err
+    assert current_version(root) == second
     assert main(["index", "rollback", "--root", str(root)]) == 0
     assert current_version(root) == first
     assert main(["index", "list", "--root", str(root)]) == 0
-    # the IVF-PQ knobs reach the published config, and a miss names them
-    pq = ["index", "build", "--emb", str(emb), "--out", str(root), "--backend", "ivfpq", "--pq-m", "4"]
-    assert main([*pq, "--pq-bits", "4", "--refine-factor", "1", "--ivf-nprobe", "1", "--recall-floor", "1.01"]) == 2
-    assert "--refine-factor" in capsys.readouterr().err and current_version(root) == first
+    # the IVF-PQ knobs reach the published config
     assert main([*pq, "--pq-bits", "4", "--refine-factor", "8", "--recall-floor", "0"]) == 0
     built = json.loads((root / "versions" / current_version(root) / "manifest.json").read_text())["config"]
     assert (built["pq_bits"], built["refine_factor"], built["pq_m"]) == (4, 8, 4)
@@ -178,6 +162,23 @@ def test_damaged_checkpoints_are_clear_errors(trained, synth_data, tmp_path, cap
     assert "is incomplete" in capsys.readouterr().err
 
 
+def test_weights_swapped_after_the_save_do_not_pass_as_the_saved_version(trained, tmp_path, capsys):
+    """The model version names the weights + config; another run's weights under this state.json were loaded
+    as the claimed version (and so served beside that version's index). Now refused, naming both ids."""
+    from safetensors.torch import load_file, save_file
+
+    run = copy_run(trained, tmp_path)
+    best = run / "checkpoints" / "best"
+    claimed = json.loads((best / "state.json").read_text())["model_version"]
+    weights = load_file(best / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 0.01  # a valid file of other weights
+    save_file(weights, best / "model.safetensors")
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "emb")]) == 2
+    err = capsys.readouterr().err
+    assert claimed in err and "changed after the save" in err
+
+
 def test_corrupt_dataset_manifest_is_a_clear_error(trained, synth_data, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(synth_data, data)
@@ -220,3 +221,35 @@ def test_ctrl_c_during_training_says_how_to_resume(trained, synth_data, tmp_path
     assert err.endswith(f"continue with: twotower train --data {synth_data} --out {run} --resume")
     monkeypatch.setattr(Trainer, "step", real_step)
     assert train(synth_data, run, "--resume") == 0
+
+
+def test_index_build_bad_knobs_and_damaged_exports_are_one_line_errors(tmp_path, capsys):
+    """--hnsw-m 0 segfaulted FAISS and a NaN vector hung HNSW; a damaged export manifest was a traceback."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    np.save(emb / "ids.npy", np.arange(300, dtype=np.int64))
+    np.save(emb / "embeddings.npy", x)
+    manifest = {"model_version": "a" * 16, "dim": 16, "count": 300, "dtype": "float32", "created_at": "now"}
+    (emb / "manifest.json").write_text(json.dumps(manifest))
+    build = ["index", "build", "--emb", str(emb), "--out", str(tmp_path / "idx")]
+    for flags, says in [
+        (["--hnsw-m", "0"], "--hnsw-m"),
+        (["--backend", "ivfpq", "--pq-bits", "0"], "--pq-bits"),
+        (["--backend", "ivfflat", "--ivf-nprobe", "-5"], "--ivf-nprobe"),
+        (["--recall-floor", "1.5"], "recall floor"),
+    ]:
+        assert main([*build, *flags]) == 2
+        assert says in capsys.readouterr().err
+    x[7, 0] = np.nan
+    np.save(emb / "embeddings.npy", x)
+    assert main(build) == 2
+    assert "ids [7]" in capsys.readouterr().err
+    (emb / "manifest.json").write_text('{"model_version": ')
+    assert main(build) == 2
+    assert "manifest.json is damaged" in capsys.readouterr().err
+    assert not (tmp_path / "idx" / "CURRENT").exists()  # nothing was published

@@ -121,12 +121,13 @@ def main(argv: list[str] | None = None) -> int:
 
     errors: tuple[type[BaseException], ...] = (DataError, ConfigError, OutputError, OSError)
     if args.command not in ("prepare", "synth"):
+        from .export import EmbeddingsError
         from .index.base import IndexError_
         from .refresh import RefreshError
         from .store import StoreError
         from .train.checkpoint import CheckpointError
 
-        errors += (IndexError_, CheckpointError, StoreError, RefreshError)
+        errors += (IndexError_, CheckpointError, StoreError, RefreshError, EmbeddingsError)
     try:
         return int(args.func(args) or 0)
     except errors as exc:

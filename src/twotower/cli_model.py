@@ -136,13 +136,15 @@ def add_index_knobs(parser: argparse.ArgumentParser) -> None:
 
 def index_config_from(args: argparse.Namespace):
     """The IndexConfig the flags of ``add_index_knobs`` describe (unset knobs keep their defaults)."""
+    from . import config as cfgmod
     from .index import IndexConfig
 
-    cfg = IndexConfig(backend=args.backend)
-    for key, _, _ in INDEX_KNOBS:
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
-    return cfg
+    knobs = {key: getattr(args, key) for key, _, _ in INDEX_KNOBS if getattr(args, key) is not None}
+    try:
+        return IndexConfig(backend=args.backend, **knobs)  # checked in __post_init__: FAISS crashes on some
+    except ValueError as exc:
+        flag = next((f"--{k.replace('_', '-')}" for k in knobs if k in str(exc)), "an index flag")
+        raise cfgmod.ConfigError(f"{flag}: {exc}") from exc
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:

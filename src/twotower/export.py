@@ -137,18 +137,30 @@ def _manifest_kind(emb_dir: Path) -> str | None:
         return None
 
 
+class EmbeddingsError(ValueError):
+    """An embeddings export that is damaged or inconsistent (the message names the file and the fix)."""
+
+
 def load_embeddings(emb_dir: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """(ids int64 [N], embeddings float32 [N, D], manifest) of an export directory."""
     emb_dir = Path(emb_dir)
     mf = emb_dir / "manifest.json"
     if not mf.is_file():
         raise FileNotFoundError(f"{emb_dir} is not an embeddings export (no manifest.json); run `twotower export`")
-    manifest = json.loads(mf.read_text())
+    redo = f"re-run `twotower export --out {emb_dir}`"
+    try:
+        manifest = json.loads(mf.read_text())
+        count, dim, _ = int(manifest["count"]), int(manifest["dim"]), str(manifest["model_version"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EmbeddingsError(f"{mf} is damaged ({type(exc).__name__}: {exc}); {redo}") from exc
     try:
         ids = np.load(emb_dir / "ids.npy", allow_pickle=False)
         emb = np.load(emb_dir / "embeddings.npy", allow_pickle=False).astype(np.float32)
     except (OSError, ValueError) as exc:
-        raise FileNotFoundError(f"{emb_dir}: embeddings unreadable ({exc}); re-run `twotower export`") from exc
-    if emb.shape != (manifest["count"], manifest["dim"]) or len(ids) != len(emb):
-        raise ValueError(f"{emb_dir}: embeddings {list(emb.shape)} do not match the manifest; re-run export")
+        raise FileNotFoundError(f"{emb_dir}: embeddings unreadable ({exc}); {redo}") from exc
+    if emb.shape != (count, dim) or ids.shape != (count,):
+        raise EmbeddingsError(
+            f"{emb_dir}: embeddings {list(emb.shape)} and ids {list(ids.shape)} do not match the manifest "
+            f"(count {count}, dim {dim}); {redo}"
+        )
     return ids, emb, manifest

@@ -101,6 +101,8 @@ def build_and_publish(
 ) -> dict:
     """Build ``config.backend`` over an export, measure recall on real user vectors, publish if it passes."""
     root = Path(root)
+    if not 0.0 <= recall_floor <= 1.0:
+        raise IndexError_(f"the recall floor is a recall@100 in [0, 1], got {recall_floor}")
     if root.exists() and not root.is_dir():
         raise IndexError_(f"--out {root} is a file; an index root is a directory (choose another --out)")
     earlier = history(root)  # a corrupt history fails here, before any work
@@ -111,7 +113,10 @@ def build_and_publish(
         queries = emb[np.random.default_rng(0).choice(len(emb), min(len(emb), max_queries), replace=False)]
     queries = queries[:max_queries].astype(np.float32)
     t0 = time.perf_counter()
-    index = VectorIndex.build(ids, emb, config, model_version=emb_manifest["model_version"])
+    try:
+        index = VectorIndex.build(ids, emb, config, model_version=emb_manifest["model_version"])
+    except ValueError as exc:  # NaN vectors, duplicate ids, a corpus too small for the IVF lists
+        raise IndexError_(f"{emb_dir}: {exc}") from exc
     build_s = time.perf_counter() - t0
     oracle = index if config.backend == "exact" else VectorIndex.build(ids, emb, IndexConfig(backend="exact"))
     rec = measure_recall(index, oracle, queries)

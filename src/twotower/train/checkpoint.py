@@ -135,6 +135,14 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict, dict[st
             f"checkpoint {path} is incomplete (config.json / state.json lack the run config or model_version); "
             "retrain or restore it"
         )
+    # the id names these exact weights and config: a file swapped or edited after the save must not pass
+    # as the version it claims (the index and the feature store are matched to models by this id)
+    actual = model_version(path / "model.safetensors", config)
+    if actual != state["model_version"]:
+        raise CheckpointError(
+            f"checkpoint {path}: its weights and config hash to model version {actual}, but state.json says "
+            f"{state['model_version']}; the files were changed after the save. Restore them, or retrain"
+        )
     return weights, config, state, extra
 
 
