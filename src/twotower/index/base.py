@@ -44,7 +44,7 @@ class IndexConfig:
     pq_bits: int = 8
     refine: bool = True  # IVF-PQ: re-rank the PQ shortlist with exact inner products
     refine_factor: int = 4
-    exact_block: int = 2048  # exact backend: items per GEMM tile (the [B, block] score tile stays in cache)
+    exact_block: int = 2048  # exact backend, BLAS path: items per GEMM tile (the [B, block] tile stays in cache)
     filter_exact_below: float = 0.02  # allow-lists smaller than this fraction are searched exactly
     threads: int = 0  # FAISS OpenMP threads (0 = library default)
     extra: dict = field(default_factory=dict)
