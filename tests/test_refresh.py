@@ -8,7 +8,7 @@ from test_online import hybrid_config
 from twotower.cli import main
 from twotower.data import SequenceData
 from twotower.features import Featurizer
-from twotower.refresh import RefreshStopped, history_as_of, refresh_states
+from twotower.refresh import RefreshError, RefreshStopped, history_as_of, refresh_states
 from twotower.store import open_store
 from twotower.train.loop import Trainer, load_model
 
@@ -84,3 +84,17 @@ def test_refresh_cli_and_unsplit_model_error(synth_data, hybrid_run, tmp_path, c
     Trainer(SequenceData.load(synth_data), small_run_config(epochs=1, eval_every=0), run).fit(progress=False)
     assert main(["refresh-states", "--run", str(run), "--store", f"sqlite:///{tmp_path}/d.db"]) == 2
     assert "online_head" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("batch", [0, -5, 2.5])
+def test_refresh_refuses_a_batch_below_one(tmp_path, capsys, batch):
+    # checked before anything is loaded or encoded: no run is needed to get the error
+    with pytest.raises(
+        RefreshError, match=rf"batch must be a whole number of users >= 1 \(e\.g\. --batch 512\), got {batch}"
+    ):
+        refresh_states(tmp_path / "run", f"sqlite:///{tmp_path}/s.db", batch=batch, progress=False)
+    if isinstance(batch, int):  # `--batch 0` was a ValueError traceback, `--batch -5` "encoded 0 in 0 batches", exit 0
+        args = ["refresh-states", "--run", str(tmp_path / "run"), "--store", f"sqlite:///{tmp_path}/s.db"]
+        assert main([*args, "--batch", str(batch)]) == 2
+        assert f"error: --batch must be >= 1 users per encoder batch, got {batch}" in capsys.readouterr().err
+        assert not (tmp_path / "s.db").exists()  # refused before the store was opened (and created)

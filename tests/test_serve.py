@@ -22,7 +22,7 @@ from twotower.serve import ArtifactError, ServeSettings, build_artifacts, load_b
 from twotower.serve.app import create_app
 from twotower.serve.context import parse_request
 from twotower.serve.schemas import RetrieveRequest
-from twotower.store import open_store
+from twotower.store import StoreError, open_store
 
 
 @pytest.fixture(scope="session")
@@ -228,6 +228,30 @@ def test_settings_refuse_an_empty_or_default_admin_token(monkeypatch, tmp_path):
 
     monkeypatch.delenv("TWOTOWER_DEV_MODE")
     assert main(["serve", "--artifacts", str(tmp_path)]) == 2  # refuses to start
+
+
+def test_refused_settings_never_echo_secrets(monkeypatch, tmp_path, capsys):
+    url = "redis://:hunter2-password@127.0.0.1:6379/0"
+    with pytest.raises(ValidationError) as info:
+        ServeSettings(artifacts=tmp_path, admin_token="short-secret", store_url=url)
+    assert "TWOTOWER_ADMIN_TOKEN" in str(info.value)
+    assert "short-secret" not in str(info.value) and "hunter2" not in str(info.value)
+    with pytest.raises(ValidationError) as info:  # a type error elsewhere: still no input values
+        ServeSettings(artifacts=tmp_path, admin_token="short-secret", port="not-a-port", dev_mode=True)
+    assert "short-secret" not in str(info.value) and "port" in str(info.value)
+    from twotower.cli import main
+
+    monkeypatch.setenv("TWOTOWER_ADMIN_TOKEN", "short-secret")
+    assert main(["serve", "--artifacts", str(tmp_path), "--store", url]) == 2
+    err = capsys.readouterr().err
+    assert "TWOTOWER_ADMIN_TOKEN" in err and "short-secret" not in err and "hunter2" not in err
+
+
+@pytest.mark.parametrize("url", ["redis://:hunter2@127.0.0.1:6379/0?colour=red", "rediss//:hunter2@host:6379/0"])
+def test_store_url_errors_hide_the_password(url):
+    with pytest.raises(StoreError) as info:
+        open_store(url)
+    assert "hunter2" not in str(info.value) and ":***@" in str(info.value)
 
 
 def test_unsplit_model_is_refused_with_the_fix(synth_data, tmp_path):

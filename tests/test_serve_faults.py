@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from test_serve_support import TOKEN, settings, shared_artifacts
@@ -18,6 +22,8 @@ from test_serve_support import TOKEN, settings, shared_artifacts
 from twotower.data import SequenceData
 from twotower.refresh import refresh_states
 from twotower.serve.app import create_app
+from twotower.serve.engine import check_serving_store
+from twotower.store import StoreMissing, open_store
 from twotower.store.testing import RedisServer, free_port
 
 
@@ -66,6 +72,78 @@ def test_redis_down_serves_fallback_and_recovers(art):
                 assert r.json()["path"] == "fallback" and time.perf_counter() - t0 < 2.0
             finally:
                 server.resume()
+
+
+def cached_user(art) -> str:
+    """A user the shared artifact root's store holds a state for."""
+    model_version = next((art.root / "models").iterdir()).name
+    with open_store(art.root / "states.db", create=False) as st:
+        return next(u for u in SequenceData.load(art.data).user_ids().astype(str)
+                    if st.get_meta([u], model_version)[0][0])  # fmt: skip
+
+
+def test_missing_sqlite_store_stops_the_start_and_creates_nothing(art, tmp_path):
+    typo = tmp_path / "typo" / "stats.db"
+    with pytest.raises(StoreMissing, match=r"typo/stats\.db does not exist.*twotower refresh-states"):
+        with TestClient(create_app(settings(art.root, store_url=f"sqlite:///{typo}"))):
+            pass
+    assert not typo.parent.exists()  # no new empty store that would serve every user cold-start
+    with pytest.raises(StoreMissing, match="does not exist"):  # the same check, for the CLI before any worker starts
+        check_serving_store(f"sqlite:///{typo}")
+    (tmp_path / "corrupt.db").write_bytes(b"not a database" * 500)
+    check_serving_store(str(tmp_path / "corrupt.db"))  # exists: the service starts on the fallback path
+    assert not typo.parent.exists()
+
+
+def test_store_without_states_of_the_served_model_is_reported(art, tmp_path, caplog):
+    url = f"sqlite:///{tmp_path}/other.db"
+    with open_store(url) as st:  # a store, but filled for another model version only
+        st.put_many(["u"], np.ones((1, 1, 16), np.float32), np.array([10]), np.array([5]), "other-version")
+    with caplog.at_level(logging.WARNING), TestClient(create_app(settings(art.root, store_url=url))) as c:
+        bundle = c.app.state.service.retriever.bundle
+        assert c.get("/readyz").json()["store"] == f"empty for model {bundle.model_version}"
+        assert f"holds no state for model {bundle.model_version}" in caplog.text and "refresh-states" in caplog.text
+        assert c.post("/v1/retrieve", json={"user_id": "u", "k": 3}).json()["path"] == "fallback"
+        with open_store(url) as st:  # the refresh job fills it while the service runs
+            st.put_many(["u"], np.ones((1, *bundle.state_shape), np.float32), np.array([10]), np.array([5]),
+                        bundle.model_version)  # fmt: skip
+        assert c.get("/readyz").json()["store"] == "ok"
+        assert c.post("/v1/retrieve", json={"user_id": "u", "k": 3}).json()["path"] == "cached"
+
+
+@pytest.mark.parametrize("fault", ["locked", "corrupt"])
+def test_unopenable_store_serves_fallback_then_recovers(art, tmp_path, fault):
+    user, path = cached_user(art), tmp_path / "states.db"
+    shutil.copy(art.root / "states.db", path)
+    lock = None
+    if fault == "locked":  # another process's writer holding the file (locking_mode=EXCLUSIVE)
+        lock = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        lock.execute("PRAGMA locking_mode=EXCLUSIVE")
+        lock.execute("BEGIN EXCLUSIVE")
+        lock.execute("UPDATE states SET snapshot_ts = snapshot_ts")
+    else:
+        path.write_bytes(b"not a database" * 500)
+    cfg = settings(art.root, store_url=f"sqlite:///{path}?timeout=0.1", store_retry_s=0.1)
+    try:
+        with TestClient(create_app(cfg)) as c:  # starts: a store that is down means the fallback path
+            ready = c.get("/readyz").json()
+            assert ready["status"] == "ready" and ready["store"] == "unavailable"
+            assert ("locked" if fault == "locked" else "not a readable SQLite") in ready["store_error"]
+            r = c.post("/v1/retrieve", json={"user_id": user, "k": 3})
+            assert r.status_code == 200 and r.json()["path"] == "fallback" and len(r.json()["items"]) == 3
+            if lock is not None:
+                lock.close()
+                lock = None
+            else:
+                shutil.copy(art.root / "states.db", path)  # the operator restores the file
+            deadline = time.monotonic() + 5
+            while c.post("/v1/retrieve", json={"user_id": user, "k": 3}).json()["path"] != "cached":
+                assert time.monotonic() < deadline, "the service did not open the store once it could"
+                time.sleep(0.05)
+            assert c.get("/readyz").json()["store"] == "ok"
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 def test_sigterm_drains_requests_in_flight(art):

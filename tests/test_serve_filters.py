@@ -13,7 +13,7 @@ from twotower.data import ItemSchema, PrepareConfig, SequenceData, prepare_files
 from twotower.data.hashing import hash64
 from twotower.data.prepare import SALT_FEATURE
 from twotower.serve.app import create_app
-from twotower.serve.artifacts import FeatureIndex
+from twotower.serve.artifacts import FeatureIndex, item_feature_columns
 
 
 def test_feature_index_matches_the_item_table(tmp_path):
@@ -46,6 +46,16 @@ def test_feature_index_matches_the_item_table(tmp_path):
                                              ("1970", "1990")))  # fmt: skip
     assert len(fi.matching({"genre": ["Western"]})) == 0
     assert len(fi.matching({"no_such_column": ["Drama"]})) == 0
+    assert fi.absent_values("genre", ["Drama", "Western", "1970"]) == ["Western", "1970"]
+    assert item_feature_columns(data.manifest, np.asarray(data.item_feat_hash)) == {"genre", "decade"}
+
+
+def test_item_feature_columns_come_from_the_manifest():
+    some, none = np.ones((2, 3), np.uint64), np.zeros((2, 3), np.uint64)
+    assert item_feature_columns({"dataset": "ml-1m"}, some) == {"genre", "year", "decade"}  # the built-in reader
+    assert item_feature_columns({"item_feature_columns": ["colour"], "dataset": "ml-1m"}, some) == {"colour"}
+    assert item_feature_columns({"config": {"items": {"features": [], "multi_valued": {}}}}, none) == frozenset()
+    assert item_feature_columns({"config": {"items": {"features": [], "multi_valued": {}}}}, some) is None  # unknown
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +70,9 @@ def test_service_returns_only_items_with_the_feature(art):
     key = hash64(["colour=red"], seed=1000 * SALT_FEATURE)[0]
     with TestClient(create_app(settings(art.root))) as c:
         bundle = c.app.state.service.retriever.bundle
-        bundle.items.features = FeatureIndex(np.full(len(red), key, np.uint64), red.astype(np.int64))
+        bundle.items.features = FeatureIndex(
+            np.full(len(red), key, np.uint64), red.astype(np.int64), frozenset({"colour"})
+        )
         r = c.post("/v1/retrieve", json={"user_id": users[0], "k": 10, "filters": {"item_features": {
             "colour": ["red"]}}})  # fmt: skip
         assert r.status_code == 200, r.text
@@ -73,5 +85,29 @@ def test_service_returns_only_items_with_the_feature(art):
         assert sorted(i["item_id"] for i in r.json()["items"]) == sorted(set(allow) & set(items[red]))
         r = c.post("/v1/retrieve", json={"user_id": users[0], "filters": {"item_features": {"colour": ["blue"]}}})
         assert r.status_code == 200 and r.json()["items"] == []
+        assert r.json()["warnings"] == [  # an empty answer explained: the value, then why nothing is left
+            "filters.item_features.colour: no item has the value(s) ['blue']; check the spelling",
+            "no item has every requested filters.item_features value",
+        ]
+        r = c.post("/v1/retrieve", json={"user_id": users[0], "filters": {"item_features": {"color": ["red"]}}})
+        assert r.status_code == 422  # a mistyped column is refused, naming the known ones
+        assert (
+            r.json()["error"]
+            == "filters.item_features: unknown item-feature column 'color'; use columns from ['colour']"
+        )
+        r = c.post("/v1/retrieve/batch", json={"requests": [{"user_id": "a", "filters": {"item_features": {
+            "color": ["red"]}}}]})  # fmt: skip
+        assert r.status_code == 422 and r.json()["error"].startswith("requests[0].filters.item_features: unknown")
+        # every red item excluded: the empty answer says so
+        r = c.post("/v1/retrieve", json={"user_id": users[0], "exclude_item_ids": list(items[red]), "filters": {
+            "item_features": {"colour": ["red"]}}})  # fmt: skip
+        assert r.json()["items"] == [] and "excluded" in r.json()["warnings"][0]
         r = c.post("/v1/retrieve", json={"user_id": users[0], "filters": {"item_features": {"colour": []}}})
         assert r.status_code == 422 and "item_features" in r.json()["error"]
+
+
+def test_dataset_without_item_features_refuses_the_filter(art):
+    with TestClient(create_app(settings(art.root))) as c:  # the synthetic log has no item table
+        r = c.post("/v1/retrieve", json={"user_id": "u1", "filters": {"item_features": {"genre": ["Comedy"]}}})
+        assert r.status_code == 422
+        assert r.json()["error"] == "filters.item_features: the served dataset has no item features; drop the filter"

@@ -86,8 +86,40 @@ def test_odd_but_valid_input_is_served(client, name, body):
         assert set(items) <= set(body["filters"]["allow_item_ids"])
     if name == "unknown user":
         assert r.json()["path"] == "cold_start"
+    if name == "allow list":  # an unknown id is ignored, and said so
+        assert r.json()["warnings"] == [
+            "filters.allow_item_ids: 1 of 3 ids are not items of the served corpus and were ignored (first: "
+            "'unknown'); check the ids"
+        ]
+    if name == "allow list of unknown ids":  # an empty answer explained
+        assert (
+            items == []
+            and r.json()["warnings"][-1] == "no id of filters.allow_item_ids is an item of the served corpus"
+        )
+    if name in ("empty context", "unknown user"):
+        assert "warnings" not in r.json()  # only when something matched nothing
     if name == "k above corpus size":
         assert len(items) == 200 - 0  # the whole synthetic corpus, nothing padded
+
+
+@pytest.mark.parametrize("route", ["/v1/retrieve", "/v1/retrieve/batch"])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_body_without_a_json_content_type_is_a_415(client, route, content_type):
+    body = b'{"requests": [{"user_id": "u1"}]}' if route.endswith("batch") else b'{"user_id": "u1"}'
+    r = client.post(route, content=body, headers={"content-type": content_type} if content_type else {})
+    assert r.status_code == 415, r.text
+    got = f"got {content_type!r}" if content_type else "the request has none"
+    assert r.json()["error"] == f"send the body as JSON with the header Content-Type: application/json ({got})"
+
+
+def test_malformed_json_says_where(client):
+    r = client.post(
+        "/v1/retrieve", content=b'{"user_id": "u1",\n  "k": }', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
+    assert r.json()["error"] == (
+        "the body is not valid JSON: Expecting value at line 2 column 8 (character 25); send one JSON object"
+    )
 
 
 def test_body_size_limit(client):

@@ -16,7 +16,9 @@ from redis_server import RedisServer
 from twotower.store import (
     FeatureStore,
     StoreConfig,
+    StoreConfigError,
     StoreError,
+    StoreMissing,
     StoreUnavailable,
     bytes_per_user,
     decode_states,
@@ -24,6 +26,7 @@ from twotower.store import (
     open_store,
 )
 from twotower.store.codec import pack_records, record_bytes, unpack_records
+from twotower.store.deferred import DeferredStore
 from twotower.store.redis_store import RedisStore
 from twotower.store.sqlite import SQLiteStore
 
@@ -271,6 +274,15 @@ def test_overwrite_get_meta_stale_and_delete(make_store):
     assert got.found.tolist() == [False, True] and not got.mismatch.any()
 
 
+def test_has_states_per_version(make_store):
+    store = make_store()
+    assert not store.has_states("m1")
+    put(store, users(3), states(3), "m1")
+    assert store.has_states("m1") and not store.has_states("m2")
+    store.delete(users(3), "m1")
+    assert not store.has_states("m1")  # written once, all deleted: empty again
+
+
 def test_large_requests_and_concurrent_readers(make_store):
     store = make_store(dtype="float16", batch=300)
     x = states(1200, seed=10)
@@ -349,6 +361,54 @@ def test_corrupt_or_foreign_sqlite_file(tmp_path):
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(StoreError, match="is a directory"):
         open_store(tmp_path / "dir.db")
+
+
+def test_reader_never_creates_a_missing_sqlite_store(tmp_path):
+    typo = tmp_path / "typo" / "stats.db"
+    with pytest.raises(StoreMissing, match=r"typo/stats\.db does not exist.*twotower refresh-states"):
+        open_store(f"sqlite:///{typo}", create=False)
+    assert not typo.parent.exists()  # neither the file nor its directory
+    with pytest.raises(StoreConfigError, match="unknown form"):  # a wrong URL is a config error too
+        open_store("states.parquet", create=False)
+    with open_store(tmp_path / "s.db") as writer:  # the writer side still creates
+        put(writer, ["a"], states(1), "m1")
+    with open_store(tmp_path / "s.db", create=False) as reader:
+        assert reader.get_many(["a"], "m1", SHAPE).found.all()
+    sqlite3.connect(tmp_path / "blank.db").close()  # an existing SQLite file without the table
+    with pytest.raises(StoreError, match="no 'states' table"):
+        open_store(tmp_path / "blank.db", create=False)
+
+
+def hold_exclusive_lock(path) -> sqlite3.Connection:
+    """Another writer holding the file (locking_mode=EXCLUSIVE + an open write transaction); close() releases."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+    conn.execute("BEGIN EXCLUSIVE")
+    conn.execute("UPDATE states SET snapshot_ts = snapshot_ts")
+    return conn
+
+
+def test_locked_store_fails_fast_for_readers_and_a_deferred_store_opens_later(tmp_path):
+    path = tmp_path / "s.db"
+    with open_store(path) as writer:
+        put(writer, ["a"], states(1), "m1")
+    lock = hold_exclusive_lock(path)
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(StoreUnavailable, match="locked"):
+            open_store(path, StoreConfig(timeout_s=0.1), create=False)
+        assert time.perf_counter() - t0 < 2.0  # the reader waits timeout_s, not the writer's 5 s
+        deferred = DeferredStore(lambda: open_store(path, StoreConfig(timeout_s=0.1), create=False), str(path))
+        with pytest.raises(StoreUnavailable):
+            deferred.get_many(["a"], "m1", SHAPE)
+        assert not deferred.opened and "locked" in deferred.last_error and deferred.stats["errors"] == 1
+    finally:
+        lock.close()
+    assert deferred.get_many(["a"], "m1", SHAPE).found.all() and deferred.opened and deferred.last_error is None
+    assert deferred.has_states("m1") and deferred.stats["hits"] == 1
+    deferred.close()
+    with pytest.raises(StoreError, match="closed"):
+        deferred.get_many(["a"], "m1", SHAPE)
 
 
 # ---------------------------------------------------------------------------------------------- Redis faults

@@ -198,7 +198,11 @@ def _timestamp(text: str | None) -> int | None:
 
 
 def cmd_refresh_states(args: argparse.Namespace) -> int:
+    from . import config as cfgmod
     from .refresh import refresh_states
+
+    if args.batch < 1:  # before the store is opened (and created)
+        raise cfgmod.ConfigError(f"--batch must be >= 1 users per encoder batch, got {args.batch}; e.g. --batch 512")
     from .store import StoreConfig, open_store
 
     store = open_store(args.store, StoreConfig(dtype=args.dtype))

@@ -21,6 +21,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
     if not (settings.artifacts / "index").is_dir():
         raise SystemExit(f"error: {settings.artifacts} is not an artifact root; run `twotower serve-prepare` first")
+    from .serve.engine import check_serving_store
+
+    check_serving_store(settings.resolved_store_url())  # missing/mistyped store: one error line, exit 2
     import uvicorn
 
     common = dict(host=settings.host, port=settings.port, access_log=False, timeout_graceful_shutdown=30)

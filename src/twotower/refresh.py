@@ -80,8 +80,11 @@ def refresh_states(
     """Encode the stale users of ``run``'s hybrid model as of ``as_of`` (default: after the last event).
 
     ``since``: consider only users whose last event before ``as_of`` is at or after ``since`` (the daily
-    job's "users with new activity"); others are not even looked up in the store.
+    job's "users with new activity"); others are not even looked up in the store. ``batch``: users per encoder
+    forward and per store write, >= 1.
     """
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise RefreshError(f"batch must be a whole number of users >= 1 (e.g. --batch 512), got {batch!r}")
     model, cfg, version = load_model(run, device=device)
     if model.head is None:
         raise RefreshError(

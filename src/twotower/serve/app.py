@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .artifacts import Bundle, load_bundle
 from .batcher import MicroBatcher
 from .context import RequestError, parse_request
-from .engine import Retriever
+from .engine import Retriever, open_serving_store
 from .fastpath import RetrieveFastPath
 from .limits import BodySizeLimit
 from .metrics import Metrics, MetricsMiddleware
@@ -40,6 +40,7 @@ ERRORS = {
     401: {"model": ErrorResponse, "description": "missing bearer token"},
     403: {"model": ErrorResponse, "description": "wrong token"},
     413: {"model": ErrorResponse, "description": "body larger than TWOTOWER_MAX_BODY_BYTES"},
+    415: {"model": ErrorResponse, "description": "body sent without Content-Type: application/json"},
     422: {"model": ErrorResponse, "description": "invalid request; the message names the field and the fix"},
 }
 
@@ -99,15 +100,26 @@ class Service:
         import torch
 
         from ..index.vector_index import _faiss
-        from ..store import open_store
+        from ..store import StoreConfigError
 
         s = self.settings
         torch.set_num_threads(s.torch_threads)
         _faiss().omp_set_num_threads(s.faiss_threads)
+        try:  # a missing store or a wrong URL stops the start; a locked or corrupt one degrades (fallback path)
+            store = await asyncio.to_thread(open_serving_store, s.resolved_store_url())
+        except StoreConfigError as exc:
+            log.error("cannot serve: %s", exc)
+            raise
         bundle = self._preloaded or await asyncio.to_thread(load_bundle, s.artifacts, s.hnsw_ef_search, s.trace_head)
         self._preloaded = None
-        store = open_store(s.resolved_store_url())
         self.retriever = Retriever(bundle, store, self.metrics, retry_s=s.store_retry_s)
+        status = await asyncio.to_thread(self.retriever.check_store)
+        if status == "unavailable":
+            log.warning(
+                "feature store unavailable (%s); serving the fallback path and retrying every %s s",
+                self.retriever.store_error,
+                s.store_retry_s,
+            )
         self.batcher = MicroBatcher(self.retriever.run, s.micro_batch, s.micro_batch_wait_ms / 1000.0)
         _freeze_heap()
         self.metrics.set_versions(bundle.model_version, bundle.index_version)
@@ -158,6 +170,7 @@ class Service:
                     f"Fix or roll back the published artifacts, then reload again. Cause: {self.last_reload_error}",
                 ) from exc
             self.retriever.swap(new)
+            await asyncio.to_thread(self.retriever.check_store)  # warns when the store has no state of the new version
             _freeze_heap()  # the old bundle is freed by refcount once its requests in flight are done
             if announce:
                 self._generation = await asyncio.to_thread(_write_generation, self.settings.artifacts)
@@ -198,10 +211,39 @@ def _json(body: dict, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+def _is_json(content_type: str | None) -> bool:
+    """``application/json`` or ``application/*+json`` (what FastAPI parses as JSON), parameters ignored."""
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+def _json_position(doc: str | bytes, pos: int) -> tuple[int, int]:
+    """1-based (line, column) of character ``pos`` in ``doc``."""
+    doc = doc.decode("utf-8", "replace") if isinstance(doc, bytes) else str(doc)
+    line = doc.count("\n", 0, pos) + 1
+    return line, pos - (doc.rfind("\n", 0, pos) + 1) + 1
+
+
+def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    errors = exc.errors()
+    content_type = request.headers.get("content-type")
+    if any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors) and not _is_json(content_type):
+        # FastAPI does not parse a body without a JSON content type, then reports "not a valid dictionary"
+        got = f"got {content_type[:100]!r}" if content_type else "the request has none"
+        return _json({"error": f"send the body as JSON with the header Content-Type: application/json ({got})"}, 415)
+    bad_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if bad_json is not None:  # its loc is ("body", character offset): say where instead of naming a field "22"
+        loc = tuple(bad_json.get("loc", ()))
+        pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+        line, col = _json_position(exc.body or "", pos)
+        reason = (bad_json.get("ctx") or {}).get("error", "JSON decode error")
+        msg = (
+            f"the body is not valid JSON: {reason} at line {line} column {col} (character {pos}); send one JSON object"
+        )
+        return _json({"error": msg, "detail": [{"loc": "body", "msg": msg, "type": "json_invalid"}]}, 422)
     detail = [
         {"loc": ".".join(str(p) for p in e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in exc.errors()
+        for e in errors
     ]
     summary = "; ".join(f"{d['loc']}: {d['msg']}" for d in detail[:3]) + (" ..." if len(detail) > 3 else "")
     return _json({"error": f"invalid request, change {summary}", "detail": detail}, 422)
@@ -275,13 +317,18 @@ def create_app(settings: ServeSettings | None = None, bundle: Bundle | None = No
 
     @app.get("/readyz", responses={503: {"model": ErrorResponse}})
     async def readyz(svc: ServiceDep) -> Response:
-        """Ready when a bundle whose model, index and item tables agree is loaded (checked at load)."""
+        """Ready when a bundle whose model, index and item tables agree is loaded (checked at load). ``store``:
+        "ok", "unavailable" (requests take the fallback path; ``store_error`` says why) or "empty for model <v>"
+        (no state of the served version: every user is cold-start)."""
         r = svc.retriever
         if r is None:
             return _json({"error": "artifacts are still loading; retry shortly"}, 503)
         b = r.bundle
+        store = r.store_status()
+        if store != "ok":  # probe again: a store filled, unlocked or restarted since shows up without a request
+            store = await asyncio.to_thread(r.check_store)
         return _json({"status": "ready", "model_version": b.model_version, "index_version": b.index_version,
-                      "items": len(b.index), "store": "ok" if r.store_ok else "unavailable",
+                      "items": len(b.index), "store": store, "store_error": r.store_error,
                       "last_reload_error": svc.last_reload_error})  # fmt: skip
 
     @app.get("/metrics")

@@ -113,31 +113,63 @@ def build_artifacts(
     }
 
 
+# Item-feature columns of the built-in MovieLens-1M reader (twotower.data.movielens writes "genre=Comedy",
+# "year=1995", "decade=1990s" tokens directly, so its manifest's item schema lists no columns).
+BUILTIN_ITEM_COLUMNS = {"ml-1m": ("genre", "year", "decade")}
+
+
+def item_feature_columns(manifest: dict, feat_hash: np.ndarray) -> frozenset[str] | None:
+    """Names of the item-table columns the dataset's ``column=value`` feature tokens come from, for validating
+    filters; None when the manifest does not say (the tokens exist but their column names are unknown).
+
+    Sources: ``manifest["item_feature_columns"]`` when recorded, the built-in readers' columns, the prepare
+    config's item schema (``features`` + ``multi_valued``); a dataset without any item feature has none."""
+    if isinstance(manifest.get("item_feature_columns"), list):
+        return frozenset(map(str, manifest["item_feature_columns"]))
+    if manifest.get("dataset") in BUILTIN_ITEM_COLUMNS:
+        return frozenset(BUILTIN_ITEM_COLUMNS[manifest["dataset"]])
+    schema = (manifest.get("config") or {}).get("items") or {}
+    columns = frozenset([*schema.get("features", []), *schema.get("multi_valued", {})])
+    if columns or not np.any(feat_hash):
+        return columns
+    return None
+
+
 @dataclass
 class FeatureIndex:
     """Item-table feature tokens -> items: the (token hash, dense item) pairs of every item, sorted by hash.
 
     The dataset keeps one 64-bit hash per ``"column=value"`` token (``item_feat_hash``), the same hash
     ``prepare`` computed, so a filter value is found by hashing it and a binary search: no string table.
+    ``columns``: the column names tokens come from (see :func:`item_feature_columns`; None = unknown).
     """
 
     keys: np.ndarray  # uint64 [P] sorted token hashes
     items: np.ndarray  # int64 [P] dense item index of each
+    columns: frozenset[str] | None = None
 
     @classmethod
-    def build(cls, feat_hash: np.ndarray) -> FeatureIndex:
+    def build(cls, feat_hash: np.ndarray, columns: frozenset[str] | None = None) -> FeatureIndex:
         """From ``uint64 [N, F]`` token hashes (0 = padding)."""
         rows, cols = np.nonzero(feat_hash)
         keys = feat_hash[rows, cols]
         order = np.argsort(keys, kind="stable")
-        return cls(keys[order], rows[order].astype(np.int64))
+        return cls(keys[order], rows[order].astype(np.int64), columns)
+
+    def _ranges(self, column: str, values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        h = hash64([f"{column}={v}" for v in values], seed=1000 * SALT_FEATURE)
+        return np.searchsorted(self.keys, h, "left"), np.searchsorted(self.keys, h, "right")
 
     def items_with(self, column: str, values: list[str]) -> np.ndarray:
         """Dense items whose ``column`` has any of ``values``: sorted unique int64 [m]."""
-        h = hash64([f"{column}={v}" for v in values], seed=1000 * SALT_FEATURE)
-        lo, hi = np.searchsorted(self.keys, h, "left"), np.searchsorted(self.keys, h, "right")
+        lo, hi = self._ranges(column, values)
         parts = [self.items[a:b] for a, b in zip(lo, hi) if b > a]
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def absent_values(self, column: str, values: list[str]) -> list[str]:
+        """The ``values`` no item has in ``column`` (a typo, or a value of another column)."""
+        lo, hi = self._ranges(column, values)
+        return [v for v, a, b in zip(values, lo, hi) if b == a]
 
     def matching(self, features: dict[str, list[str]]) -> np.ndarray:
         """Items matching every column (AND) with any of its values (OR): sorted int64 [m]."""
@@ -266,6 +298,7 @@ def load_bundle(root: str | Path, ef_search: int | None = None, trace_head: bool
         raise ArtifactError("the dataset's item ids are not unique; re-run `twotower prepare`")
     if ef_search is not None and index.config.backend == "hnsw":
         index.set_search_params(hnsw_ef_search=ef_search)
+    feat_hash = np.asarray(data.item_feat_hash)
     table = ItemTable(
         ids=ids,
         lookup=lookup,
@@ -274,7 +307,7 @@ def load_bundle(root: str | Path, ef_search: int | None = None, trace_head: bool
         feat=np.ascontiguousarray(feat.item_feat),
         num_hashes=cfg.model.num_hashes,
         item_buckets=cfg.model.item_buckets,
-        features=FeatureIndex.build(np.asarray(data.item_feat_hash)),
+        features=FeatureIndex.build(feat_hash, item_feature_columns(data.manifest, feat_hash)),
     )
     actions = {name: i for i, name in enumerate(data.manifest.get("actions", [])[: max(cfg.model.num_actions, 0)])}
     surfaces = {name: i + 1 for i, name in enumerate(data.manifest.get("surfaces", [])) if i < cfg.model.num_surfaces}

@@ -3,6 +3,11 @@
 One :class:`Bundle` reference is read at the start of a batch and used to its end, so a hot swap
 (:meth:`Retriever.swap`) never mixes versions inside a request: requests in flight finish on the old bundle.
 
+The service opens the store read-only (:func:`open_serving_store`): a missing SQLite file is an error at
+start-up, never a new empty store; a store that exists but cannot be opened yet (locked, corrupt) is opened
+later, and the service serves the fallback path meanwhile. A store without a single state of the served model
+version is reported (a warning, and ``"store": "empty for model <v>"`` in ``/readyz``).
+
 Store failures degrade, never fail: a store that is down or too slow makes the batch take the ``fallback``
 path (the head's learned no-state vector), counts a store error and logs a rate-limited warning. The store is
 then skipped for ``retry_s`` seconds (a paused Redis would otherwise add its timeout to every request) and
@@ -19,12 +24,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..store import FeatureStore, StoreError
+from ..store import FeatureStore, StoreConfigError, StoreError, open_store
+from ..store.base import redact_url
+from ..store.deferred import DeferredStore
 from .artifacts import Bundle
 from .context import ParsedRequest, build_context, seen_items, seen_items_batch
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+# Why a filtered request has no item, by (allow-list given, item-feature filter given); sent in ``warnings``.
+EMPTY_FILTER = {
+    (True, False): "no id of filters.allow_item_ids is an item of the served corpus",
+    (False, True): "no item has every requested filters.item_features value",
+    (True, True): "no item is both in filters.allow_item_ids and has the filters.item_features",
+}
 
 
 @dataclass
@@ -36,12 +49,16 @@ class Result:
     path: str
     model_version: str
     index_version: str
+    warnings: list[str] | None = None  # why filters matched little or nothing; only in the body when non-empty
 
     def as_json(self, took_ms: float) -> dict:
         """The ``RetrieveResponse`` body (built directly: no pydantic on the hot path)."""
         items = [{"item_id": i, "score": s} for i, s in zip(self.item_ids.tolist(), self.scores.tolist())]
-        return {"items": items, "model_version": self.model_version, "index_version": self.index_version,
+        body = {"items": items, "model_version": self.model_version, "index_version": self.index_version,
                 "path": self.path, "took_ms": took_ms}  # fmt: skip
+        if self.warnings:
+            body["warnings"] = self.warnings
+        return body
 
 
 class RateLimitedLog:
@@ -62,6 +79,32 @@ class RateLimitedLog:
         self.logger.warning(msg + (f" ({n} similar warnings suppressed)" if n else ""), *args)
 
 
+def open_serving_store(url: str) -> FeatureStore:
+    """The service's side of the store at ``url``. A wrong URL or a missing SQLite file raises
+    :class:`~twotower.store.StoreConfigError` (the service must not start: retrying cannot help). A store that
+    exists but cannot be opened now (locked by another process, corrupt) becomes a :class:`DeferredStore` that
+    is opened on a later request: the service starts, serves the fallback path and reports the store as
+    unavailable until then."""
+    try:
+        return open_store(url, create=False)
+    except StoreConfigError:
+        raise
+    except StoreError as exc:  # the caller logs it (Service.start) and /readyz reports it
+        return DeferredStore(lambda: open_store(url, create=False), redact_url(url), last_error=str(exc))
+
+
+def check_serving_store(url: str) -> None:
+    """Raise :class:`~twotower.store.StoreConfigError` when the service would refuse to start on ``url`` (a wrong
+    URL, a missing SQLite file); other store failures pass (the service starts on the fallback path). For the
+    CLI, so that a typo is one error line before any worker process starts."""
+    try:
+        open_store(url, create=False).close()
+    except StoreConfigError:
+        raise
+    except StoreError:
+        pass
+
+
 class Retriever:
     """Runs batches of requests against the current bundle and a feature store."""
 
@@ -72,12 +115,47 @@ class Retriever:
         self.retry_s = retry_s
         self._skip_store_until = 0.0
         self._warn = RateLimitedLog(log)
-        self.store_ok = True
+        self.store_ok = not isinstance(store, DeferredStore)
+        self.store_error: str | None = getattr(store, "last_error", None)  # the last failure, for /readyz
+        self.empty_for: str | None = None  # a model version the store holds no state of (see check_store)
 
     def swap(self, bundle: Bundle) -> Bundle:
         """Serve ``bundle`` from the next batch on (one reference assignment: atomic); returns the old one."""
         old, self.bundle = self.bundle, bundle
         return old
+
+    def store_status(self) -> str:
+        """What ``/readyz`` reports: "ok", "unavailable" or "empty for model <v>" (no state of the served version:
+        every user gets the cold-start path)."""
+        if not self.store_ok:
+            return "unavailable"
+        if self.empty_for is not None and self.empty_for == self.bundle.model_version:
+            return f"empty for model {self.empty_for}"
+        return "ok"
+
+    def check_store(self) -> str:
+        """Probe the store for the served model version (one cheap existence query; opens a deferred store) and
+        return :meth:`store_status`. Warns once per version when the store holds none of its states."""
+        version = self.bundle.model_version
+        try:
+            has = self.store.has_states(version)
+        except StoreError as exc:
+            self.store_ok, self.store_error = False, str(exc)
+            return self.store_status()
+        self.store_ok, self.store_error = True, None
+        if has:
+            self.empty_for = None
+        elif self.empty_for != version:
+            self.empty_for = version
+            log.warning(
+                "feature store %r holds no state for model %s: every user gets the cold_start path; fill it "
+                "with `twotower refresh-states --run ARTIFACTS/models/%s --store URL` (or serve-prepare), or "
+                "point TWOTOWER_STORE_URL at the store that has them",
+                self.store,
+                version,
+                version,
+            )
+        return self.store_status()
 
     def _lookup(self, bundle: Bundle, user_ids: list[str]):
         """(states float32 [B, T, D], found bool [B], mismatch bool [B], snapshot_ts, last_event_ts, store_ok)."""
@@ -89,11 +167,13 @@ class Retriever:
                 sb = self.store.get_many(list(uniq), bundle.model_version, (T, D))
             except StoreError as exc:  # StoreUnavailable, or a backend error: degrade, do not fail the request
                 self._skip_store_until = now + self.retry_s
-                self.store_ok = False
+                self.store_ok, self.store_error = False, str(exc)
                 self.metrics.store_errors.inc()
                 self._warn.warning("feature store failed (%s); serving the fallback path", exc)
             else:
-                self.store_ok = True
+                self.store_ok, self.store_error = True, None
+                if self.empty_for is not None and sb.found.any():
+                    self.empty_for = None  # filled since the last check
                 return (sb.states[inverse], sb.found[inverse], sb.mismatch[inverse], sb.snapshot_ts[inverse],
                         sb.last_event_ts[inverse], True)  # fmt: skip
         none = np.zeros(B, bool)
@@ -134,17 +214,29 @@ class Retriever:
             for j, b in enumerate(plain):
                 keep = ids[j, : reqs[b].k] >= 0
                 found[b] = ids[j, : reqs[b].k][keep], scores[j, : reqs[b].k][keep]
+        warnings = [list(r.warnings or ()) for r in reqs]
         for b, r in enumerate(reqs):
             if b not in found:
-                found[b] = self._search(bundle, q[b : b + 1], r)
+                ids, scores, why_empty = self._search(bundle, q[b : b + 1], r)
+                found[b] = ids, scores
+                if why_empty:
+                    warnings[b].append(why_empty)
         return [
-            Result(bundle.items.ids[found[b][0]], found[b][1], paths[b], bundle.model_version, bundle.index_version)
+            Result(
+                bundle.items.ids[found[b][0]],
+                found[b][1],
+                paths[b],
+                bundle.model_version,
+                bundle.index_version,
+                warnings[b],
+            )
             for b in range(len(reqs))
         ]
 
     @staticmethod
-    def _search(bundle: Bundle, q: np.ndarray, r: ParsedRequest) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k for one query [1, D] with its seen items excluded inside the index search."""
+    def _search(bundle: Bundle, q: np.ndarray, r: ParsedRequest) -> tuple[np.ndarray, np.ndarray, str | None]:
+        """Top-k for one query [1, D] with its seen items excluded inside the index search:
+        (dense ids int64 [K'], scores float32 [K'], why the answer is empty or None)."""
         allow = None
         if r.allow is not None:
             allow = bundle.items.dense(r.allow)
@@ -153,8 +245,12 @@ class Retriever:
             by_feature = bundle.items.features.matching(r.features)
             allow = by_feature if allow is None else np.intersect1d(allow, by_feature)
         if allow is not None and not len(allow):
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            why = EMPTY_FILTER[r.allow is not None, r.features is not None]
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), why
         ex = seen_items(bundle, r)
         scores, ids = bundle.index.search(q, r.k, exclude=[ex] if len(ex) else None, allow=allow)
         keep = ids[0] >= 0
-        return ids[0][keep], scores[0][keep]
+        why = None
+        if not keep.any():
+            why = "every item that passes the filters is excluded (sent in recent_events or exclude_item_ids)"
+        return ids[0][keep], scores[0][keep], why

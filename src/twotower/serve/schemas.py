@@ -52,14 +52,17 @@ class Filters(_Strict):
     """Restrictions on the returned items."""
 
     allow_item_ids: list[ItemId] | None = Field(
-        None, max_length=MAX_IDS, description="return only these items (unknown ids are ignored)"
+        None,
+        max_length=MAX_IDS,
+        description="return only these items (ids not in the served corpus are ignored and named in `warnings`)",
     )
     item_features: dict[FeatureName, Annotated[list[FeatureValue], Field(min_length=1, max_length=MAX_IDS)]] | None = (
         Field(
             None,
             max_length=32,
             description="return only items that have, for every named item-table column, one of the listed "
-            'values (e.g. {"genre": ["Comedy", "Drama"]}); values no item has match nothing',
+            'values (e.g. {"genre": ["Comedy", "Drama"]}); a column the dataset does not have is a 422 naming the '
+            "known ones; values no item has match nothing and are named in `warnings`",
             examples=[{"genre": ["Comedy", "Drama"]}],
         )
     )
@@ -107,7 +110,7 @@ class ScoredItem(BaseModel):
 
 class RetrieveResponse(BaseModel):
     """``path``: "cached" (stored state), "cold_start" (no state for this user), "fallback" (the store is down
-    or holds another model version's state; the head ran without a state)."""
+    or holds another model version's state; the head ran without a state). ``warnings``: see the field."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -128,6 +131,11 @@ class RetrieveResponse(BaseModel):
     index_version: str
     path: Literal["cached", "cold_start", "fallback"]
     took_ms: float
+    warnings: list[str] | None = Field(
+        None,
+        description="only when part of the request matched nothing: allow-list ids that are not items, item-feature "
+        "values no item has, or why the filters left no item; each names what to check",
+    )
 
 
 class BatchResponse(BaseModel):

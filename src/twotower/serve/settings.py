@@ -29,7 +29,9 @@ class UnsafeSettings(ValueError):
 class ServeSettings(BaseSettings):
     """Everything the online service reads at start-up. Environment: ``TWOTOWER_<FIELD>`` (upper case)."""
 
-    model_config = SettingsConfigDict(env_prefix="TWOTOWER_", extra="ignore")
+    # hide_input_in_errors: a refused setting must not print the inputs (the admin token, a store URL with a
+    # password) into logs and terminals; the messages name the variable and the fix instead.
+    model_config = SettingsConfigDict(env_prefix="TWOTOWER_", extra="ignore", hide_input_in_errors=True)
 
     artifacts: Path = Field(Path("artifacts"), description="artifact root (see twotower.serve.artifacts)")
     store_url: str | None = Field(None, description="feature store URL; default sqlite:///ARTIFACTS/states.db")

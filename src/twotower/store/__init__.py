@@ -1,13 +1,24 @@
 """Feature store for cached offline user states: one protocol, SQLite (embedded) and Redis backends."""
 
-from .base import FeatureStore, StateBatch, StoreConfig, StoreError, StoreUnavailable, open_store
+from .base import (
+    FeatureStore,
+    StateBatch,
+    StoreConfig,
+    StoreConfigError,
+    StoreError,
+    StoreMissing,
+    StoreUnavailable,
+    open_store,
+)
 from .codec import bytes_per_user, decode_states, encode_states
 
 __all__ = [
     "FeatureStore",
     "StateBatch",
     "StoreConfig",
+    "StoreConfigError",
     "StoreError",
+    "StoreMissing",
     "StoreUnavailable",
     "bytes_per_user",
     "decode_states",

@@ -18,7 +18,9 @@ MULTI/EXEC transactions of ``StoreConfig.batch`` users; every record is self-con
 either a user's old or new state, and re-running a failed call is idempotent.
 
 **Failures.** A backend that is down or too slow raises :class:`StoreUnavailable` within about
-``StoreConfig.timeout_s``, never hangs; the caller serves the cold-start path instead.
+``StoreConfig.timeout_s``, never hangs; the caller serves the cold-start path instead. A wrong URL or, for a
+reader (``open_store(url, create=False)``: the service), a SQLite file that does not exist raises
+:class:`StoreConfigError` / :class:`StoreMissing`: waiting cannot fix those.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -48,6 +50,16 @@ class StoreError(RuntimeError):
 
 class StoreUnavailable(StoreError):
     """The backend is down, unreachable or too slow: serve the cold-start path instead."""
+
+
+class StoreConfigError(StoreError):
+    """The store URL or its settings are wrong (unknown form or parameter, a directory, a missing file): waiting
+    and retrying cannot help, so the service refuses to start; the message names the fix."""
+
+
+class StoreMissing(StoreConfigError):
+    """A reader was pointed at a store that does not exist (e.g. a mistyped SQLite path); the service refuses to
+    start instead of serving every user cold-start from a new, empty store."""
 
 
 @dataclass
@@ -119,6 +131,10 @@ class FeatureStore(Protocol):
 
     def count(self, model_version: str) -> int:
         """Number of states stored for ``model_version``."""
+        ...
+
+    def has_states(self, model_version: str) -> bool:
+        """Whether at least one state of ``model_version`` is stored (cheaper than ``count``)."""
         ...
 
     def versions(self) -> dict[str, int]:
@@ -236,24 +252,45 @@ _QUERY_FIELDS = {"namespace": ("namespace", str), "ttl": ("ttl_s", int), "dtype"
                  "timeout": ("timeout_s", float), "batch": ("batch", int)}  # fmt: skip
 
 
+def redact_url(url: str) -> str:
+    """The URL without its password (``redis://:***@host:6379/0``), for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is not None:
+            host = parts.hostname or ""
+            netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+            return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:  # unparsable, e.g. a bad port
+        pass
+    return re.sub(r":[^:/@]*@", ":***@", url)  # a malformed URL (e.g. "redis//:pw@host") may still hold one
+
+
 def _apply_query(url: str, query: str, config: StoreConfig) -> StoreConfig:
+    url = redact_url(url)  # named in errors
     changes = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in _QUERY_FIELDS:
-            raise StoreError(f"unknown store URL parameter {key!r} in {url!r}; valid ones: {sorted(_QUERY_FIELDS)}")
+            raise StoreConfigError(
+                f"unknown store URL parameter {key!r} in {url!r}; valid ones: {sorted(_QUERY_FIELDS)}"
+            )
         field, kind = _QUERY_FIELDS[key]
         try:
             changes[field] = kind(value)
         except ValueError as exc:
-            raise StoreError(f"store URL parameter {key}={value!r} in {url!r} is not a valid {kind.__name__}") from exc
+            raise StoreConfigError(
+                f"store URL parameter {key}={value!r} in {url!r} is not a valid {kind.__name__}"
+            ) from exc
     try:
         return dataclasses.replace(config, **changes)
     except ValueError as exc:
-        raise StoreError(f"store URL {url!r}: {exc}") from exc
+        raise StoreConfigError(f"store URL {url!r}: {exc}") from exc
 
 
-def open_store(url: str, config: StoreConfig | None = None) -> FeatureStore:
+def open_store(url: str, config: StoreConfig | None = None, create: bool = True) -> FeatureStore:
     """Open the store at ``url``; URL query parameters override ``config``.
+
+    ``create=False`` is for readers (the service): a missing SQLite file raises :class:`StoreMissing` instead
+    of being created empty. Redis has nothing to create; the flag does not apply to it.
 
     Accepted forms: ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, a bare path ending ``.db``,
     ``.sqlite`` or ``.sqlite3``, and ``redis://[:password@]host:port/db?namespace=tt&ttl=86400&dtype=int8&
@@ -267,10 +304,10 @@ def open_store(url: str, config: StoreConfig | None = None) -> FeatureStore:
 
         path = base[len("sqlite:///") :] if base.startswith("sqlite:///") else base
         if not path or path == ":memory:":
-            raise StoreError(f"store URL {url!r} names no file; use e.g. sqlite:///runs/states.db")
-        return SQLiteStore(Path(path), _apply_query(url, query, config))
+            raise StoreConfigError(f"store URL {url!r} names no file; use e.g. sqlite:///runs/states.db")
+        return SQLiteStore(Path(path), _apply_query(url, query, config), create=create)
     if base.startswith(("redis://", "rediss://")):
         from .redis_store import RedisStore
 
         return RedisStore(base, _apply_query(url, query, config))
-    raise StoreError(f"cannot open feature store {url!r}: unknown form; accepted: {URL_FORMS}")
+    raise StoreConfigError(f"cannot open feature store {redact_url(url)!r}: unknown form; accepted: {URL_FORMS}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -38,6 +37,7 @@ from .base import (
     check_put,
     check_shape,
     chunks,
+    redact_url,
 )
 from .codec import HEADER_BYTES, pack_records, read_headers, unpack_records, version_matches
 
@@ -52,16 +52,6 @@ def _import_redis():
     return redis
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 class RedisStore(StoreBase):
     """Feature store on the Redis server at ``url`` (``redis://[:password@]host:port/db``); connects lazily."""
 
@@ -71,7 +61,7 @@ class RedisStore(StoreBase):
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        self.url = _redact(url)
+        self.url = redact_url(url)  # for messages and logs: no password
         timeout = self.config.timeout_s
         # No retries: a down server must fail within ~timeout_s so the caller can serve the cold-start path.
         self.client = redis.Redis.from_url(
@@ -219,6 +209,16 @@ class RedisStore(StoreBase):
         check_name(model_version, "model_version")
         with self._guard("count"):
             return sum(len(keys) for keys in self._scan(model_version))
+
+    def has_states(self, model_version: str) -> bool:
+        """Whether a state of ``model_version`` exists: the set of written versions first (O(1)), then SCAN up to
+        the first key (O(all keys) only when every state of a written version has expired or been deleted)."""
+        check_name(model_version, "model_version")
+        with self._guard("has_states"):
+            if not self.client.sismember(self._versions_key, model_version):
+                return False
+            pattern = f"{self.config.namespace}:s:{model_version}:*"
+            return next(iter(self.client.scan_iter(match=pattern, count=1000)), None) is not None
 
     def versions(self) -> dict[str, int]:
         """``{model_version: number of states}`` for the versions that still have states."""

@@ -12,7 +12,8 @@ Settings: WAL journal (readers never block the writer nor each other), ``synchro
 lose the last transactions but never corrupts the file; the refresh job can redo them), 16 KiB pages for new
 files (WITHOUT ROWID tables want rows well under 1/20 of a page). ``put_many`` and ``delete`` are one
 ``BEGIN IMMEDIATE`` transaction each; reads run in a read transaction, so a read sees one consistent snapshot.
-Each thread gets its own connection (the service calls ``get_many`` from a thread pool).
+Each thread gets its own connection (the service calls ``get_many`` from a thread pool). The service opens
+the file as a reader (``create=False``: ``mode=rw``, never created, lock waits of ``timeout_s``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from .base import (
     StateBatch,
     StoreBase,
     StoreConfig,
+    StoreConfigError,
     StoreError,
+    StoreMissing,
     StoreUnavailable,
     check_ids,
     check_name,
@@ -66,33 +69,63 @@ def _in(n: int) -> str:
 
 
 class SQLiteStore(StoreBase):
-    """Feature store in the SQLite file ``path`` (created with its parent directories if missing)."""
+    """Feature store in the SQLite file ``path``.
 
-    def __init__(self, path: str | Path, config: StoreConfig | None = None) -> None:
+    ``create=True`` (writers: the refresh job, ``serve-prepare``): a missing file is created with its parent
+    directories. ``create=False`` (readers: the service): the file must exist and hold the table, so a typo
+    in the path is an error instead of a new, empty store that serves every user cold-start; reads also give
+    up after ``config.timeout_s`` on a locked file instead of waiting 5 s per request.
+    """
+
+    def __init__(self, path: str | Path, config: StoreConfig | None = None, create: bool = True) -> None:
         super().__init__(config or StoreConfig())
         if self.config.ttl_s:
-            raise StoreError(
+            raise StoreConfigError(
                 f"StoreConfig.ttl_s={self.config.ttl_s} is Redis-only; with SQLite set ttl_s=0 and expire old "
                 "states with stale_users() + delete()"
             )
         self.path = Path(path)
+        self.create = create
         if self.path.is_dir():
-            raise StoreError(f"store path {self.path} is a directory; name a file such as {self.path}/states.db")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+            raise StoreConfigError(f"store path {self.path} is a directory; name a file such as {self.path}/states.db")
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_file():
+            raise StoreMissing(
+                f"feature store {self.path} does not exist (the service never creates one: a typo would serve "
+                f"every user cold-start); fill it with `twotower refresh-states --run RUN --store "
+                f"sqlite:///{self.path}` (or `twotower serve-prepare`), or point --store / TWOTOWER_STORE_URL at "
+                "the existing file"
+            )
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
+        try:
+            self._check_table()
+        except BaseException:
+            self.close()  # no connection left open behind a refused store
+            raise
+
+    def _check_table(self) -> None:
+        """Create (writers only) and check the ``states`` table and its index."""
         with self._guard("open"):
             conn = self._conn()
-            conn.execute(SCHEMA)
+            if self.create:
+                conn.execute(SCHEMA)
             cols = tuple(row[1] for row in conn.execute("PRAGMA table_info(states)"))
+            if not cols:
+                raise StoreError(
+                    f"{self.path} has no 'states' table: it is not a twotower feature store; fill it with "
+                    "`twotower refresh-states` or point the store URL at the right file"
+                )
             if cols != COLUMNS:
                 raise StoreError(
                     f"{self.path} has a 'states' table with columns {list(cols)}, not a twotower feature store "
                     f"({list(COLUMNS)}); point the store URL at another file"
                 )
-            conn.execute(INDEX)
+            if self.create:
+                conn.execute(INDEX)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -102,9 +135,10 @@ class SQLiteStore(StoreBase):
             raise StoreError(f"feature store {self.path} is closed; open it again with open_store()")
         # Autocommit mode (isolation_level=None): transactions are explicit below. check_same_thread=False only
         # so that close() may close every thread's connection; each connection is used by its own thread.
-        conn = sqlite3.connect(
-            self.path, timeout=max(5.0, self.config.timeout_s), isolation_level=None, check_same_thread=False
-        )
+        # A reader opens with mode=rw, which never creates the file (nor its parent directories).
+        target, uri = (self.path, False) if self.create else (f"{self.path.resolve().as_uri()}?mode=rw", True)
+        timeout = max(5.0, self.config.timeout_s) if self.create else self.config.timeout_s
+        conn = sqlite3.connect(target, timeout=timeout, isolation_level=None, check_same_thread=False, uri=uri)
         try:
             conn.execute("PRAGMA page_size=16384")  # only takes effect on a new, empty file
             conn.execute("PRAGMA journal_mode=WAL")
@@ -237,6 +271,13 @@ class SQLiteStore(StoreBase):
         check_name(model_version, "model_version")
         with self._transaction("count", write=False) as conn:
             return conn.execute("SELECT COUNT(*) FROM states WHERE model_version = ?", (model_version,)).fetchone()[0]
+
+    def has_states(self, model_version: str) -> bool:
+        """Whether at least one state of ``model_version`` is stored (one index probe)."""
+        check_name(model_version, "model_version")
+        with self._transaction("has_states", write=False) as conn:
+            q = "SELECT 1 FROM states WHERE model_version = ? LIMIT 1"
+            return conn.execute(q, (model_version,)).fetchone() is not None
 
     def versions(self) -> dict[str, int]:
         """``{model_version: number of states}``."""
