@@ -363,3 +363,10 @@ def test_empty_splits_are_warned_about(tmp_path, caplog):
         m = build(_events(users, ["a"] * 40, [1000] * 40), None, None, PrepareConfig(), tmp_path / "same")
     assert m["split_sizes"]["time"] == {"train": 0, "valid": 0, "test": 40}
     assert "split time (global time split): train and validation are empty" in caplog.text
+
+
+@pytest.mark.parametrize("field", ["max_item_features", "max_user_features"])
+def test_feature_limits_must_be_counts(field):
+    with pytest.raises(ValueError, match=rf"{field} must be an integer >= 0"):
+        prep.PrepareConfig(**{field: -1})
+    assert getattr(prep.PrepareConfig(**{field: 0}), field) == 0

@@ -101,6 +101,10 @@ class PrepareConfig:
             and self.time_valid_frac + self.time_test_frac < 1
         ):
             raise ValueError("time_valid_frac + time_test_frac must be < 1 and time_test_frac > 0")
+        for name in ("max_item_features", "max_user_features"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0 = no features), got {v!r}")
 
 
 class _Vocab:
