@@ -51,7 +51,8 @@ def cmd_serve_prepare(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {exc}") from exc
     print(
         f"artifact root {res['root']}: model {res['model_version']}, index {res['index_version']} "
-        f"(recall@100 {res['recall']['recall@100']:.4f}), {res['states_written']:,} states -> {res['store_url']}"
+        f"(recall@100 {res['recall']['recall@100']:.4f}), {res['states_written']:,} user states written "
+        f"-> {res['store_url']}"
     )
     return 0
 

@@ -102,7 +102,13 @@ def build_artifacts(
     report = refresh_states(root / "models" / version, url, as_of=as_of, progress=progress)
     config = index_config or IndexConfig(backend=backend)
     published = build_and_publish(emb_dir, root / "index", config, recall_floor=recall_floor)
-    log.info("artifact root %s: model %s, index %s, %d states", root, version, published["version"], report.encoded)
+    log.info(
+        "artifact root %s: model %s, index %s, %d user states written (fresh ones kept)",
+        root,
+        version,
+        published["version"],
+        report.encoded,
+    )
     return {
         "root": str(root),
         "model_version": version,
