@@ -370,3 +370,22 @@ def test_feature_limits_must_be_counts(field):
     with pytest.raises(ValueError, match=rf"{field} must be an integer >= 0"):
         prep.PrepareConfig(**{field: -1})
     assert getattr(prep.PrepareConfig(**{field: 0}), field) == 0
+
+
+def test_a_damaged_dataset_is_a_clear_error_at_load(synth_data, tmp_path):
+    """A truncated array or items table was an IndexError deep in training / an ArrowInvalid in evaluate."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    item = np.load(data / "event_item.npy")
+    np.save(data / "event_item.npy", item[:-3])
+    with pytest.raises(prep.DataError, match=r"event_item.npy has .* rows, the manifest says"):
+        SequenceData.load(data)
+    np.save(data / "event_item.npy", item)
+    (data / "event_ts.npy").write_bytes((data / "event_ts.npy").read_bytes()[:100])
+    with pytest.raises(prep.DataError, match="event_ts.npy is unreadable"):
+        SequenceData.load(data)
+    shutil.copy(synth_data / "event_ts.npy", data / "event_ts.npy")
+    ds = SequenceData.load(data)
+    (data / "items.parquet").write_bytes(b"not parquet")
+    with pytest.raises(prep.DataError, match="items.parquet is unreadable"):
+        ds.item_ids()

@@ -224,3 +224,15 @@ def test_empty_author_and_feature_cells_are_no_value(tmp_path):
     t = read_items(p, ItemSchema(author_id="author", features=["lang"]))
     assert t.column("author_id").to_pylist() == ["007", None, None]
     assert t.column("features").to_pylist() == [["lang=en"], [], ["lang=fr"]]
+
+
+@pytest.mark.parametrize(
+    "column,schema,says",
+    [("click", LogSchema(actions=["click"]), "0/1 actions, found 'yes' at data row 2"),
+     ("weight", LogSchema(weight="weight"), "numeric weights, found 'yes' at data row 2")],
+)  # fmt: skip
+def test_text_in_a_numeric_column_names_the_value_and_row(tmp_path, column, schema, says):
+    """'yes' in an action or weight column was an ArrowInvalid traceback."""
+    p = write(tmp_path, f"user_id,item_id,timestamp,{column}\n1,a,1,1\n1,b,2,yes\n")
+    with pytest.raises(DataError, match=says):
+        read_log(p, schema)

@@ -23,6 +23,27 @@ _ARRAYS = ARRAY_NAMES
 SPLITS = {"train": SPLIT_TRAIN, "valid": SPLIT_VALID, "test": SPLIT_TEST}
 
 
+def _check_lengths(root: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Every array's first axis against the manifest's counts: a truncated or swapped file is a clear error
+    here rather than an IndexError deep in training."""
+    try:
+        rows = {
+            "event": int(manifest["num_events"]),
+            "user": int(manifest["num_users"]),
+            "item": int(manifest["num_items"]),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{root}/manifest.json lacks the dataset's counts ({exc}); re-run `twotower prepare`") from exc
+    for name, a in arrays.items():
+        kind = "event" if name.startswith(("event_", "split_")) else "item" if name.startswith("item_") else "user"
+        want = rows[kind] + (name == "user_offsets")
+        if len(a) != want:
+            raise DataError(
+                f"{root}/{name}.npy has {len(a):,} rows, the manifest says {want:,} ({kind}s); the dataset is "
+                "damaged, re-run `twotower prepare`"
+            )
+
+
 @dataclass
 class SequenceData:
     """Arrays of a prepared dataset (see :mod:`twotower.data.prepare` for shapes)."""
@@ -60,7 +81,11 @@ class SequenceData:
             f = root / f"{name}.npy"
             if not f.is_file():
                 raise DataError(f"{root} lacks {f.name}; the dataset is incomplete, re-run `twotower prepare`")
-            arrays[name] = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
+            try:
+                arrays[name] = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
+            except (OSError, ValueError) as exc:  # truncated or not an array file
+                raise DataError(f"{f} is unreadable ({exc}); re-run `twotower prepare`") from exc
+        _check_lengths(root, manifest, arrays)
         return cls(root=root, manifest=manifest, **arrays)
 
     # --- sizes -----------------------------------------------------------------------------------------
@@ -96,15 +121,22 @@ class SequenceData:
 
     def item_id_column(self) -> pa.ChunkedArray:
         """The item id strings as Arrow [N] (no Python objects yet: convert in slices where that matters)."""
-        col = pq.read_table(self.root / "items.parquet", columns=["item_id"]).column(0)
+        col = self._side_column("items.parquet", "item_id")
         return col if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) else col.cast(pa.string())
 
     def user_ids(self) -> np.ndarray:
-        return pq.read_table(self.root / "users.parquet", columns=["user_id"]).column(0).to_numpy(zero_copy_only=False)
+        return self._side_column("users.parquet", "user_id").to_numpy(zero_copy_only=False)
 
     def item_train_counts(self, scheme: str) -> np.ndarray:
         """Training-split interaction count per item, int64 [N] (popularity, exact logQ)."""
-        return pq.read_table(self.root / "items.parquet", columns=[f"count_train_{scheme}"]).column(0).to_numpy()
+        return self._side_column("items.parquet", f"count_train_{scheme}").to_numpy()
+
+    def _side_column(self, file: str, column: str) -> pa.ChunkedArray:
+        """One column of the dataset's items / users table; a damaged file is a DataError naming it."""
+        try:
+            return pq.read_table(self.root / file, columns=[column]).column(0)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"{self.root / file} is unreadable ({exc}); re-run `twotower prepare`") from exc
 
     # --- examples --------------------------------------------------------------------------------------
     def user_of_event(self) -> np.ndarray:

@@ -404,6 +404,22 @@ def _parse_timestamp(col: pa.Array | pa.ChunkedArray, name: str, path: str | Pat
     )
 
 
+def _as_numbers(col: pa.Array, name: str, path: Path, row0: int, want: str, fill: float) -> np.ndarray:
+    """A numeric (or numeric-text) column -> float64 [R] with ``fill`` for empty cells; text that is no number
+    is a DataError naming the first such value and its data row (``want`` says what the column must hold)."""
+    try:
+        return col.cast(pa.float64()).fill_null(fill).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        for i, v in enumerate(col.to_pylist()):
+            try:
+                float(v if v is not None else 0)
+            except (TypeError, ValueError):
+                raise DataError(
+                    f"{path}: column {name!r} must hold {want}, found {v!r} at data row {row0 + i + 1}"
+                ) from None
+        raise DataError(f"{path}: column {name!r} ({col.type}) must hold {want}") from None
+
+
 def _normalise(
     batch: pa.RecordBatch,
     schema: LogSchema,
@@ -422,7 +438,7 @@ def _normalise(
     for bit, name in enumerate(schema.actions):
         col = batch.column(name)
         vals = (
-            col.cast(pa.float64()).fill_null(0).to_numpy()
+            _as_numbers(col, name, path, row0, "0/1 actions", fill=0.0)
             if not pa.types.is_boolean(col.type)
             else (col.fill_null(False).to_numpy(zero_copy_only=False).astype(np.float64))
         )
@@ -434,7 +450,8 @@ def _normalise(
         actions |= (vals.astype(np.uint8) << bit).astype(np.uint8)
     surface = batch.column(schema.surface).cast(pa.string()) if schema.surface else pa.nulls(n, pa.string())
     if schema.weight:
-        weight = batch.column(schema.weight).cast(pa.float32()).fill_null(1.0).to_numpy()
+        weight = _as_numbers(batch.column(schema.weight), schema.weight, path, row0, "numeric weights", fill=1.0)
+        weight = weight.astype(np.float32)
         if not (np.isfinite(weight).all() and (weight >= 0).all()):
             raise DataError(f"{path}: column {schema.weight!r} must hold finite, non-negative weights")
     else:
