@@ -288,6 +288,13 @@ def test_leftovers_of_a_killed_run_are_removed(tiny_files, tiny_data, caplog):
     assert not old.exists() and not tmp.exists() and (odd / "thesis.tex").exists()
     assert f"removing {old}, the previous dataset of an earlier prepare that was killed" in caplog.text
     assert f"leaving {odd} alone" in caplog.text
+    # a kept leftover under this very process's pid neither blocks the next run nor is deleted by it
+    mine = parent / f".prepared.old-{os.getpid()}"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("not ours either")
+    prepare_files(tiny_files["log"], tiny_data, tiny_config())
+    assert (mine / "thesis.tex").read_text() == "not ours either"
+    assert (tiny_data / "manifest.json").is_file()
 
 
 def _events(users, items, ts, surfaces=None):

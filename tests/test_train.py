@@ -180,6 +180,20 @@ def test_fresh_training_refuses_a_directory_holding_a_run(synth_data, tmp_path):
     with pytest.raises(OutputError, match="holds no twotower run"):
         Trainer(data, cfg, other, overwrite=True)
     assert (other / "notes.txt").read_text() == "keep me"
+    # a project folder that happens to have a checkpoints/ directory is not a run: --overwrite refuses it
+    (other / "checkpoints").mkdir()
+    (other / "checkpoints" / "resnet.pt").write_text("weights")
+    with pytest.raises(OutputError, match=r"holds more than a twotower run \(checkpoints/resnet.pt, notes.txt\)"):
+        Trainer(data, cfg, other, overwrite=True)
+    assert (other / "notes.txt").is_file() and (other / "checkpoints" / "resnet.pt").is_file()
+    # and a run directory that contains the dataset itself is never cleared
+    import shutil
+
+    shutil.copytree(synth_data, run / "data_inside")
+    (run / "data_inside").rename(run / "eval_data.json")  # even under a name a run writes
+    with pytest.raises(OutputError, match="contains the dataset"):
+        Trainer(SequenceData.load(run / "eval_data.json"), cfg, run, overwrite=True)
+    assert (run / "eval_data.json" / "manifest.json").is_file()
 
 
 def test_resume_uses_the_saved_config_and_refuses_changes_that_alter_training(synth_data, tmp_path):

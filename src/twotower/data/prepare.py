@@ -40,6 +40,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -555,7 +556,7 @@ def _check_out(out: Path, inputs: Iterable[str | Path | None] = ()) -> None:
 
 def _remove_leftovers(out: Path) -> None:
     """Delete the temporary and moved-aside directories an earlier, killed prepare left beside ``out``."""
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)")
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)(-\w+)?")
     for path in out.parent.iterdir():
         match = pattern.fullmatch(path.name)
         if not match or not path.is_dir() or _alive(int(match[2])):
@@ -590,9 +591,10 @@ def _write_atomic(out: Path, arrays: dict[str, np.ndarray], tables: dict[str, pa
     out = Path(os.path.abspath(out))  # "out/.." and "." have a real name and parent
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    tmp.mkdir()
+    # fresh names (a kept leftover of our pid must neither block nor be deleted by this run)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is an ordinary directory
     try:
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
@@ -604,7 +606,7 @@ def _write_atomic(out: Path, arrays: dict[str, np.ndarray], tables: dict[str, pa
             os.replace(out, old)
         os.replace(tmp, out)
     except BaseException:
-        if old.exists() and not out.exists():  # stopped between the renames: the new dataset is complete
+        if not out.exists() and any(old.iterdir()):  # stopped between the renames: the new dataset is complete
             try:
                 os.replace(tmp, out)
             except OSError:

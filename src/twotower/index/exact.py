@@ -23,6 +23,7 @@ Hand-written because no library offers it on CPU: FAISS's own CPU brute force is
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -38,6 +39,21 @@ DEFAULT_BLOCK = 2048
 # scan; a single query is memory-bound and FAISS's scan reads the vectors fastest (benchmarks/ann.py).
 FUSED_MIN_BATCH = 2
 PANEL = 16  # queries per register block of the fused kernel (two 8-float AVX registers)
+
+
+_POOL: tuple[ThreadPoolExecutor, int] | None = None  # one long-lived pool (and its size) for the fused scans
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A shared pool of at least ``threads`` workers (grown, never shrunk): a new pool per search cost ~1 ms."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[1] < threads:
+            old, _POOL = _POOL, (ThreadPoolExecutor(threads, thread_name_prefix="fused-topk"), threads)
+            if old is not None:
+                old[0].shutdown(wait=False)  # searches still running on it finish
+        return _POOL[0]
 
 
 def fused_available() -> bool:
@@ -143,9 +159,8 @@ def fused_topk(
     elif P >= threads:  # disjoint panels per thread, each over every row
         buf = buffers()
         cuts = np.linspace(0, P, threads + 1).round().astype(int)
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda t: _fused_topk.scan(v, N, D, packed, cuts[t], cuts[t + 1], k, *buf, dead_u8),
-                          range(threads)))  # fmt: skip
+        list(_pool(threads).map(lambda t: _fused_topk.scan(v, N, D, packed, cuts[t], cuts[t + 1], k, *buf, dead_u8),
+                                range(threads)))  # fmt: skip
         hv, hl = collect(buf)
     else:  # disjoint row ranges per thread, each with its own buffers; then the best k of theirs
         cuts = np.linspace(0, N, threads + 1).round().astype(np.int64)
@@ -156,8 +171,7 @@ def fused_topk(
             part_dead = None if dead_u8 is None else dead_u8[lo:hi]
             _fused_topk.scan(v[lo:hi], hi - lo, D, packed, 0, P, k, *parts[t], part_dead)
 
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, range(threads)))
+        list(_pool(threads).map(run, range(threads)))
         got = [collect(parts[t], int(cuts[t])) for t in range(threads)]
         hv, hl = np.concatenate([g[0] for g in got], 1), np.concatenate([g[1] for g in got], 1)
     hv, hl = hv[:B], hl[:B]

@@ -79,8 +79,10 @@ def history(root: str | Path) -> list[str]:
         hist = json.loads(f.read_text())
     except (OSError, ValueError) as e:
         raise IndexError_(f"{f} is unreadable ({e}); restore it, or rebuild it from {root}/versions") from e
-    names_ok = all(isinstance(v, str) and "/" not in v and v not in ("", ".", "..") for v in hist or [None])
-    if not isinstance(hist, list) or (hist and not names_ok):
+    names_ok = isinstance(hist, list) and all(
+        isinstance(v, str) and "/" not in v and v not in ("", ".", "..") for v in hist
+    )
+    if not names_ok:
         raise IndexError_(f"{f} is not a list of version names; restore it, or rebuild it from {root}/versions")
     return hist
 

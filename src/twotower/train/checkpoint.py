@@ -146,6 +146,15 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict, dict[st
     return weights, config, state, extra
 
 
+def load_state_version(path: str | Path) -> str:
+    """The model version ``state.json`` of checkpoint ``path`` records (no tensors read)."""
+    f = Path(path) / "state.json"
+    try:
+        return str(json.loads(f.read_text())["model_version"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint state {f} is missing or unreadable ({exc}); retrain or restore it") from exc
+
+
 def load_config(path: str | Path) -> dict:
     """Only the run config (a dict) of a checkpoint directory, without reading the tensors."""
     found = resolve(path)

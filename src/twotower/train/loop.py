@@ -189,7 +189,7 @@ class Trainer:
         Without either, ``out`` must be new or empty."""
         self.data, self.cfg, self.out = data, cfg, Path(out)
         tc, mc = cfg.train, cfg.model
-        run.check_run_dir(self.out, resume, overwrite)
+        run.check_run_dir(self.out, resume, overwrite, data_root=data.root)
         if resume:
             run.check_same_dataset(self.out, data)
         mc.num_actions, mc.num_surfaces = data.num_actions, data.num_surfaces

@@ -42,6 +42,31 @@ RESUMABLE = (
 )
 _DERIVED = ("model.num_actions", "model.num_surfaces")  # read from the dataset, not from the config
 _RUN_MARKERS = ("checkpoints", "data_path.txt")  # what every run directory has from its first second on
+# everything a run writes at its top level (plus eval_*.json from `evaluate`) and in checkpoints/: --overwrite
+# removes these and nothing else, and refuses a directory that holds anything more
+_RUN_ENTRIES = frozenset({"checkpoints", "data_path.txt", "config.json", "metrics.csv", "train_summary.json", "tb"})
+_CHECKPOINT_ENTRIES = frozenset({"last", "best", ".last.old", ".best.old"})
+
+
+def _foreign_entries(out: Path) -> list[str]:
+    """Entries of ``out`` a twotower run does not write (empty when ``out`` holds a run and nothing else)."""
+    foreign = [
+        p.name
+        for p in out.iterdir()
+        if p.name not in _RUN_ENTRIES and not (p.name.startswith("eval_") and p.name.endswith(".json"))
+    ]
+    ck = out / "checkpoints"
+    if ck.is_dir():
+        foreign += [
+            f"checkpoints/{p.name}"
+            for p in ck.iterdir()
+            if p.name not in _CHECKPOINT_ENTRIES and not p.name.startswith((".last.tmp-", ".best.tmp-"))
+        ]
+    elif ck.exists():
+        foreign.append("checkpoints (a file)")
+    return sorted(foreign)
+
+
 _VOLATILE = ("created_at", "seconds", "dataset", "source")  # when and from which path, not what
 
 
@@ -109,12 +134,12 @@ def check_model_fits(cfg: ModelConfig, data: SequenceData) -> None:
         )
 
 
-def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+def check_run_dir(out: Path, resume: bool, overwrite: bool, data_root: Path | None = None) -> None:
     """Refuse an ``--out`` this run must not write into, before any work is done.
 
-    Fresh runs need a new or empty directory; ``overwrite`` accepts a directory holding an earlier run
-    (cleared by ``clear_run_dir`` once everything else checked out), never one holding other files.
-    ``resume`` needs a run with a checkpoint.
+    Fresh runs need a new or empty directory; ``overwrite`` accepts a directory holding an earlier run and
+    nothing else (cleared by ``clear_run_dir`` once everything else checked out), never one holding other
+    files, nor one that contains the dataset (``data_root``). ``resume`` needs a run with a checkpoint.
     """
     if resume and overwrite:
         raise ConfigError(
@@ -142,13 +167,30 @@ def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
             f"{out} already holds a run; continue it with --resume, discard it with --overwrite, "
             "or choose another --out"
         )
+    foreign = _foreign_entries(out)
+    if foreign:
+        raise OutputError(
+            f"--overwrite: {out} holds more than a twotower run ({', '.join(foreign[:5])}"
+            f"{' ...' if len(foreign) > 5 else ''}); it would be deleted. Choose a new or empty --out"
+        )
+    if data_root is not None and Path(data_root).resolve().is_relative_to(out.resolve()):
+        raise OutputError(f"--overwrite: {out} contains the dataset {data_root}; choose another --out")
 
 
 def clear_run_dir(out: Path) -> None:
-    """Empty a run directory ``check_run_dir`` accepted for ``overwrite``."""
-    if out.is_dir() and any(out.iterdir()):
-        log.info("--overwrite: removing the earlier run in %s", out)
-        shutil.rmtree(out)
+    """Empty a run directory ``check_run_dir`` accepted for ``overwrite``: the run's own entries, one by one
+    (checked again here: nothing a run does not write is ever removed)."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    foreign = _foreign_entries(out)
+    if foreign:  # appeared since the check
+        raise OutputError(f"--overwrite: {out} now holds {foreign[:5]}; nothing was removed")
+    log.info("--overwrite: removing the earlier run in %s", out)
+    for p in out.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
