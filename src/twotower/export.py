@@ -32,6 +32,7 @@ from tqdm import tqdm
 from .config import OutputError
 from .evaluate.evaluator import encode_requests
 from .features import Featurizer
+from .fsutil import swap_dir
 from .train.loop import load_model
 from .train.run import check_model_fits, load_dataset, recorded_dataset
 
@@ -103,14 +104,10 @@ def export_items(
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         check_replaceable(out)  # again: something may have been put there while we encoded
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    swap_dir(tmp, out, out.with_name(f".{out.name}.old-{os.getpid()}"))
     log.info("exported %d items (%.0f items/s) -> %s", n, manifest["items_per_s"], out)
     return manifest
 

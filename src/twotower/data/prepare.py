@@ -53,6 +53,7 @@ import pyarrow.parquet as pq
 from numpy.typing import DTypeLike
 
 from .. import config as cfgmod
+from ..fsutil import swap_dir
 from . import readers
 from .hashing import hash64, multi_hash
 from .readers import DataError, ItemSchema, LogSchema, UserSchema
@@ -602,19 +603,11 @@ def _write_atomic(out: Path, arrays: dict[str, np.ndarray], tables: dict[str, pa
             pq.write_table(table, tmp / name)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")  # written last: marks complete
         _check_out(out)  # again: the run may have been long
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
     except BaseException:
-        if not out.exists() and any(old.iterdir()):  # stopped between the renames: the new dataset is complete
-            try:
-                os.replace(tmp, out)
-            except OSError:
-                os.replace(old, out)  # cannot finish: put the previous dataset back
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
         shutil.rmtree(old, ignore_errors=True)
+        raise
+    swap_dir(tmp, out, old)
 
 
 def prepare_files(

@@ -22,6 +22,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..fsutil import swap_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -98,14 +100,9 @@ def save(
     (tmp / "state.json").write_text(
         json.dumps({**state, "param_groups": groups, "model_version": version}, indent=2) + "\n"
     )
-    # Two renames, not one: a directory cannot replace a non-empty one. Between them the previous checkpoint
-    # lives on as `.NAME.old`, which `resolve` reads when `NAME` is missing.
-    old = _old(path)
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)  # left by a kill after the first rename; `path` is newer
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    # Between the two renames the previous checkpoint lives on as `.NAME.old`, which `resolve` reads when
+    # `NAME` is missing (a `.NAME.old` already there is older than `NAME`, or than this save).
+    swap_dir(tmp, path, _old(path))
     return version
 
 
