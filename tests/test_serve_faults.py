@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -21,9 +22,12 @@ from test_serve_support import TOKEN, settings, shared_artifacts
 
 from twotower.data import SequenceData
 from twotower.refresh import refresh_states
+from twotower.serve import ArtifactError
+from twotower.serve import app as app_module
 from twotower.serve.app import create_app
-from twotower.serve.engine import check_serving_store
-from twotower.store import StoreMissing, open_store
+from twotower.serve.engine import Retriever, check_serving_store
+from twotower.serve.metrics import Metrics
+from twotower.store import StoreMissing, StoreUnavailable, open_store
 from twotower.store.testing import RedisServer, free_port
 
 
@@ -99,7 +103,8 @@ def test_store_without_states_of_the_served_model_is_reported(art, tmp_path, cap
     url = f"sqlite:///{tmp_path}/other.db"
     with open_store(url) as st:  # a store, but filled for another model version only
         st.put_many(["u"], np.ones((1, 1, 16), np.float32), np.array([10]), np.array([5]), "other-version")
-    with caplog.at_level(logging.WARNING), TestClient(create_app(settings(art.root, store_url=url))) as c:
+    cfg = settings(art.root, store_url=url, store_retry_s=0.2)
+    with caplog.at_level(logging.WARNING), TestClient(create_app(cfg)) as c:
         bundle = c.app.state.service.retriever.bundle
         assert c.get("/readyz").json()["store"] == f"empty for model {bundle.model_version}"
         assert f"holds no state for model {bundle.model_version}" in caplog.text and "refresh-states" in caplog.text
@@ -107,8 +112,74 @@ def test_store_without_states_of_the_served_model_is_reported(art, tmp_path, cap
         with open_store(url) as st:  # the refresh job fills it while the service runs
             st.put_many(["u"], np.ones((1, *bundle.state_shape), np.float32), np.array([10]), np.array([5]),
                         bundle.model_version)  # fmt: skip
-        assert c.get("/readyz").json()["store"] == "ok"
+        deadline = time.monotonic() + 5  # /readyz sees it without a request, at the next probe (store_retry_s)
+        while c.get("/readyz").json()["store"] != "ok":
+            assert time.monotonic() < deadline, "/readyz did not see the filled store"
+            time.sleep(0.05)
         assert c.post("/v1/retrieve", json={"user_id": "u", "k": 3}).json()["path"] == "cached"
+
+
+class ProbedStore:
+    """A store that counts existence probes; down (``fail``) or up, with or without states (``has``)."""
+
+    def __init__(self) -> None:
+        self.probes, self.fail, self.has = 0, True, False
+
+    def has_states(self, model_version: str) -> bool:
+        self.probes += 1
+        if self.fail:
+            raise StoreUnavailable("down")
+        return self.has
+
+    def get_many(self, user_ids, model_version, shape):
+        raise StoreUnavailable("down")
+
+    def close(self) -> None:
+        pass
+
+
+def test_store_probe_keeps_to_the_retry_window():
+    """/readyz calls check_store on every poll while the store is not "ok"; between retries it must cost
+    nothing (no Redis SCAN, no open attempt on a locked SQLite file)."""
+    store, window = ProbedStore(), 0.3
+    r = Retriever(SimpleNamespace(model_version="v1", state_shape=(1, 4)), store, Metrics(), retry_s=window)
+    assert r.check_store() == "unavailable" and store.probes == 1
+    assert all(r.check_store() == "unavailable" for _ in range(20)) and store.probes == 1
+    time.sleep(window)
+    store.fail = False
+    assert r.check_store() == "empty for model v1" and store.probes == 2
+    assert all(r.check_store() == "empty for model v1" for _ in range(20)) and store.probes == 2
+    r.swap(SimpleNamespace(model_version="v2", state_shape=(1, 4)))  # a reload probes the new version at once
+    assert r.check_store() == "empty for model v2" and store.probes == 3
+    time.sleep(window)
+    store.has = True
+    assert r.check_store() == "ok" and store.probes == 4
+    time.sleep(window)
+    r._lookup(r.bundle, ["u"])  # a request finds the store down: the probe keeps to the request's window too
+    assert r.check_store() == "unavailable" and store.probes == 4
+    time.sleep(window)
+    assert r.check_store() == "ok" and store.probes == 5
+
+
+def test_store_is_closed_when_the_start_fails(art, monkeypatch):
+    closed = []
+    real_open = app_module.open_serving_store
+
+    def open_serving_store(url):
+        store = real_open(url)
+        real_close = store.close
+        store.close = lambda: closed.append(url) or real_close()
+        return store
+
+    def load_bundle(*args):
+        raise ArtifactError("corrupt artifacts")
+
+    monkeypatch.setattr(app_module, "open_serving_store", open_serving_store)
+    monkeypatch.setattr(app_module, "load_bundle", load_bundle)
+    with pytest.raises(ArtifactError, match="corrupt artifacts"):
+        with TestClient(create_app(settings(art.root))):
+            pass
+    assert len(closed) == 1
 
 
 @pytest.mark.parametrize("fault", ["locked", "corrupt"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +15,9 @@ from twotower.data import ItemSchema, PrepareConfig, SequenceData, prepare_files
 from twotower.data.hashing import hash64
 from twotower.data.prepare import SALT_FEATURE
 from twotower.serve.app import create_app
-from twotower.serve.artifacts import FeatureIndex, item_feature_columns
+from twotower.serve.artifacts import FeatureIndex, ItemTable, item_feature_columns
+from twotower.serve.context import parse_request
+from twotower.serve.schemas import RetrieveRequest
 
 
 def test_feature_index_matches_the_item_table(tmp_path):
@@ -111,3 +115,58 @@ def test_dataset_without_item_features_refuses_the_filter(art):
         r = c.post("/v1/retrieve", json={"user_id": "u1", "filters": {"item_features": {"genre": ["Comedy"]}}})
         assert r.status_code == 422
         assert r.json()["error"] == "filters.item_features: the served dataset has no item features; drop the filter"
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def test_filter_lookups_run_once_per_request_in_the_worker(art, monkeypatch):
+    """The allow-list id lookup and the feature-value hashing are each done once per request, by the worker
+    (never on the event loop, where a 10,000-id allow-list would block every other request): the warnings
+    come from the lookups the search needs anyway."""
+    data = SequenceData.load(art.data)
+    users, items = data.user_ids().astype(str), data.item_ids().astype(str)
+    red = np.arange(0, len(items), 3)
+    key = hash64(["colour=red"], seed=1000 * SALT_FEATURE)[0]
+    allow = [*items[:30], "nope"]
+    body = {"user_id": users[0], "k": 50, "filters": {"allow_item_ids": allow,
+            "item_features": {"colour": ["red", "blue"], "shape": ["round"]}}}  # fmt: skip
+    dense_calls, hashed = [], []
+    real_dense, real_ranges = ItemTable.dense, FeatureIndex._ranges
+
+    def dense(self, ids):
+        dense_calls.append((list(ids), _on_event_loop()))
+        return real_dense(self, ids)
+
+    def ranges(self, column, values):
+        hashed.append((column, list(values), _on_event_loop()))
+        return real_ranges(self, column, values)
+
+    with TestClient(create_app(settings(art.root))) as c:
+        bundle = c.app.state.service.retriever.bundle
+        bundle.items.features = FeatureIndex(
+            np.full(len(red), key, np.uint64), red.astype(np.int64), frozenset({"colour", "shape"})
+        )
+        monkeypatch.setattr(ItemTable, "dense", dense)
+        monkeypatch.setattr(FeatureIndex, "_ranges", ranges)
+        parse_request(RetrieveRequest.model_validate(body), bundle)  # what the route runs on the event loop
+        assert dense_calls == [] and hashed == []  # only the column names are checked there (a set lookup)
+        for route in ("/v1/retrieve", "/v1/retrieve/batch"):
+            dense_calls.clear(), hashed.clear()
+            r = c.post(route, json=body if route == "/v1/retrieve" else {"requests": [body]})
+            assert r.status_code == 200, r.text
+            res = r.json() if route == "/v1/retrieve" else r.json()["results"][0]
+            assert res["items"] == [] and res["warnings"] == [  # the same text and order as ever
+                "filters.allow_item_ids: 1 of 31 ids are not items of the served corpus and were ignored "
+                "(first: 'nope'); check the ids",
+                "filters.item_features.colour: no item has the value(s) ['blue']; check the spelling",
+                "filters.item_features.shape: no item has the value(s) ['round']; check the spelling",
+                "no item is both in filters.allow_item_ids and has the filters.item_features",
+            ]
+            assert [on_loop for ids, on_loop in dense_calls if ids == allow] == [False]
+            assert hashed == [("colour", ["red", "blue"], False), ("shape", ["round"], False)]

@@ -110,10 +110,18 @@ class Service:
         except StoreConfigError as exc:
             log.error("cannot serve: %s", exc)
             raise
-        bundle = self._preloaded or await asyncio.to_thread(load_bundle, s.artifacts, s.hnsw_ef_search, s.trace_head)
-        self._preloaded = None
-        self.retriever = Retriever(bundle, store, self.metrics, retry_s=s.store_retry_s)
-        status = await asyncio.to_thread(self.retriever.check_store)
+        # the store first on purpose: a wrong store URL fails before a large bundle is loaded
+        try:
+            bundle = self._preloaded or await asyncio.to_thread(
+                load_bundle, s.artifacts, s.hnsw_ef_search, s.trace_head
+            )
+            self._preloaded = None
+            retriever = Retriever(bundle, store, self.metrics, retry_s=s.store_retry_s)
+            status = await asyncio.to_thread(retriever.check_store)
+        except BaseException:  # the lifespan never calls stop() after a failed start: close what start opened
+            store.close()
+            raise
+        self.retriever = retriever
         if status == "unavailable":
             log.warning(
                 "feature store unavailable (%s); serving the fallback path and retrying every %s s",
@@ -325,7 +333,7 @@ def create_app(settings: ServeSettings | None = None, bundle: Bundle | None = No
             return _json({"error": "artifacts are still loading; retry shortly"}, 503)
         b = r.bundle
         store = r.store_status()
-        if store != "ok":  # probe again: a store filled, unlocked or restarted since shows up without a request
+        if store != "ok":  # probe again (throttled: store_retry_s): a store filled, unlocked or restarted shows up
             store = await asyncio.to_thread(r.check_store)
         return _json({"status": "ready", "model_version": b.model_version, "index_version": b.index_version,
                       "items": len(b.index), "store": store, "store_error": r.store_error,

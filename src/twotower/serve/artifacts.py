@@ -30,10 +30,12 @@ from ..data.dataset import SequenceData
 from ..data.hashing import hash64, multi_hash, to_buckets
 from ..data.prepare import SALT_FEATURE, SALT_ITEM
 from ..features import Featurizer
+from ..fsutil import swap_dir
 from ..index import IndexConfig
 from ..index.publish import build_and_publish, current_version, load_current
 from ..index.vector_index import VectorIndex
 from ..model import TwoTower
+from ..train import checkpoint as ckpt
 from ..train.loop import RunConfig, load_model
 from .head import OnlineEncoder
 
@@ -54,11 +56,15 @@ def _refuse_unsplit(cfg: RunConfig, where: Path) -> None:
         )
 
 
-def _copy_model(run: Path, dest: Path) -> None:
-    """Copy the run's best (else last) checkpoint without optimizer state, atomically."""
-    src = run / "checkpoints" / "best"
-    if not src.is_dir():
-        src = run / "checkpoints" / "last"
+def _copy_model(run: Path, dest: Path, version: str) -> None:
+    """Copy the run's best (else last) checkpoint without optimizer state, atomically. It is resolved the way
+    ``load_model`` resolves it (a kill mid-save leaves ``.best.old``), and must be ``version``."""
+    src = ckpt.resolve(run / "checkpoints" / "best") or ckpt.resolve(run / "checkpoints" / "last")
+    if src is None:
+        raise ArtifactError(f"{run} has no checkpoint (checkpoints/best or last); train it first")
+    copied = ckpt.load_state_version(src)
+    if copied != version:
+        raise ArtifactError(f"{src} holds model version {copied}, not {version}: the run changed while it was read")
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "checkpoints" / "best").mkdir(parents=True)
@@ -66,8 +72,7 @@ def _copy_model(run: Path, dest: Path) -> None:
         shutil.copy2(src / name, tmp / "checkpoints" / "best" / name)
     data_path = (run / "data_path.txt").read_text().strip()
     (tmp / "data_path.txt").write_text(data_path + "\n")
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    swap_dir(tmp, dest, dest.with_name(f".{dest.name}.old-{os.getpid()}"))
 
 
 def build_artifacts(
@@ -95,7 +100,7 @@ def build_artifacts(
     _, cfg, version = load_model(run)
     _refuse_unsplit(cfg, run)
     root.mkdir(parents=True, exist_ok=True)
-    _copy_model(run, root / "models" / version)
+    _copy_model(run, root / "models" / version, version)
     emb_dir = root / "embeddings" / version
     export_items(root / "models" / version, emb_dir, progress=progress)
     url = store_url or f"sqlite:///{(root / 'states.db').resolve()}"
@@ -166,11 +171,13 @@ class FeatureIndex:
         h = hash64([f"{column}={v}" for v in values], seed=1000 * SALT_FEATURE)
         return np.searchsorted(self.keys, h, "left"), np.searchsorted(self.keys, h, "right")
 
-    def items_with(self, column: str, values: list[str]) -> np.ndarray:
-        """Dense items whose ``column`` has any of ``values``: sorted unique int64 [m]."""
-        lo, hi = self._ranges(column, values)
+    def _gather(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         parts = [self.items[a:b] for a, b in zip(lo, hi) if b > a]
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def items_with(self, column: str, values: list[str]) -> np.ndarray:
+        """Dense items whose ``column`` has any of ``values``: sorted unique int64 [m]."""
+        return self._gather(*self._ranges(column, values))
 
     def absent_values(self, column: str, values: list[str]) -> list[str]:
         """The ``values`` no item has in ``column`` (a typo, or a value of another column)."""
@@ -179,13 +186,22 @@ class FeatureIndex:
 
     def matching(self, features: dict[str, list[str]]) -> np.ndarray:
         """Items matching every column (AND) with any of its values (OR): sorted int64 [m]."""
+        return self.match(features)[0]
+
+    def match(self, features: dict[str, list[str]]) -> tuple[np.ndarray, dict[str, list[str]]]:
+        """:meth:`matching` and :meth:`absent_values` of every column from one hash and search per value:
+        (items sorted int64 [m], ``{column: absent values}`` for the columns that have any, in request order)."""
         out: np.ndarray | None = None
+        absent: dict[str, list[str]] = {}
         for column, values in features.items():
-            got = self.items_with(column, values)
-            out = got if out is None else np.intersect1d(out, got, assume_unique=True)
-            if not len(out):
-                break
-        return np.zeros(0, np.int64) if out is None else out
+            lo, hi = self._ranges(column, values)
+            missing = [v for v, a, b in zip(values, lo, hi) if b == a]
+            if missing:
+                absent[column] = missing
+            if out is None or len(out):  # once empty, only the absent values are still needed
+                got = self._gather(lo, hi)
+                out = got if out is None else np.intersect1d(out, got, assume_unique=True)
+        return (np.zeros(0, np.int64) if out is None else out), absent
 
 
 @dataclass

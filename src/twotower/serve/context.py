@@ -52,7 +52,6 @@ class ParsedRequest:
     exclude: list[str]
     allow: list[str] | None
     features: dict[str, list[str]] | None = None
-    warnings: list[str] | None = None  # parts of the request that match nothing (returned with the response)
 
 
 def parse_request(req: RetrieveRequest, bundle: Bundle, now: int | None = None) -> ParsedRequest:
@@ -71,6 +70,7 @@ def parse_request(req: RetrieveRequest, bundle: Bundle, now: int | None = None) 
             bits[i] |= 1 << bit
     ctx = req.context
     allow, features = req.filters.allow_item_ids, req.filters.item_features or None
+    check_feature_columns(bundle, features)
     return ParsedRequest(
         user_id=req.user_id,
         k=req.k,
@@ -84,40 +84,24 @@ def parse_request(req: RetrieveRequest, bundle: Bundle, now: int | None = None) 
         exclude=req.exclude_item_ids,
         allow=allow,
         features=features,
-        warnings=filter_warnings(bundle, allow, features) if allow is not None or features else None,
     )
 
 
-def filter_warnings(bundle: Bundle, allow: list[str] | None, features: dict[str, list[str]] | None) -> list[str]:
+def check_feature_columns(bundle: Bundle, features: dict[str, list[str]] | None) -> None:
     """Refuse item-feature columns the served dataset does not have (a typo such as "genres" for "genre"
-    would otherwise silently return no item); explain allow-list ids and feature values that match nothing."""
-    out = []
-    if allow is not None:
-        unknown = [i for i, d in zip(allow, bundle.items.dense(allow)) if d < 0]
-        if unknown:
-            out.append(
-                f"filters.allow_item_ids: {len(unknown)} of {len(allow)} ids are not items of the served corpus "
-                f"and were ignored (first: {unknown[0]!r}); check the ids"
-            )
-    if features:
-        index = bundle.items.features
-        if index.columns is not None:
-            bad = [c for c in features if c not in index.columns]
-            if bad and not index.columns:
-                raise RequestError("filters.item_features: the served dataset has no item features; drop the filter")
-            if bad:
-                raise RequestError(
-                    f"filters.item_features: unknown item-feature column {bad[0]!r}; "
-                    f"use columns from {sorted(index.columns)}"
-                )
-        for column, values in features.items():
-            absent = index.absent_values(column, values)
-            if absent:
-                what = "" if index.columns is not None else " (or no such column)"
-                out.append(
-                    f"filters.item_features.{column}: no item has the value(s) {absent[:5]}{what}; check the spelling"
-                )
-    return out
+    would otherwise silently return no item). Set lookups only: this runs on the event loop. The ids and values
+    that match nothing are explained by the worker, from the lookups the search does anyway
+    (:meth:`~twotower.serve.engine.Retriever.run`)."""
+    columns = bundle.items.features.columns
+    if not features or columns is None:
+        return
+    bad = [c for c in features if c not in columns]
+    if bad and not columns:
+        raise RequestError("filters.item_features: the served dataset has no item features; drop the filter")
+    if bad:
+        raise RequestError(
+            f"filters.item_features: unknown item-feature column {bad[0]!r}; use columns from {sorted(columns)}"
+        )
 
 
 def build_context(

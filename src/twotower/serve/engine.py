@@ -11,7 +11,8 @@ version is reported (a warning, and ``"store": "empty for model <v>"`` in ``/rea
 Store failures degrade, never fail: a store that is down or too slow makes the batch take the ``fallback``
 path (the head's learned no-state vector), counts a store error and logs a rate-limited warning. The store is
 then skipped for ``retry_s`` seconds (a paused Redis would otherwise add its timeout to every request) and
-probed again after, so service recovers by itself when the store returns.
+probed again after, so service recovers by itself when the store returns. The ``/readyz`` probe
+(:meth:`Retriever.check_store`) keeps to the same window.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class Retriever:
         self.metrics = metrics
         self.retry_s = retry_s
         self._skip_store_until = 0.0
+        self._checked: tuple[str | None, float] = (None, 0.0)  # (model version, no probe before) of check_store
+        self._check_lock = threading.Lock()
         self._warn = RateLimitedLog(log)
         self.store_ok = not isinstance(store, DeferredStore)
         self.store_error: str | None = getattr(store, "last_error", None)  # the last failure, for /readyz
@@ -134,12 +137,25 @@ class Retriever:
         return "ok"
 
     def check_store(self) -> str:
-        """Probe the store for the served model version (one cheap existence query; opens a deferred store) and
-        return :meth:`store_status`. Warns once per version when the store holds none of its states."""
+        """Probe the store for the served model version (one existence query; opens a deferred store) and
+        return :meth:`store_status`. Warns once per version when the store holds none of its states.
+
+        Throttled like the request path: after a probe of a version, or while requests skip a failed store,
+        the next ``retry_s`` seconds return :meth:`store_status` without touching the store. ``/readyz`` probes on
+        every call while the store is not "ok": unthrottled, that is a Redis SCAN of the whole keyspace (every
+        state expired) or an open attempt on a locked SQLite file (holding the lock requests wait on) per poll.
+        A new version (a reload) is probed at once."""
         version = self.bundle.model_version
+        now = time.monotonic()
+        with self._check_lock:  # concurrent probes: one goes to the store, the others return the cached status
+            checked, not_before = self._checked
+            if version == checked and now < max(not_before, self._skip_store_until):
+                return self.store_status()
+            self._checked = (version, now + self.retry_s)
         try:
             has = self.store.has_states(version)
         except StoreError as exc:
+            self._skip_store_until = max(self._skip_store_until, now + self.retry_s)  # requests skip it too
             self.store_ok, self.store_error = False, str(exc)
             return self.store_status()
         self.store_ok, self.store_error = True, None
@@ -214,13 +230,11 @@ class Retriever:
             for j, b in enumerate(plain):
                 keep = ids[j, : reqs[b].k] >= 0
                 found[b] = ids[j, : reqs[b].k][keep], scores[j, : reqs[b].k][keep]
-        warnings = [list(r.warnings or ()) for r in reqs]
+        warnings: list[list[str]] = [[] for _ in reqs]
         for b, r in enumerate(reqs):
             if b not in found:
-                ids, scores, why_empty = self._search(bundle, q[b : b + 1], r)
+                ids, scores, warnings[b] = self._search(bundle, q[b : b + 1], r)
                 found[b] = ids, scores
-                if why_empty:
-                    warnings[b].append(why_empty)
         return [
             Result(
                 bundle.items.ids[found[b][0]],
@@ -234,23 +248,39 @@ class Retriever:
         ]
 
     @staticmethod
-    def _search(bundle: Bundle, q: np.ndarray, r: ParsedRequest) -> tuple[np.ndarray, np.ndarray, str | None]:
-        """Top-k for one query [1, D] with its seen items excluded inside the index search:
-        (dense ids int64 [K'], scores float32 [K'], why the answer is empty or None)."""
+    def _search(bundle: Bundle, q: np.ndarray, r: ParsedRequest) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Top-k for one query [1, D] with its seen items excluded inside the index search: (dense ids int64 [K'],
+        scores float32 [K'], warnings). The warnings name the allow-list ids and feature values that match
+        nothing, then why the answer is empty, if it is; they come from the id lookup and the feature match
+        the filter needs anyway (one each per request, in the worker, never on the event loop)."""
+        warnings: list[str] = []
         allow = None
         if r.allow is not None:
-            allow = bundle.items.dense(r.allow)
-            allow = allow[allow >= 0]
+            dense = bundle.items.dense(r.allow)
+            unknown = np.flatnonzero(dense < 0)
+            if len(unknown):
+                warnings.append(
+                    f"filters.allow_item_ids: {len(unknown)} of {len(r.allow)} ids are not items of the served "
+                    f"corpus and were ignored (first: {r.allow[unknown[0]]!r}); check the ids"
+                )
+            allow = dense[dense >= 0]
         if r.features is not None:
-            by_feature = bundle.items.features.matching(r.features)
+            index = bundle.items.features
+            by_feature, absent = index.match(r.features)
+            what = "" if index.columns is not None else " (or no such column)"
+            warnings += [
+                f"filters.item_features.{column}: no item has the value(s) {values[:5]}{what}; check the spelling"
+                for column, values in absent.items()
+            ]
             allow = by_feature if allow is None else np.intersect1d(allow, by_feature)
         if allow is not None and not len(allow):
-            why = EMPTY_FILTER[r.allow is not None, r.features is not None]
-            return np.zeros(0, np.int64), np.zeros(0, np.float32), why
+            warnings.append(EMPTY_FILTER[r.allow is not None, r.features is not None])
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), warnings
         ex = seen_items(bundle, r)
         scores, ids = bundle.index.search(q, r.k, exclude=[ex] if len(ex) else None, allow=allow)
         keep = ids[0] >= 0
-        why = None
         if not keep.any():
-            why = "every item that passes the filters is excluded (sent in recent_events or exclude_item_ids)"
-        return ids[0][keep], scores[0][keep], why
+            warnings.append(
+                "every item that passes the filters is excluded (sent in recent_events or exclude_item_ids)"
+            )
+        return ids[0][keep], scores[0][keep], warnings
