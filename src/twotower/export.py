@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .config import OutputError
 from .evaluate.evaluator import encode_requests
 from .features import Featurizer
-from .fsutil import swap_dir
+from .fsutil import file_in_the_way, swap_dir
 from .train.loop import load_model
 from .train.run import check_model_fits, load_dataset, recorded_dataset
 
@@ -116,9 +116,8 @@ def check_replaceable(out: Path) -> None:
     """OutputError unless ``out`` is absent, an empty directory or an earlier export (its manifest.json says so).
 
     A prepared dataset also has a manifest.json: the kind keeps `--out DATA_DIR` from wiping it."""
-    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        where = "is a file" if blocker == out else f"cannot be created: {blocker} is a file"
+    where = file_in_the_way(out)
+    if where:
         raise OutputError(f"export directory {out} {where}; choose another --out")
     if out.is_dir() and any(out.iterdir()) and _manifest_kind(out) != EMB_KIND:
         raise OutputError(

@@ -15,6 +15,15 @@ import shutil
 from pathlib import Path
 
 
+def file_in_the_way(out: Path) -> str | None:
+    """Why directory ``out`` cannot be used (``"is a file"``, or the file among its parents that keeps it from
+    being created), or None when it exists as a directory or can be created."""
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocker is None or blocker.is_dir():
+        return None
+    return "is a file" if blocker == out else f"cannot be created: {blocker} is a file"
+
+
 def swap_dir(tmp: Path, out: Path, old: Path) -> None:
     """Move the complete directory ``tmp`` to ``out``; a previous ``out`` waits at ``old`` in between (a
     reader may fall back to it there) and is deleted once ``out`` is in place. ``old`` must be this writer's

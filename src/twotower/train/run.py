@@ -18,6 +18,7 @@ from typing import Any
 from ..config import ConfigError, OutputError
 from ..data.dataset import SequenceData
 from ..data.readers import DataError
+from ..fsutil import file_in_the_way
 from ..model import ModelConfig
 from . import checkpoint as ckpt
 
@@ -145,9 +146,8 @@ def check_run_dir(out: Path, resume: bool, overwrite: bool, data_root: Path | No
         raise ConfigError(
             "--resume and --overwrite contradict each other: resume continues the run, overwrite discards it"
         )
-    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        where = "is a file" if blocker == out else f"cannot be created: {blocker} is a file"
+    where = file_in_the_way(out)
+    if where:
         raise OutputError(f"run directory {out} {where}; choose another --out")
     if resume:
         if not out.is_dir():
