@@ -3,8 +3,8 @@
 import pytest
 
 from twotower import config as cfgmod
-from twotower.config import ConfigError
 from twotower.data import PrepareConfig
+from twotower.errors import ConfigError
 from twotower.train.loop import RunConfig, TrainConfig
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twotower.data.hashing import (
+from twotower.hashing import (
     expected_full_collisions,
     expected_shared_fraction,
     hash64,
@@ -41,8 +41,7 @@ def test_padding_stays_zero():
 
 def test_stable_across_processes_and_hashseed():
     code = (
-        "from twotower.data.hashing import multi_hash; "
-        "print(multi_hash(['item-1', 'Toy Story (1995)', '42'], 2).tolist())"
+        "from twotower.hashing import multi_hash; print(multi_hash(['item-1', 'Toy Story (1995)', '42'], 2).tolist())"
     )
     outs = set()
     for seed in ("0", "1", "12345"):

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from twotower.index import IndexConfig, IndexError_, VectorIndex, VersionMismatch
+from twotower.errors import IndexError_, VersionMismatch
+from twotower.index import IndexConfig, VectorIndex
 
 BACKENDS = ["exact", "hnsw", "ivfflat", "ivfpq"]
 
@@ -255,7 +256,8 @@ def test_publish_refuses_an_ann_that_exact_search_had_to_complete(tmp_path, corp
     recall 1.0 for an index that does not work, so the build is refused on the completed fraction."""
     import json
 
-    from twotower.index.publish import RecallTooLow, build_and_publish, history
+    from twotower.errors import RecallTooLow
+    from twotower.index.publish import build_and_publish, history
 
     ids, x, q = corpus
     emb = tmp_path / "emb"

@@ -78,7 +78,7 @@ def test_signed_actions_change_the_embedding(setup):
 
 
 def test_unseen_ids_still_embed(setup):
-    from twotower.data.hashing import multi_hash, to_buckets
+    from twotower.hashing import multi_hash, to_buckets
     from twotower.model import ItemInputs
 
     _, cfg, model, _ = setup

@@ -8,7 +8,7 @@ from conftest import tiny_config
 
 from twotower.data import SequenceData, prepare_files
 from twotower.data import prepare as prep
-from twotower.data.prepare import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
+from twotower.layout import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
 
 
 def test_counts_order_and_stable_ties(tiny_data):
@@ -110,7 +110,7 @@ def test_manifest_has_counts_config_and_checksums(tiny_data):
 
 
 def test_missing_dataset_files_give_clear_error(tmp_path):
-    from twotower.data import DataError
+    from twotower.errors import DataError
 
     with pytest.raises(DataError, match="run `twotower prepare`"):
         SequenceData.load(tmp_path)
@@ -221,7 +221,7 @@ def _tree(root):
 
 @pytest.mark.parametrize("kind", ["foreign_dir", "file", "dataset_with_run"])
 def test_out_that_is_not_a_prepared_dataset_is_left_alone(tiny_files, tiny_data, tmp_path, kind):
-    from twotower.data import DataError
+    from twotower.errors import DataError
 
     if kind == "foreign_dir":
         out = tmp_path / "photos"
@@ -241,7 +241,7 @@ def test_out_that_is_not_a_prepared_dataset_is_left_alone(tiny_files, tiny_data,
 
 
 def test_out_containing_an_input_is_refused(tiny_files, tmp_path):
-    from twotower.data import DataError
+    from twotower.errors import DataError
 
     before = _tree(tmp_path)
     with pytest.raises(DataError, match=f"--out {tmp_path} contains the input .*log.csv"):
@@ -314,7 +314,8 @@ def _events(users, items, ts, surfaces=None):
 
 
 def test_more_surfaces_than_int16_holds_is_an_error(tmp_path):
-    from twotower.data import DataError, PrepareConfig, build
+    from twotower.data import PrepareConfig, build
+    from twotower.errors import DataError
 
     n = 32_767  # int16 max
     events = _events([f"u{i % 7}" for i in range(n)], ["a"] * n, np.arange(n), [f"s{i}" for i in range(n)])
@@ -334,7 +335,7 @@ def test_empty_author_is_no_author(tiny_files, tmp_path):
 
 
 def test_item_table_matching_no_log_item_is_an_error(tiny_files, tmp_path):
-    from twotower.data import DataError
+    from twotower.errors import DataError
 
     tiny_files["items"].write_text("item_id,author,genres,year\nX1,x,,\nX2,y,,\n")
     with pytest.raises(DataError, match=r"items.csv: none of its 2 item ids is in the log.*'X1'.*ItemSchema.item_id"):

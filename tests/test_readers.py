@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from twotower.data.readers import DataError, LogSchema, read_log
+from twotower.data.readers import LogSchema, read_log
+from twotower.errors import DataError
 
 
 def write(tmp_path, text, name="log.csv"):

@@ -7,8 +7,9 @@ from test_online import hybrid_config
 
 from twotower.cli import main
 from twotower.data import SequenceData
+from twotower.errors import RefreshError
 from twotower.features import Featurizer
-from twotower.refresh import RefreshError, RefreshStopped, history_as_of, refresh_states
+from twotower.refresh import RefreshStopped, history_as_of, refresh_states
 from twotower.store import open_store
 from twotower.train.loop import Trainer, load_model
 

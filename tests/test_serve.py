@@ -13,16 +13,17 @@ from pydantic import ValidationError
 from test_serve_support import TOKEN, settings, shared_artifacts
 
 from twotower.data import SequenceData
+from twotower.errors import ArtifactError, StoreError
 from twotower.export import load_embeddings
 from twotower.features import Featurizer
 from twotower.index import IndexConfig
 from twotower.index.publish import build_and_publish
 from twotower.index.vector_index import VectorIndex
-from twotower.serve import ArtifactError, ServeSettings, build_artifacts, load_bundle
+from twotower.serve import ServeSettings, build_artifacts, load_bundle
 from twotower.serve.app import create_app
 from twotower.serve.context import parse_request
 from twotower.serve.schemas import RetrieveRequest
-from twotower.store import StoreError, open_store
+from twotower.store import open_store
 
 
 @pytest.fixture(scope="session")

@@ -21,13 +21,13 @@ from fastapi.testclient import TestClient
 from test_serve_support import TOKEN, settings, shared_artifacts
 
 from twotower.data import SequenceData
+from twotower.errors import ArtifactError, StoreMissing, StoreUnavailable
 from twotower.refresh import refresh_states
-from twotower.serve import ArtifactError
 from twotower.serve import app as app_module
 from twotower.serve.app import create_app
 from twotower.serve.engine import Retriever, check_serving_store
 from twotower.serve.metrics import Metrics
-from twotower.store import StoreMissing, StoreUnavailable, open_store
+from twotower.store import open_store
 from twotower.store.testing import RedisServer, free_port
 
 

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from test_serve_support import settings, shared_artifacts
 
 from twotower.data import ItemSchema, PrepareConfig, SequenceData, prepare_files
-from twotower.data.hashing import hash64
-from twotower.data.prepare import SALT_FEATURE
+from twotower.hashing import token_hash
+from twotower.layout import SALT_FEATURE
 from twotower.serve.app import create_app
 from twotower.serve.artifacts import FeatureIndex, ItemTable, item_feature_columns
 from twotower.serve.context import parse_request
@@ -71,7 +71,7 @@ def test_service_returns_only_items_with_the_feature(art):
     data = SequenceData.load(art.data)
     users, items = data.user_ids().astype(str), data.item_ids().astype(str)
     red = np.arange(0, len(items), 3)  # give every third item colour=red (the synthetic set has no item table)
-    key = hash64(["colour=red"], seed=1000 * SALT_FEATURE)[0]
+    key = token_hash(["colour=red"], SALT_FEATURE)[0]
     with TestClient(create_app(settings(art.root))) as c:
         bundle = c.app.state.service.retriever.bundle
         bundle.items.features = FeatureIndex(
@@ -132,7 +132,7 @@ def test_filter_lookups_run_once_per_request_in_the_worker(art, monkeypatch):
     data = SequenceData.load(art.data)
     users, items = data.user_ids().astype(str), data.item_ids().astype(str)
     red = np.arange(0, len(items), 3)
-    key = hash64(["colour=red"], seed=1000 * SALT_FEATURE)[0]
+    key = token_hash(["colour=red"], SALT_FEATURE)[0]
     allow = [*items[:30], "nope"]
     body = {"user_id": users[0], "k": 50, "filters": {"allow_item_ids": allow,
             "item_features": {"colour": ["red", "blue"], "shape": ["round"]}}}  # fmt: skip

@@ -13,18 +13,8 @@ import numpy as np
 import pytest
 from redis_server import RedisServer
 
-from twotower.store import (
-    FeatureStore,
-    StoreConfig,
-    StoreConfigError,
-    StoreError,
-    StoreMissing,
-    StoreUnavailable,
-    bytes_per_user,
-    decode_states,
-    encode_states,
-    open_store,
-)
+from twotower.errors import StoreConfigError, StoreError, StoreMissing, StoreUnavailable
+from twotower.store import FeatureStore, StoreConfig, bytes_per_user, decode_states, encode_states, open_store
 from twotower.store.codec import pack_records, record_bytes, unpack_records
 from twotower.store.deferred import DeferredStore
 from twotower.store.redis_store import RedisStore

@@ -2,8 +2,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from twotower.data import DataError, LogSchema, PrepareConfig, SequenceData, prepare_files
+from twotower.data import LogSchema, PrepareConfig, SequenceData, prepare_files
 from twotower.data.synth import generate
+from twotower.errors import DataError
 
 
 def test_synth_log_prepares_and_is_skewed(tmp_path):

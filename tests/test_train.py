@@ -7,10 +7,10 @@ from conftest import small_run_config
 from safetensors.torch import load_file
 
 from twotower.data import SequenceData
+from twotower.errors import CheckpointError
 from twotower.evaluate import evaluate_model, evaluate_popularity
 from twotower.features import Featurizer
 from twotower.train.batches import WindowBatches, plan_epoch
-from twotower.train.checkpoint import CheckpointError
 from twotower.train.loop import Trainer, load_model
 
 
@@ -157,7 +157,7 @@ def prepared(tmp_path, events_per_user: int, users: int = 20):
 
 
 def test_fresh_training_refuses_a_directory_holding_a_run(synth_data, tmp_path):
-    from twotower.config import OutputError
+    from twotower.errors import OutputError
 
     data, run = SequenceData.load(synth_data), tmp_path / "r"
     cfg = small_run_config(epochs=1, eval_every=0)
@@ -197,7 +197,7 @@ def test_fresh_training_refuses_a_directory_holding_a_run(synth_data, tmp_path):
 
 
 def test_resume_uses_the_saved_config_and_refuses_changes_that_alter_training(synth_data, tmp_path):
-    from twotower.config import ConfigError
+    from twotower.errors import ConfigError
     from twotower.train.loop import resume_config
 
     data, run = SequenceData.load(synth_data), tmp_path / "r"
@@ -217,7 +217,7 @@ def test_resume_uses_the_saved_config_and_refuses_changes_that_alter_training(sy
 
 
 def test_resume_refuses_another_dataset(synth_data, tiny_data, tmp_path):
-    from twotower.data.readers import DataError
+    from twotower.errors import DataError
 
     run = tmp_path / "r"
     cfg = small_run_config(epochs=1, eval_every=0, checkpoint_every=1)
@@ -249,7 +249,7 @@ def test_an_early_stopped_run_continues_when_epochs_are_raised(synth_data, tmp_p
 
 
 def test_empty_splits_are_clear_errors_before_training(tmp_path):
-    from twotower.data.readers import DataError
+    from twotower.errors import DataError
 
     two = prepared(tmp_path, 2)  # leave-last-out: one training and one test event per user, no validation
     with pytest.raises(DataError, match=r'no validation targets under split \'loo\'.*set train.split = "time"'):
@@ -264,7 +264,7 @@ def test_empty_splits_are_clear_errors_before_training(tmp_path):
 
 
 def test_more_hashes_than_the_dataset_has_is_a_config_error(synth_data, tmp_path):
-    from twotower.config import ConfigError
+    from twotower.errors import ConfigError
 
     cfg = small_run_config(epochs=1)
     cfg.model.num_hashes = 3

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from .config import ConfigError, OutputError
+from .errors import ConfigError, OutputError
 
 log = logging.getLogger("twotower")
 
@@ -117,15 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from .data.readers import DataError
+    from .errors import DataError
 
     errors: tuple[type[BaseException], ...] = (DataError, ConfigError, OutputError, OSError)
     if args.command not in ("prepare", "synth"):
-        from .export import EmbeddingsError
-        from .index.base import IndexError_
-        from .refresh import RefreshError
-        from .store import StoreError
-        from .train.checkpoint import CheckpointError
+        from .errors import CheckpointError, EmbeddingsError, IndexError_, RefreshError, StoreError
 
         errors += (IndexError_, CheckpointError, StoreError, RefreshError, EmbeddingsError)
     try:

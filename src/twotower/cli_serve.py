@@ -13,7 +13,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                    ("workers", args.workers), ("store_url", args.store)) if v is not None}  # fmt: skip
     from pydantic import ValidationError
 
-    from .config import ConfigError
+    from .errors import ConfigError
 
     try:
         settings = ServeSettings(**overrides)  # refuses an empty/default admin token outside dev mode
@@ -42,7 +42,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_serve_prepare(args: argparse.Namespace) -> int:
     from .cli_model import index_config_from
-    from .serve import ArtifactError, build_artifacts
+    from .errors import ArtifactError
+    from .serve import build_artifacts
 
     try:
         res = build_artifacts(args.run, args.artifacts, index_config=index_config_from(args), store_url=args.store,

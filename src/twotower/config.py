@@ -17,20 +17,14 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .errors import ConfigError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file or dict does not match its dataclass, or a value is out of range."""
-
-
-class OutputError(ValueError):
-    """An output path cannot be written as asked (it is a file, or holds something that must not be lost)."""
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from .config import OutputError
+from .errors import EmbeddingsError, OutputError
 from .evaluate.evaluator import encode_requests
 from .features import Featurizer
 from .fsutil import file_in_the_way, swap_dir
@@ -131,10 +131,6 @@ def _manifest_kind(emb_dir: Path) -> str | None:
         return json.loads((emb_dir / "manifest.json").read_text()).get("kind")
     except (OSError, ValueError, AttributeError):  # missing, garbled, or not an object
         return None
-
-
-class EmbeddingsError(ValueError):
-    """An embeddings export that is damaged or inconsistent (the message names the file and the fix)."""
 
 
 def load_embeddings(emb_dir: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .data.dataset import SequenceData
-from .data.hashing import to_buckets
+from .hashing import to_buckets
 from .model import Context, ItemInputs, ModelConfig, UserInputs
 
 

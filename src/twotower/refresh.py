@@ -19,15 +19,12 @@ import torch
 from tqdm import tqdm
 
 from .data.dataset import SequenceData
+from .errors import RefreshError
 from .features import Featurizer
 from .store import FeatureStore, open_store
 from .train.loop import load_model
 
 log = logging.getLogger(__name__)
-
-
-class RefreshError(ValueError):
-    """The run cannot be refreshed (e.g. an unsplit model has no cached state); the message names the fix."""
 
 
 class RefreshStopped(Exception):

@@ -16,11 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .prepare import ARRAY_NAMES, FORMAT_VERSION, SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
-from .readers import DataError
+from ..errors import DataError
+from ..layout import DATASET_ARRAYS, DATASET_FORMAT_VERSION, SPLIT_TRAIN, SPLITS
 
-_ARRAYS = ARRAY_NAMES
-SPLITS = {"train": SPLIT_TRAIN, "valid": SPLIT_VALID, "test": SPLIT_TEST}
+_ARRAYS = DATASET_ARRAYS
 
 
 def _check_lengths(root: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -71,10 +70,10 @@ class SequenceData:
         if not mpath.is_file():
             raise DataError(f"{root} is not a prepared dataset (no manifest.json); run `twotower prepare` first")
         manifest = json.loads(mpath.read_text())
-        if manifest.get("format_version") != FORMAT_VERSION:
+        if manifest.get("format_version") != DATASET_FORMAT_VERSION:
             raise DataError(
                 f"{root} was prepared with format {manifest.get('format_version')}, this version reads "
-                f"{FORMAT_VERSION}; re-run `twotower prepare`"
+                f"{DATASET_FORMAT_VERSION}; re-run `twotower prepare`"
             )
         arrays = {}
         for name in _ARRAYS:

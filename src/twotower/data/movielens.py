@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from .readers import DataError
+from ..errors import DataError
 
 ACTIONS = ("rated", "liked", "loved", "disliked")
 OFFICIAL_COUNTS = {"num_events": 1_000_209, "num_users": 6_040, "num_items": 3_706}

@@ -53,32 +53,26 @@ import pyarrow.parquet as pq
 from numpy.typing import DTypeLike
 
 from .. import config as cfgmod
+from ..errors import DataError
 from ..fsutil import swap_dir
+from ..hashing import multi_hash, token_hash
+from ..layout import (
+    DATASET_ARRAYS,
+    DATASET_FILES,
+    DATASET_FORMAT_VERSION,
+    MAX_SURFACES,
+    SALT_AUTHOR,
+    SALT_FEATURE,
+    SALT_ITEM,
+    SALT_USER,
+    SPLIT_TEST,
+    SPLIT_TRAIN,
+    SPLIT_VALID,
+)
 from . import readers
-from .hashing import hash64, multi_hash
-from .readers import DataError, ItemSchema, LogSchema, UserSchema
+from .readers import ItemSchema, LogSchema, UserSchema
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-SALT_USER, SALT_ITEM, SALT_AUTHOR, SALT_FEATURE = 1, 2, 3, 4
-SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = 0, 1, 2
-MAX_SURFACES = int(np.iinfo(np.int16).max)  # event_surface is int16: 0 = none, 1..MAX_SURFACES
-ARRAY_NAMES = (
-    "user_offsets",
-    "event_item",
-    "event_ts",
-    "event_actions",
-    "event_surface",
-    "event_weight",
-    "split_loo",
-    "split_time",
-    "item_hash",
-    "item_author_hash",
-    "item_feat_hash",
-    "user_hash",
-    "user_feat_hash",
-)
 
 
 @dataclass
@@ -281,7 +275,7 @@ def _pad_token_hashes(lists: pa.ListArray, width: int, salt: int, what: str) -> 
     flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False)
     if len(flat) == 0 or width == 0:
         return out
-    h = hash64(flat, seed=1000 * salt)
+    h = token_hash(flat, salt)
     rows = np.repeat(np.arange(len(lens)), lens)
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
     pos = np.arange(len(flat)) - starts[rows]
@@ -478,7 +472,7 @@ def _build(
     }
     _warn_degenerate_splits(split_sizes, offsets, ev.ts, cfg)
     manifest = {
-        "format_version": FORMAT_VERSION,
+        "format_version": DATASET_FORMAT_VERSION,
         "num_events": int(len(ev.ts)),
         "num_users": int(num_users),
         "num_items": int(num_items),
@@ -507,7 +501,7 @@ def _build(
         "user_hash": user_hash,
         "user_feat_hash": user_feat,
     }
-    assert tuple(arrays) == ARRAY_NAMES
+    assert tuple(arrays) == DATASET_ARRAYS
     _write_atomic(out, arrays, {"items.parquet": item_stats, "users.parquet": user_stats}, manifest)
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
     log.info(
@@ -521,7 +515,7 @@ def _build(
     return manifest
 
 
-_OUTPUT_FILES = frozenset({"manifest.json", "items.parquet", "users.parquet", *(f"{a}.npy" for a in ARRAY_NAMES)})
+_OUTPUT_FILES = DATASET_FILES
 
 
 def _check_out(out: Path, inputs: Iterable[str | Path | None] = ()) -> None:

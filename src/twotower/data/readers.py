@@ -31,15 +31,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..errors import DataError
+from ..layout import feature_token
+
 MAX_ACTIONS = 8  # actions are stored as a uint8 bitmask per event
 CHUNK_ROWS = 1 << 19  # log rows per normalised chunk: bounds the memory taken by the raw (string) columns
 CSV_BLOCK_BYTES = 1 << 20  # Arrow's default; a streamed CSV column's type is inferred from its first block
 MIN_YEAR, MAX_YEAR = 1900, 2199  # timestamps outside are taken for a unit mistake
 _MIN_SECONDS, _END_SECONDS = -2_208_988_800, 7_258_118_400  # 1900-01-01 and 2200-01-01, UTC
-
-
-class DataError(ValueError):
-    """Input data is malformed; the message says where and how to fix it."""
 
 
 @dataclass
@@ -537,12 +536,12 @@ def _feature_tokens(table: pa.Table, names: list[str], multi: dict[str, str], pa
         values = _column(table, name, path, "features").cast(pa.string()).to_pylist()
         for row, v in zip(rows, values):
             if v is not None and v.strip():  # an empty cell is no value, not the value ""
-                row.append(f"{name}={v}")
+                row.append(feature_token(name, v))
     for name, sep in multi.items():
         values = _column(table, name, path, "multi_valued").cast(pa.string()).to_pylist()
         for row, v in zip(rows, values):
             if v:
-                row.extend(f"{name}={t}" for t in (v.split() if sep == " " else v.split(sep)) if t.strip())
+                row.extend(feature_token(name, t) for t in (v.split() if sep == " " else v.split(sep)) if t.strip())
     return pa.array(rows, pa.list_(pa.string()))
 
 

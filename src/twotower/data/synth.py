@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from .readers import DataError
+from ..errors import DataError
 
 T0 = 1_600_000_000  # 2020-09-13, the synthetic log's first second
 

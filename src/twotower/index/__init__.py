@@ -1,6 +1,7 @@
 """ANN indexes: one interface, exact / FAISS HNSW / IVF-Flat / IVF-PQ backends, versioned publishing."""
 
-from .base import IndexConfig, IndexError_, VersionMismatch
+from ..errors import IndexError_, VersionMismatch
+from .base import IndexConfig
 from .vector_index import VectorIndex
 
 __all__ = ["IndexConfig", "IndexError_", "VectorIndex", "VersionMismatch"]

@@ -21,13 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class IndexError_(RuntimeError):  # noqa: N801 - avoid shadowing the builtin IndexError
-    """An index file is missing, corrupt or incompatible; the message names the fix."""
-
-
-class VersionMismatch(IndexError_):
-    """The index was built from another model version than the encoder it is paired with."""
+from ..errors import IndexError_
 
 
 @dataclass

@@ -20,15 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import IndexError_, RecallTooLow
 from ..export import load_embeddings
-from .base import IndexConfig, IndexError_
+from .base import IndexConfig
 from .vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
-
-
-class RecallTooLow(IndexError_):
-    """The ANN index misses too many of the exact top-k; it was not published."""
 
 
 _RECALL_KNOBS = {  # what raises recall, per backend, in the words of `twotower index build`

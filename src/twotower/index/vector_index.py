@@ -19,17 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (
-    IndexConfig,
-    IndexError_,
-    VersionMismatch,
-    as_queries,
-    check_finite,
-    normalise_exclude,
-    pad_results,
-    read_manifest,
-    write_manifest,
-)
+from ..errors import IndexError_, VersionMismatch
+from .base import IndexConfig, as_queries, check_finite, normalise_exclude, pad_results, read_manifest, write_manifest
 from .exact import FUSED_MIN_BATCH, blocked_topk, fused_available
 
 SEARCH_KNOBS = ("hnsw_ef_search", "ivf_nprobe", "refine_factor", "exact_block", "filter_exact_below")

@@ -4,7 +4,8 @@ Serve an artifact root (layout in :mod:`twotower.serve.artifacts`) with ``twotow
 assemble one from a trained hybrid run with ``twotower serve-prepare --run RUN --artifacts ROOT``.
 """
 
-from .artifacts import ArtifactError, Bundle, build_artifacts, load_bundle
-from .settings import ServeSettings, UnsafeSettings
+from ..errors import ArtifactError, UnsafeSettings
+from .artifacts import Bundle, build_artifacts, load_bundle
+from .settings import ServeSettings
 
 __all__ = ["ArtifactError", "Bundle", "ServeSettings", "UnsafeSettings", "build_artifacts", "load_bundle"]

@@ -25,9 +25,10 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..errors import RequestError
 from .artifacts import Bundle, load_bundle
 from .batcher import MicroBatcher
-from .context import RequestError, parse_request
+from .context import parse_request
 from .engine import Retriever, open_serving_store
 from .fastpath import RetrieveFastPath
 from .limits import BodySizeLimit
@@ -99,8 +100,8 @@ class Service:
     async def start(self) -> None:
         import torch
 
+        from ..errors import StoreConfigError
         from ..index.vector_index import _faiss
-        from ..store import StoreConfigError
 
         s = self.settings
         torch.set_num_threads(s.torch_threads)

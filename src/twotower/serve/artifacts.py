@@ -27,13 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from ..data.dataset import SequenceData
-from ..data.hashing import hash64, multi_hash, to_buckets
-from ..data.prepare import SALT_FEATURE, SALT_ITEM
+from ..errors import ArtifactError
 from ..features import Featurizer
 from ..fsutil import swap_dir
+from ..hashing import multi_hash, to_buckets, token_hash
 from ..index import IndexConfig
 from ..index.publish import build_and_publish, current_version, load_current
 from ..index.vector_index import VectorIndex
+from ..layout import SALT_FEATURE, SALT_ITEM, feature_token
 from ..model import TwoTower
 from ..train import checkpoint as ckpt
 from ..train.loop import RunConfig, load_model
@@ -42,10 +43,6 @@ from .head import OnlineEncoder
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "state.json")
-
-
-class ArtifactError(RuntimeError):
-    """The artifact root is missing something or is inconsistent; the message names the fix."""
 
 
 def _refuse_unsplit(cfg: RunConfig, where: Path) -> None:
@@ -168,7 +165,7 @@ class FeatureIndex:
         return cls(keys[order], rows[order].astype(np.int64), columns)
 
     def _ranges(self, column: str, values: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        h = hash64([f"{column}={v}" for v in values], seed=1000 * SALT_FEATURE)
+        h = token_hash([feature_token(column, v) for v in values], SALT_FEATURE)
         return np.searchsorted(self.keys, h, "left"), np.searchsorted(self.keys, h, "right")
 
     def _gather(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

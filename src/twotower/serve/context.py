@@ -25,14 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import RequestError
 from ..features import clock_features, gap_buckets
 from ..model import Context, ItemInputs, UserInputs
 from .artifacts import Bundle
 from .schemas import RetrieveRequest
-
-
-class RequestError(ValueError):
-    """The request is well-formed JSON but cannot be served as is; the message says what to change (422)."""
 
 
 @dataclass

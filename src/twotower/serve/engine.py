@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..store import FeatureStore, StoreConfigError, StoreError, open_store
+from ..errors import StoreConfigError, StoreError
+from ..store import FeatureStore, open_store
 from ..store.base import redact_url
 from ..store.deferred import DeferredStore
 from .artifacts import Bundle

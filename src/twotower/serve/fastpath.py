@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import orjson
 from pydantic import ValidationError
 
-from .context import RequestError, parse_request
+from ..errors import RequestError
+from .context import parse_request
 from .limits import replay_body
 from .schemas import RetrieveRequest
 

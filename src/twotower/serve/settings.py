@@ -14,16 +14,14 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ..errors import UnsafeSettings
+
 log = logging.getLogger(__name__)
 
 # Tokens that appear in examples and tutorials; anyone could guess them.
 WEAK_TOKENS = frozenset({"", "changeme", "change-me", "admin", "secret", "token", "password", "default", "dev", "test"})
 MIN_TOKEN_CHARS = 16
 TOKEN_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-
-
-class UnsafeSettings(ValueError):
-    """The settings would run the service insecurely; the message names the fix."""
 
 
 class ServeSettings(BaseSettings):

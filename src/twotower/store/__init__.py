@@ -1,15 +1,7 @@
 """Feature store for cached offline user states: one protocol, SQLite (embedded) and Redis backends."""
 
-from .base import (
-    FeatureStore,
-    StateBatch,
-    StoreConfig,
-    StoreConfigError,
-    StoreError,
-    StoreMissing,
-    StoreUnavailable,
-    open_store,
-)
+from ..errors import StoreConfigError, StoreError, StoreMissing, StoreUnavailable
+from .base import FeatureStore, StateBatch, StoreConfig, open_store
 from .codec import bytes_per_user, decode_states, encode_states
 
 __all__ = [

@@ -37,29 +37,12 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import numpy as np
 
+from ..errors import StoreConfigError
 from .codec import DTYPES, Unpacked
 
 # Versions and namespaces become parts of Redis keys and SCAN patterns: no ':' and no glob characters.
 NAME_RE = re.compile(r"[A-Za-z0-9._+@=-]{1,128}")
 STAT_KEYS = ("reads", "hits", "misses", "mismatches", "corrupt", "errors", "writes")
-
-
-class StoreError(RuntimeError):
-    """The feature store cannot do what was asked; the message names the fix."""
-
-
-class StoreUnavailable(StoreError):
-    """The backend is down, unreachable or too slow: serve the cold-start path instead."""
-
-
-class StoreConfigError(StoreError):
-    """The store URL or its settings are wrong (unknown form or parameter, a directory, a missing file): waiting
-    and retrying cannot help, so the service refuses to start; the message names the fix."""
-
-
-class StoreMissing(StoreConfigError):
-    """A reader was pointed at a store that does not exist (e.g. a mistyped SQLite path); the service refuses to
-    start instead of serving every user cold-start from a new, empty store."""
 
 
 @dataclass

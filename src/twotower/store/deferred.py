@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .base import STAT_KEYS, FeatureStore, StateBatch, StoreConfig, StoreError
+from ..errors import StoreError
+from .base import STAT_KEYS, FeatureStore, StateBatch, StoreConfig
 
 
 class DeferredStore:

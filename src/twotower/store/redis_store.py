@@ -26,19 +26,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from .base import (
-    StateBatch,
-    StoreBase,
-    StoreConfig,
-    StoreError,
-    StoreUnavailable,
-    check_ids,
-    check_name,
-    check_put,
-    check_shape,
-    chunks,
-    redact_url,
-)
+from ..errors import StoreError, StoreUnavailable
+from .base import StateBatch, StoreBase, StoreConfig, check_ids, check_name, check_put, check_shape, chunks, redact_url
 from .codec import HEADER_BYTES, pack_records, read_headers, unpack_records, version_matches
 
 log = logging.getLogger(__name__)

@@ -28,20 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (
-    StateBatch,
-    StoreBase,
-    StoreConfig,
-    StoreConfigError,
-    StoreError,
-    StoreMissing,
-    StoreUnavailable,
-    check_ids,
-    check_name,
-    check_put,
-    check_shape,
-    chunks,
-)
+from ..errors import StoreConfigError, StoreError, StoreMissing, StoreUnavailable
+from .base import StateBatch, StoreBase, StoreConfig, check_ids, check_name, check_put, check_shape, chunks
 from .codec import pack_records, unpack_records
 
 log = logging.getLogger(__name__)

@@ -22,13 +22,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..errors import CheckpointError
 from ..fsutil import swap_dir
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing or unreadable."""
 
 
 def _old(path: Path) -> Path:

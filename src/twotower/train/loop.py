@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import config as cfgmod
-from ..config import ConfigError, check, check_float, check_int
+from ..config import check, check_float, check_int
 from ..data.dataset import SequenceData
-from ..data.readers import DataError
+from ..errors import ConfigError, DataError
 from ..evaluate import PRIMARY, evaluate_model
 from ..features import Featurizer
 from ..model import ModelConfig, TwoTower

@@ -15,9 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, OutputError
 from ..data.dataset import SequenceData
-from ..data.readers import DataError
+from ..errors import ConfigError, DataError, OutputError
 from ..fsutil import file_in_the_way
 from ..model import ModelConfig
 from . import checkpoint as ckpt

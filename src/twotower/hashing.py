@@ -37,6 +37,11 @@ def hash64(values: np.ndarray | pd.Series | list, seed: int) -> np.ndarray:
     return out
 
 
+def hash_seed(salt: int, h: int = 0) -> int:
+    """The one rule that names a hash function: hash ``h`` of namespace ``salt`` (see ``layout.SALT_*``)."""
+    return 1000 * salt + h
+
+
 def multi_hash(values: np.ndarray | pd.Series | list, num_hashes: int, salt: int = 0) -> np.ndarray:
     """``num_hashes`` independent stable hashes per value: ``uint64 [N, H]``.
 
@@ -45,8 +50,13 @@ def multi_hash(values: np.ndarray | pd.Series | list, num_hashes: int, salt: int
     """
     if num_hashes < 1:
         raise ValueError(f"num_hashes must be >= 1, got {num_hashes}")
-    cols = [hash64(values, seed=1000 * salt + h) for h in range(num_hashes)]
+    cols = [hash64(values, seed=hash_seed(salt, h)) for h in range(num_hashes)]
     return np.stack(cols, axis=1) if cols else np.zeros((len(values), 0), np.uint64)
+
+
+def token_hash(values: np.ndarray | pd.Series | list, salt: int) -> np.ndarray:
+    """One stable hash per feature token (the first hash function of ``salt``): ``uint64 [N]``."""
+    return hash64(values, seed=hash_seed(salt))
 
 
 def to_buckets(h: np.ndarray, buckets: int) -> np.ndarray:
