@@ -1,4 +1,6 @@
-"""A throw-away ``redis-server`` on a loopback port, for tests, fault drills and benchmarks.
+"""A throw-away ``redis-server`` on a loopback port, for tests, fault drills and benchmarks
+(``from redis_server import RedisServer``; benchmarks put ``tests/`` on ``sys.path`` first). It lives with
+the tests, not in the installed package.
 
 The real binary, not a mock: the Redis backend's failure handling (refused connections, timeouts, reconnects
 after a restart) is only worth something when exercised against a real server. Persistence is off and the
