@@ -425,3 +425,20 @@ def test_a_damaged_dataset_is_a_clear_error_at_load(synth_data, tmp_path):
     (data / "items.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataError, match="items.parquet is unreadable"):
         ds.item_ids()
+
+
+def test_importing_the_data_package_loads_no_preparation_code():
+    """The service imports twotower.data (SequenceData); the writer, encoders and readers must stay out."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, twotower.data, twotower.data.dataset\n"
+        "from twotower.data import SequenceData, PrepareConfig, LogSchema\n"
+        "bad = [m for m in ('prepare', 'writer', 'encoding', 'readers') if 'twotower.data.' + m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "from twotower.data import prepare_files\n"
+        "assert 'twotower.data.prepare' in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
