@@ -228,7 +228,8 @@ class Server:
     """``twotower serve`` as a subprocess on a free loopback port."""
 
     def __init__(self, root: Path, token: str, **env: str) -> None:
-        from twotower.store.testing import free_port
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' redis-server helper
+        from redis_server import free_port
 
         self.port, self.token = free_port(), token
         env_all = {**os.environ, "TWOTOWER_ADMIN_TOKEN": token, **{f"TWOTOWER_{k.upper()}": v for k, v in env.items()}}

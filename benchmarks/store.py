@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,9 @@ import numpy as np
 
 from twotower.store import StoreConfig, bytes_per_user, open_store
 from twotower.store.codec import record_bytes
-from twotower.store.testing import RedisServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' redis-server helper
+from redis_server import RedisServer  # noqa: E402
 
 DTYPES = ("float32", "float16", "int8")
 VERSION = "bench-v1"

@@ -81,3 +81,25 @@ def test_range_checks_also_guard_configs_built_in_code():
     with pytest.raises(ConfigError, match="epochs = 0 is not allowed"):
         TrainConfig(epochs=0)
     assert isinstance(ConfigError("x"), ValueError)  # callers catching ValueError keep working
+
+
+def test_config_errors_carry_the_field_for_the_cli():
+    """Range and type errors name their field in .field (the CLI turns it into its flag), files included."""
+    from twotower.index import IndexConfig
+
+    with pytest.raises(ConfigError) as e:
+        cfgmod.from_dict(IndexConfig, {"hnsw_m": 0}, "flags")
+    assert e.value.field == "hnsw_m" and str(e.value).startswith("flags: hnsw_m = 0 is not allowed")
+    with pytest.raises(ConfigError) as e:
+        cfgmod.from_dict(IndexConfig, {"ivf_nprobe": "8"}, "flags")
+    assert e.value.field == "ivf_nprobe"
+    with pytest.raises(ConfigError, match=r"\[model\]: dim = -16") as e:
+        cfgmod.from_dict(RunConfig, {"model": {"dim": -16}}, "c.toml")
+    assert e.value.field == "dim"
+
+
+@pytest.mark.parametrize("value", [2.5, True, "3", None])
+def test_integer_checks_refuse_what_is_not_an_integer(value):
+    """check_int once let 2.5 pass as an integer >= 1 (only the range was checked)."""
+    with pytest.raises(ConfigError, match="max_item_features = .* is not allowed; it must be an integer >= 0"):
+        PrepareConfig(max_item_features=value)

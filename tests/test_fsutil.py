@@ -57,3 +57,25 @@ def test_a_lone_older_copy_is_kept_until_the_new_one_is_in_place(tmp_path, monke
     make(tmp, "v3")
     swap_dir(tmp, out, old)
     assert (out / "f").read_text() == "v3" and not old.exists()
+
+
+DEAD_PID = 4_194_305  # above Linux's largest pid_max: never a live process
+
+
+def test_leftovers_of_dead_writers_are_removed_and_nothing_else(tmp_path):
+    """Only `.<name>.tmp|old-<pid>[-x]` directories of dead pids holding nothing but the writer's files go."""
+    tmp, old = fsutil.sibling_names(tmp_path / "out")
+    assert tmp.name.startswith(f".out.tmp-{os.getpid()}-") and old.name.startswith(f".out.old-{os.getpid()}-")
+    make(dead := tmp_path / f".out.tmp-{DEAD_PID}-ab_1", "x")
+    (dead_old := tmp_path / f".out.old-{DEAD_PID}").mkdir()
+    make(other_name := tmp_path / f".other.tmp-{DEAD_PID}", "x")
+    (foreign := tmp_path / f".out.tmp-{DEAD_PID - 1}").mkdir()
+    (foreign / "thesis.tex").write_text("not ours")
+    (not_a_dir := tmp_path / f".out.tmp-{DEAD_PID - 2}").write_text("a file")
+    live = tmp_path / f".out.tmp-{os.getppid()}"  # our parent (pytest's launcher) is alive
+    make(live, "x")
+    removed = fsutil.remove_leftovers(tmp_path, {"f"}, "out", what="thing", job="test")
+    assert sorted(removed) == sorted([dead, dead_old, tmp, old])  # our own pid on a leftover: another namespace
+    assert other_name.exists() and foreign.exists() and not_a_dir.exists() and live.exists()
+    assert fsutil.remove_leftovers(tmp_path, {"f"}) == [other_name]  # any name
+    assert fsutil.pid_alive(os.getppid()) and not fsutil.pid_alive(DEAD_PID) and not fsutil.pid_alive(2**80)

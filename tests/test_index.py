@@ -1,7 +1,15 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from twotower.errors import IndexError_, VersionMismatch
+import twotower
+from twotower.errors import ConfigError, IndexError_, VersionMismatch
 from twotower.index import IndexConfig, VectorIndex
 
 BACKENDS = ["exact", "hnsw", "ivfflat", "ivfpq"]
@@ -20,6 +28,17 @@ def corpus():
     ids = np.arange(6000, dtype=np.int64) * 7 + 3  # external ids are not positions
     q = clustered(50, seed=1)
     return ids, x, q
+
+
+def write_export(emb: Path, ids, x, q) -> Path:
+    """An embeddings export directory as `twotower export` writes it (ids, vectors, a user sample)."""
+    emb.mkdir()
+    np.save(emb / "ids.npy", ids)
+    np.save(emb / "embeddings.npy", x)
+    np.save(emb / "users_sample.npy", q)
+    manifest = {"model_version": "m" * 16, "dim": x.shape[1], "count": len(x), "dtype": "float32"}
+    (emb / "manifest.json").write_text(json.dumps({**manifest, "created_at": "now", "normalized": True}))
+    return emb
 
 
 def cfg(backend):
@@ -196,14 +215,14 @@ def test_ivfpq_on_a_corpus_too_small_for_its_codebooks_warns_with_the_fix(corpus
     """6,000 vectors cannot train 256 centroids per sub-quantiser well (k-means wants 39 x 256 = 9,984): the
     build says so in our words and names what fits; pq_bits=6 (2,496 wanted) builds quietly."""
     ids, x, _ = corpus
-    with caplog.at_level("WARNING", logger="twotower.index.vector_index"):
+    with caplog.at_level("WARNING", logger="twotower.index.faiss_backend"):
         VectorIndex.build(ids, x, IndexConfig(backend="ivfpq", ivf_nlist=64, pq_m=8, pq_bits=8))
-    msgs = [r.getMessage() for r in caplog.records if r.name == "twotower.index.vector_index"]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "twotower.index.faiss_backend"]
     assert len(msgs) == 1 and "at least 9984" in msgs[0] and "pq_bits=7" in msgs[0] and "ivfflat or hnsw" in msgs[0]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="twotower.index.vector_index"):
+    with caplog.at_level("WARNING", logger="twotower.index.faiss_backend"):
         VectorIndex.build(ids, x, IndexConfig(backend="ivfpq", ivf_nlist=64, pq_m=8, pq_bits=6))
-    assert not [r for r in caplog.records if r.name == "twotower.index.vector_index"]
+    assert not [r for r in caplog.records if r.name == "twotower.index.faiss_backend"]
 
 
 @pytest.mark.parametrize("backend", ["hnsw", "ivfflat"])
@@ -254,19 +273,11 @@ def test_vectors_with_nan_are_refused_naming_their_ids(corpus):
 def test_publish_refuses_an_ann_that_exact_search_had_to_complete(tmp_path, corpus):
     """1 probe of many tiny lists returns a handful of items per query; the exact completion would report
     recall 1.0 for an index that does not work, so the build is refused on the completed fraction."""
-    import json
-
     from twotower.errors import RecallTooLow
     from twotower.index.publish import build_and_publish, history
 
     ids, x, q = corpus
-    emb = tmp_path / "emb"
-    emb.mkdir()
-    np.save(emb / "ids.npy", ids)
-    np.save(emb / "embeddings.npy", x)
-    np.save(emb / "users_sample.npy", q)
-    manifest = {"model_version": "m" * 16, "dim": x.shape[1], "count": len(x), "dtype": "float32"}
-    (emb / "manifest.json").write_text(json.dumps({**manifest, "created_at": "now", "normalized": True}))
+    emb = write_export(tmp_path / "emb", ids, x, q)
     bad = IndexConfig(backend="ivfflat", ivf_nlist=1000, ivf_nprobe=1)
     with pytest.raises(RecallTooLow, match="exact scan"):
         build_and_publish(emb, tmp_path / "root", bad, recall_floor=0.5)
@@ -294,3 +305,99 @@ def test_rollback_takes_published_names_only_and_a_corrupt_history_is_a_clear_er
             history(root)
     (root / "history.json").write_text("[]")
     assert history(root) == []
+
+
+def test_index_config_errors_are_config_errors_naming_the_field():
+    """One check path for every config: the CLI reads .field instead of matching the message."""
+    with pytest.raises(ConfigError, match=r"hnsw_m = 0 is not allowed; it must be an integer in \[2, 512\]") as e:
+        IndexConfig(hnsw_m=0)
+    assert e.value.field == "hnsw_m"
+    with pytest.raises(ConfigError, match=r"backend = 'annoy' is not allowed; use one of exact, hnsw") as e:
+        IndexConfig(backend="annoy")
+    assert e.value.field == "backend"
+    with pytest.raises(ConfigError, match=r"filter_exact_below = True is not allowed") as e:
+        IndexConfig(filter_exact_below=True)
+    assert e.value.field == "filter_exact_below"
+
+
+DEAD_PID = 4_194_305  # above Linux's largest pid_max: never a live process
+
+
+def test_index_build_removes_what_killed_builds_left_and_nothing_else(tmp_path, corpus, caplog):
+    """A killed build left versions/.<v>.tmp-<pid> for good (issue 17): the next build removes the
+    temporaries of dead processes, keeps a live build's and anything holding other files."""
+    from twotower.index.publish import build_and_publish
+
+    ids, x, q = corpus
+    emb = write_export(tmp_path / "emb", ids[:2000], x[:2000], q)
+    root = tmp_path / "root"
+    versions = root / "versions"
+    versions.mkdir(parents=True)
+    dead = versions / f".20260101T000000-mmmmmmmm-exact.tmp-{DEAD_PID}"  # the name today's code leaves
+    dead.mkdir()
+    (dead / "ids.npy").write_bytes(b"half")
+    dead_aside = versions / f".20260101T000001-mmmmmmmm-exact.old-{DEAD_PID - 1}-k2j4_x"
+    dead_aside.mkdir()
+    foreign = versions / f".notes.tmp-{DEAD_PID}"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("not ours")
+    pointer = root / f".CURRENT.tmp-{DEAD_PID}"
+    pointer.write_text("v0\n")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        live = versions / f".20260101T000002-mmmmmmmm-exact.tmp-{sleeper.pid}-a1b2c3"  # a build still running
+        live.mkdir()
+        (live / "ids.npy").write_bytes(b"being written")
+        with caplog.at_level("WARNING"):
+            res = build_and_publish(emb, root, IndexConfig(backend="exact"))
+        assert not dead.exists() and not dead_aside.exists() and not pointer.exists()
+        assert live.exists() and (foreign / "thesis.tex").exists()
+        assert sorted(p.name for p in versions.iterdir()) == sorted([res["version"], live.name, foreign.name])
+        assert f"removing {dead}, the new index version of an earlier index build that was killed" in caplog.text
+        assert f"leaving {foreign} alone" in caplog.text
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# Loaded at start-up by the `index build` subprocess below: SIGKILL the process right after the first array
+# of the new index version is written into its temporary directory, i.e. in the middle of the build's save.
+KILL_IN_SAVE = """
+import os, signal
+import numpy as np
+
+_save = np.save
+
+
+def _save_then_die(file, *args, **kwargs):
+    _save(file, *args, **kwargs)
+    if ".tmp-" in str(file):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+np.save = _save_then_die
+"""
+
+
+def test_sigkilled_index_build_leaves_nothing_after_the_rerun(tmp_path, corpus):
+    """A real `twotower index build` process SIGKILLed mid-save; the re-run publishes and leaves no leftover."""
+    from twotower.index.publish import build_and_publish, current_path, history
+
+    ids, x, q = corpus
+    emb = write_export(tmp_path / "emb", ids[:2000], x[:2000], q)
+    root = tmp_path / "root"
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_IN_SAVE)
+    src = str(Path(twotower.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), src, os.environ.get("PYTHONPATH", "")])}
+    argv = ["index", "build", "--emb", str(emb), "--out", str(root), "--backend", "exact"]
+    proc = subprocess.run([sys.executable, "-m", "twotower.cli", *argv], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    left = [p.name for p in (root / "versions").iterdir()]
+    assert left and all(".tmp-" in n or ".old-" in n for n in left)  # killed inside the save: temporaries only
+    assert history(root) == [] and not (root / "CURRENT").exists()
+    res = build_and_publish(emb, root, IndexConfig(backend="exact"))
+    assert [p.name for p in (root / "versions").iterdir()] == [res["version"]]
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
+    assert history(root) == [res["version"]] and len(VectorIndex.load(current_path(root))) == 2000

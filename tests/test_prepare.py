@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from twotower.data import SequenceData, prepare_files
-from twotower.data import prepare as prep
+from twotower.data import SequenceData, prepare_files, writer
+from twotower.data.config import PrepareConfig
+from twotower.errors import ConfigError, DataError
 from twotower.layout import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
 
 
@@ -89,7 +90,7 @@ def test_interrupted_write_leaves_previous_dataset_intact(tiny_files, tiny_data,
             raise KeyboardInterrupt("killed")
         return real_save(*a, **k)
 
-    monkeypatch.setattr(prep.np, "save", failing_save)
+    monkeypatch.setattr(writer.np, "save", failing_save)
     with pytest.raises(KeyboardInterrupt):
         prepare_files(tiny_files["log"], tiny_data, tiny_config())
     assert (tiny_data / "manifest.json").read_text() == manifest
@@ -166,7 +167,7 @@ def test_chunked_read_prepares_like_one_piece(tmp_path, monkeypatch, fmt):
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from twotower.data import LogSchema, PrepareConfig, readers
+    from twotower.data import LogSchema, PrepareConfig, files, readers
 
     log = _tie_heavy_log()
     path = tmp_path / f"log.{fmt}"
@@ -179,7 +180,7 @@ def test_chunked_read_prepares_like_one_piece(tmp_path, monkeypatch, fmt):
     cfg = PrepareConfig(log=LogSchema(actions=["click"], surface="surface"))
     prepare_files(path, tmp_path / "whole", cfg)
     monkeypatch.setattr(readers, "CHUNK_ROWS", 5)
-    monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 100)
+    monkeypatch.setattr(files, "CSV_BLOCK_BYTES", 100)
     assert [len(c) for c in readers.iter_log(path, cfg.log)][:3] == [5, 5, 5]
     prepare_files(path, tmp_path / "chunked", cfg)
     _assert_same_dataset(tmp_path / "whole", tmp_path / "chunked")
@@ -268,7 +269,7 @@ def test_stop_between_the_renames_keeps_the_new_dataset(tiny_files, tiny_data, m
             raise KeyboardInterrupt("killed between the renames")
 
     tiny_files["log"].write_text(tiny_files["log"].read_text() + "u4,a,900,1,0,home\n")
-    monkeypatch.setattr(prep.os, "replace", replace_then_interrupt)
+    monkeypatch.setattr(writer.os, "replace", replace_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         prepare_files(tiny_files["log"], tiny_data, tiny_config())
     assert SequenceData.load(tiny_data).num_events == 12
@@ -283,7 +284,7 @@ def test_leftovers_of_a_killed_run_are_removed(tiny_files, tiny_data, caplog):
     (tmp / "event_ts.npy").write_bytes(b"half")
     odd.mkdir()
     (odd / "thesis.tex").write_text("not ours")
-    with caplog.at_level("WARNING", logger="twotower.data.prepare"):
+    with caplog.at_level("WARNING", logger="twotower.fsutil"):
         prepare_files(tiny_files["log"], tiny_data, tiny_config())
     assert not old.exists() and not tmp.exists() and (odd / "thesis.tex").exists()
     assert f"removing {old}, the previous dataset of an earlier prepare that was killed" in caplog.text
@@ -362,12 +363,12 @@ def test_empty_splits_are_warned_about(tmp_path, caplog):
     from twotower.data import PrepareConfig, build
 
     users = [f"u{i // 2}" for i in range(40)]
-    with caplog.at_level("WARNING", logger="twotower.data.prepare"):
+    with caplog.at_level("WARNING", logger="twotower.data.splits"):
         m = build(_events(users, ["a", "b"] * 20, np.arange(40)), None, None, PrepareConfig(), tmp_path / "two")
     assert m["split_sizes"]["loo"]["valid"] == 0
     assert "split loo (leave-last-out): validation is empty because no user has 3 or more events" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="twotower.data.prepare"):
+    with caplog.at_level("WARNING", logger="twotower.data.splits"):
         m = build(_events(users, ["a"] * 40, [1000] * 40), None, None, PrepareConfig(), tmp_path / "same")
     assert m["split_sizes"]["time"] == {"train": 0, "valid": 0, "test": 40}
     assert "split time (global time split): train and validation are empty" in caplog.text
@@ -375,9 +376,36 @@ def test_empty_splits_are_warned_about(tmp_path, caplog):
 
 @pytest.mark.parametrize("field", ["max_item_features", "max_user_features"])
 def test_feature_limits_must_be_counts(field):
-    with pytest.raises(ValueError, match=rf"{field} must be an integer >= 0"):
-        prep.PrepareConfig(**{field: -1})
-    assert getattr(prep.PrepareConfig(**{field: 0}), field) == 0
+    with pytest.raises(ConfigError, match=rf"{field} = -1 is not allowed; it must be an integer >= 0") as e:
+        PrepareConfig(**{field: -1})
+    assert e.value.field == field and isinstance(e.value, ValueError)
+    assert getattr(PrepareConfig(**{field: 0}), field) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,field,message",
+    [
+        ({"num_hashes": 0}, "num_hashes", r"num_hashes = 0 is not allowed; it must be an integer in \[1, 8\]"),
+        ({"num_hashes": 2.5}, "num_hashes", r"num_hashes = 2.5 is not allowed"),
+        ({"max_item_features": True}, "max_item_features", r"max_item_features = True is not allowed"),
+        (
+            {"time_test_frac": 0.0},
+            "time_test_frac",
+            r"time_test_frac = 0.0 is not allowed; it must be a number in \(0, 1\)",
+        ),
+        ({"time_valid_frac": -0.1}, "time_valid_frac", r"time_valid_frac = -0.1 is not allowed"),
+        (
+            {"time_valid_frac": 0.5, "time_test_frac": 0.5},
+            "time_valid_frac",
+            r"time_valid_frac \+ time_test_frac = 1.0",
+        ),
+    ],
+)
+def test_prepare_config_errors_name_the_field_the_value_and_the_range(kwargs, field, message):
+    """One check path for every config: a ConfigError (exit 2) whose .field the CLI maps to its flag."""
+    with pytest.raises(ConfigError, match=message) as e:
+        PrepareConfig(**kwargs)
+    assert e.value.field == field
 
 
 def test_a_damaged_dataset_is_a_clear_error_at_load(synth_data, tmp_path):
@@ -386,14 +414,31 @@ def test_a_damaged_dataset_is_a_clear_error_at_load(synth_data, tmp_path):
     shutil.copytree(synth_data, data)
     item = np.load(data / "event_item.npy")
     np.save(data / "event_item.npy", item[:-3])
-    with pytest.raises(prep.DataError, match=r"event_item.npy has .* rows, the manifest says"):
+    with pytest.raises(DataError, match=r"event_item.npy has .* rows, the manifest says"):
         SequenceData.load(data)
     np.save(data / "event_item.npy", item)
     (data / "event_ts.npy").write_bytes((data / "event_ts.npy").read_bytes()[:100])
-    with pytest.raises(prep.DataError, match="event_ts.npy is unreadable"):
+    with pytest.raises(DataError, match="event_ts.npy is unreadable"):
         SequenceData.load(data)
     shutil.copy(synth_data / "event_ts.npy", data / "event_ts.npy")
     ds = SequenceData.load(data)
     (data / "items.parquet").write_bytes(b"not parquet")
-    with pytest.raises(prep.DataError, match="items.parquet is unreadable"):
+    with pytest.raises(DataError, match="items.parquet is unreadable"):
         ds.item_ids()
+
+
+def test_importing_the_data_package_loads_no_preparation_code():
+    """The service imports twotower.data (SequenceData); the writer, encoders and readers must stay out."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, twotower.data, twotower.data.dataset\n"
+        "from twotower.data import SequenceData, PrepareConfig, LogSchema\n"
+        "bad = [m for m in ('prepare', 'writer', 'encoding', 'readers') if 'twotower.data.' + m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "from twotower.data import prepare_files\n"
+        "assert 'twotower.data.prepare' in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from twotower.data.readers import LogSchema, read_log
+from twotower.data.readers import read_log
+from twotower.data.schemas import LogSchema
 from twotower.errors import DataError
 
 
@@ -64,10 +65,10 @@ def test_parquet_input(tmp_path):
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     """Stream logs in 3-row chunks and 64-byte CSV blocks, so every check meets many chunk boundaries."""
-    from twotower.data import readers
+    from twotower.data import files, readers
 
     monkeypatch.setattr(readers, "CHUNK_ROWS", 3)
-    monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 64)
+    monkeypatch.setattr(files, "CSV_BLOCK_BYTES", 64)
 
 
 def test_streamed_errors_count_and_locate_rows_across_chunks(tmp_path, tiny_chunks):
@@ -87,7 +88,8 @@ def test_streamed_errors_count_and_locate_rows_across_chunks(tmp_path, tiny_chun
 
 
 def test_streamed_log_equals_whole_file_read(tmp_path, tiny_chunks):
-    from twotower.data.readers import iter_log, read_table
+    from twotower.data.files import read_table
+    from twotower.data.readers import iter_log
 
     lines = [f"{r % 7},{r % 5},2024-01-0{1 + r % 9}T00:00:{r % 60:02d},{r % 2}" for r in range(50)]
     lines[45] = "x7,4,2024-01-02T00:00:45,1"  # the id column turns textual late in the file
@@ -219,7 +221,8 @@ def test_wrong_kind_of_file_gets_the_right_message(tmp_path):
 
 
 def test_empty_author_and_feature_cells_are_no_value(tmp_path):
-    from twotower.data.readers import ItemSchema, read_items
+    from twotower.data.schemas import ItemSchema
+    from twotower.data.tables import read_items
 
     p = write(tmp_path, "item_id,author,lang\n1,007,en\n2,,\n3, ,fr\n", "items.csv")
     t = read_items(p, ItemSchema(author_id="author", features=["lang"]))

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from redis_server import RedisServer, free_port
 from test_serve_support import TOKEN, settings, shared_artifacts
 
 from twotower.data import SequenceData
@@ -28,7 +29,6 @@ from twotower.serve.app import create_app
 from twotower.serve.engine import Retriever, check_serving_store
 from twotower.serve.metrics import Metrics
 from twotower.store import open_store
-from twotower.store.testing import RedisServer, free_port
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from redis_server import RedisServer
 
-from twotower.errors import StoreConfigError, StoreError, StoreMissing, StoreUnavailable
+from twotower.errors import ConfigError, StoreConfigError, StoreError, StoreMissing, StoreUnavailable
 from twotower.store import FeatureStore, StoreConfig, bytes_per_user, decode_states, encode_states, open_store
 from twotower.store.codec import pack_records, record_bytes, unpack_records
 from twotower.store.deferred import DeferredStore
@@ -320,16 +320,25 @@ def test_open_store_urls(tmp_path, monkeypatch, redis_server):
         ("states.parquet", "unknown form"),
         ("sqlite:///", "names no file"),
         ("sqlite:///a.db?colour=red", "unknown store URL parameter 'colour'"),
-        ("sqlite:///a.db?dtype=bf16", "dtype must be one of"),
+        ("sqlite:///a.db?dtype=bf16", r"dtype = 'bf16' is not allowed; use one of float32\|float16\|int8"),
         ("sqlite:///a.db?batch=many", "not a valid int"),
         ("sqlite:///a.db?ttl=5", "ttl_s=5 is Redis-only"),
-        ("redis://127.0.0.1:1/0?namespace=a:b", "namespace 'a:b'"),
+        ("redis://127.0.0.1:1/0?namespace=a:b", "namespace = 'a:b' is not allowed; use 1-128 characters"),
     ],
 )
 def test_open_store_bad_urls(tmp_path, monkeypatch, url, message):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(StoreError, match=message):
         open_store(url)
+
+
+def test_store_config_errors_are_config_errors_naming_the_field():
+    """StoreConfig checks like every config: ConfigError (a ValueError) with the field in .field."""
+    for kwargs, field in (({"dtype": "bf16"}, "dtype"), ({"ttl_s": -1}, "ttl_s"), ({"timeout_s": 0}, "timeout_s"),
+                          ({"batch": 0}, "batch"), ({"namespace": "a:b"}, "namespace")):  # fmt: skip
+        with pytest.raises(ConfigError, match=f"{field} = .* is not allowed") as e:
+            StoreConfig(**kwargs)
+        assert e.value.field == field
 
 
 def test_missing_redis_client_names_the_install(monkeypatch):
@@ -462,7 +471,7 @@ def test_redis_server_helper(tmp_path, monkeypatch):
         server.restart()
         assert server.running and server.proc.pid != pid
     assert not server.running
-    monkeypatch.setattr("twotower.store.testing.shutil.which", lambda name: None)
+    monkeypatch.setattr("redis_server.shutil.which", lambda name: None)
     with pytest.raises(RuntimeError, match="bash scripts/setup.sh"):
         RedisServer(dir=tmp_path).start()
 

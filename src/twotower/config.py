@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import sys
 import types
 import typing
@@ -32,22 +33,33 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def check(ok: bool, name: str, value: Any, allowed: str) -> None:
-    """Range check for ``__post_init__``: ConfigError ``"name = value is not allowed; allowed"`` unless ``ok``."""
+def check(ok: bool, name: str, value: Any, allowed: str, field: str | None = None) -> None:
+    """Range check for ``__post_init__``: ConfigError ``"name = value is not allowed; allowed"`` unless ``ok``.
+
+    The error's ``field`` is ``field`` (default ``name``), for a check whose ``name`` is an expression of
+    several fields (``"time_valid_frac + time_test_frac"``).
+    """
     if not ok:
-        raise ConfigError(f"{name} = {value!r} is not allowed; {allowed}")
+        raise ConfigError(f"{name} = {value!r} is not allowed; {allowed}", field=field or name)
 
 
-def check_int(obj: Any, name: str, lo: int) -> None:
-    """``obj.name`` must be an integer >= ``lo``."""
+def _is_int(value: Any) -> bool:
+    # bool is an Integral: `dim = true` must not pass as 1; NumPy integers are Integrals too
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(obj: Any, name: str, lo: int, hi: int | None = None) -> None:
+    """``obj.name`` must be an integer >= ``lo`` (and <= ``hi`` when given)."""
     value = getattr(obj, name)
-    check(value >= lo, name, value, f"it must be an integer >= {lo}")
+    ok = _is_int(value) and value >= lo and (hi is None or value <= hi)
+    check(ok, name, value, f"it must be an integer >= {lo}" if hi is None else f"it must be an integer in [{lo}, {hi}]")
 
 
 def check_float(obj: Any, name: str, lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
     """``obj.name`` must be a finite number in ``[lo, hi]``; ``lo_open`` / ``hi_open`` exclude an end."""
     value = getattr(obj, name)
-    ok = math.isfinite(value) and (value > lo if lo_open else value >= lo)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > lo if lo_open else value >= lo)
     ok = ok and (value < hi if hi_open else value <= hi)
     if hi == math.inf:
         allowed = f"a finite number {'>' if lo_open else '>='} {lo:g}"
@@ -124,11 +136,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         try:
             kwargs[k] = _coerce(tp, v, k)
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError(f"{where}: {exc}", field=k) from None
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+        raise ConfigError(f"{where}: {exc}", field=getattr(exc, "field", None)) from exc
 
 
 def _nested(where: str, key: str) -> str:

@@ -30,7 +30,15 @@ class UsageError(TwotowerError, ValueError):
 
 
 class ConfigError(TwotowerError, ValueError):
-    """A config file or dict does not match its dataclass, or a value is out of range."""
+    """A config file or dict does not match its dataclass, or a value is out of range.
+
+    ``field`` names the config field at fault where there is one (``"hnsw_m"``), so a caller can point at
+    its own spelling of it (the CLI's ``--hnsw-m``) without reading the message.
+    """
+
+    def __init__(self, message: str = "", field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class UnsafeSettings(ConfigError):

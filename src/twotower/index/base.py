@@ -21,12 +21,32 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import check, check_float, check_int
 from ..errors import IndexError_
+
+BACKENDS = ("exact", "hnsw", "ivfflat", "ivfpq")
+# integer knobs: (lowest, highest or None)
+_INT_BOUNDS = {
+    "hnsw_m": (2, 512),
+    "hnsw_ef_construction": (1, None),
+    "hnsw_ef_search": (1, None),
+    "ivf_nlist": (0, None),
+    "ivf_nprobe": (1, None),
+    "pq_m": (1, None),
+    "pq_bits": (1, 16),
+    "refine_factor": (1, None),
+    "exact_block": (1, None),
+    "threads": (0, None),
+}
 
 
 @dataclass
 class IndexConfig:
-    """Backend and its parameters. Saved in every index manifest."""
+    """Backend and its parameters. Saved in every index manifest.
+
+    Checked when built: a bad value is a :class:`~twotower.errors.ConfigError` naming the field (also its
+    ``field`` attribute), the value and what is allowed.
+    """
 
     backend: str = "hnsw"  # exact | hnsw | ivfflat | ivfpq
     hnsw_m: int = 32
@@ -44,29 +64,12 @@ class IndexConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.backend not in ("exact", "hnsw", "ivfflat", "ivfpq"):
-            raise ValueError(f"backend must be exact|hnsw|ivfflat|ivfpq, got {self.backend!r}")
+        check(self.backend in BACKENDS, "backend", self.backend, f"use one of {', '.join(BACKENDS)}")
         # FAISS takes these as C ints: a zero or negative one crashes it (HNSW M <= 0, pq_bits 0) or asks
         # it for all memory (M = -1), so each is checked here, before any FAISS call
-        bounds = {
-            "hnsw_m": (2, 512),
-            "hnsw_ef_construction": (1, None),
-            "hnsw_ef_search": (1, None),
-            "ivf_nlist": (0, None),
-            "ivf_nprobe": (1, None),
-            "pq_m": (1, None),
-            "pq_bits": (1, 16),
-            "refine_factor": (1, None),
-            "exact_block": (1, None),
-            "threads": (0, None),
-        }
-        for name, (lo, hi) in bounds.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
-                want = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-                raise ValueError(f"index {name} must be {want}, got {v!r}")
-        if isinstance(self.filter_exact_below, bool) or not 0.0 <= float(self.filter_exact_below) <= 1.0:
-            raise ValueError(f"index filter_exact_below must be a fraction in [0, 1], got {self.filter_exact_below!r}")
+        for name, (lo, hi) in _INT_BOUNDS.items():
+            check_int(self, name, lo, hi)
+        check_float(self, "filter_exact_below", 0.0, 1.0)  # a fraction of the corpus
 
 
 def check_finite(vectors: np.ndarray, ids: np.ndarray) -> None:

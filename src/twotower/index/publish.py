@@ -7,7 +7,9 @@
     history.json            published versions in order, for rollback
 
 A build whose recall@100 against the exact search falls below the floor is refused and nothing changes.
-Older versions stay on disk, so ``rollback`` is a pointer switch.
+Older versions stay on disk, so ``rollback`` is a pointer switch. A build killed half-way leaves only
+temporary names (``versions/.<version>.tmp-<pid>-*``, ``.CURRENT.tmp-<pid>``); the next build removes
+those of processes that are gone (:func:`remove_leftovers`), never a running build's.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import numpy as np
 
 from ..errors import IndexError_, RecallTooLow
 from ..export import load_embeddings
+from ..fsutil import pid_alive
+from ..fsutil import remove_leftovers as remove_leftover_dirs
 from .base import IndexConfig
+from .storage import INDEX_FILES
 from .vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -61,10 +66,27 @@ def measure_recall(index: VectorIndex, oracle: VectorIndex, queries: np.ndarray,
     return out
 
 
+_POINTERS = ("CURRENT", "history.json")  # the small files _write_atomic replaces
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def remove_leftovers(root: str | Path) -> None:
+    """Delete what killed builds left under ``root``: temporary version directories in ``versions/`` holding
+    only index files, and temporary pointer files (``.CURRENT.tmp-<pid>``), each only when its process is
+    gone. A live build's temporaries, and anything holding other files, are left alone."""
+    root = Path(root)
+    remove_leftover_dirs(root / "versions", INDEX_FILES, what="index version", job="index build")
+    for name in _POINTERS:
+        for path in root.glob(f".{name}.tmp-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and path.is_file() and not path.is_symlink() and not pid_alive(int(pid)):
+                log.warning("removing %s, a pointer file of an earlier index build that was killed", path)
+                path.unlink()
 
 
 def history(root: str | Path) -> list[str]:
@@ -105,6 +127,7 @@ def build_and_publish(
     if root.exists() and not root.is_dir():
         raise IndexError_(f"--out {root} is a file; an index root is a directory (choose another --out)")
     earlier = history(root)  # a corrupt history fails here, before any work
+    remove_leftovers(root)
     ids, emb, emb_manifest = load_embeddings(emb_dir)
     qfile = Path(emb_dir) / "users_sample.npy"
     queries = np.load(qfile) if qfile.is_file() else emb[:0]

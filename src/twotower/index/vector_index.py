@@ -6,35 +6,26 @@ items); a batch with different exclusions per query over-fetches and post-filter
 fewer than ``k`` valid results is completed by the exact search over what the filters allow, so a filtered
 search always returns ``k`` items when ``k`` exist. Very small allow-lists are searched exactly (a graph
 walk restricted to 1 % of the nodes loses its way).
+
+Building the FAISS structures lives in :mod:`twotower.index.faiss_backend`, the directory format in
+:mod:`twotower.index.storage`; this module is the index object: mutation, search and its filters.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndexError_, VersionMismatch
-from .base import IndexConfig, as_queries, check_finite, normalise_exclude, pad_results, read_manifest, write_manifest
+from ..config import from_dict
+from ..errors import ConfigError, VersionMismatch
+from . import faiss_backend as fb
+from . import storage
+from .base import IndexConfig, as_queries, check_finite, normalise_exclude, pad_results
 from .exact import FUSED_MIN_BATCH, blocked_topk, fused_available
 
 SEARCH_KNOBS = ("hnsw_ef_search", "ivf_nprobe", "refine_factor", "exact_block", "filter_exact_below")
-
-log = logging.getLogger(__name__)
-FORMAT = 1
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError as exc:  # pragma: no cover - faiss-cpu is a core dependency
-        raise ImportError("FAISS is required for ANN backends: pip install faiss-cpu") from exc
-    return faiss
 
 
 class VectorIndex:
@@ -69,51 +60,11 @@ class VectorIndex:
         idx = cls(emb.shape[1], config, model_version)
         cfg = idx.config
         if cfg.threads:
-            _faiss().omp_set_num_threads(cfg.threads)
+            fb.set_faiss_threads(cfg.threads)
         if cfg.backend != "exact":
-            idx._faiss_index = idx._new_faiss(emb)
+            idx._faiss_index = fb.new_faiss_index(cfg, idx.dim, emb)
         idx._append(ids, emb)
         return idx
-
-    def _new_faiss(self, train: np.ndarray):
-        faiss, cfg, d = _faiss(), self.config, self.dim
-        ip = faiss.METRIC_INNER_PRODUCT
-        if cfg.backend == "hnsw":
-            index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, ip)
-            index.hnsw.efConstruction = cfg.hnsw_ef_construction
-            return index
-        nlist = cfg.ivf_nlist or max(1, min(len(train) // 39, int(4 * np.sqrt(max(len(train), 1)))))
-        quantizer = faiss.IndexFlatIP(d)
-        if cfg.backend == "ivfflat":
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, ip)
-        else:
-            if d % cfg.pq_m:
-                raise ValueError(f"pq_m ({cfg.pq_m}) must divide the dimension ({d})")
-            index = faiss.IndexIVFPQ(quantizer, d, nlist, cfg.pq_m, cfg.pq_bits, ip)
-        need = max(nlist, 2**cfg.pq_bits if cfg.backend == "ivfpq" else 1)
-        if len(train) < need:
-            raise ValueError(
-                f"{cfg.backend} with nlist={nlist}"
-                + (f", pq_bits={cfg.pq_bits}" if cfg.backend == "ivfpq" else "")
-                + f" needs at least {need} vectors to train, got {len(train)}; "
-                "use a smaller ivf_nlist / pq_bits or the hnsw / exact backend"
-            )
-        pq_wants = 39 * 2**cfg.pq_bits if cfg.backend == "ivfpq" else 0  # k-means: 39 points per centroid
-        if len(train) < pq_wants:
-            log.warning(
-                "ivfpq: %d vectors train %d centroids per sub-quantiser (pq_bits=%d); k-means wants at least %d, "
-                "so the codes will be coarse and recall low. For a corpus this small use the ivfflat or hnsw "
-                "backend (PQ saves little memory here), or pq_bits=%d.",
-                len(train), 2**cfg.pq_bits, cfg.pq_bits, pq_wants, int(np.log2(max(len(train) // 39, 2))),
-            )  # fmt: skip
-        sample = train[np.random.default_rng(0).permutation(len(train))[: max(nlist * 64, pq_wants, 10000)]]
-        index.train(sample)
-        index.quantizer_trains_alone = 0
-        self._ivf = index
-        if cfg.backend == "ivfpq" and cfg.refine:
-            index = faiss.IndexRefineFlat(index)
-        index.__dict__["_keep"] = quantizer  # keep the Python-side quantizer alive with the index
-        return index
 
     def _append(self, ids: np.ndarray, emb: np.ndarray) -> None:
         if self._faiss_index is not None and len(emb):
@@ -214,7 +165,7 @@ class VectorIndex:
         It costs a full scan per query, so with the fused kernel it serves single queries only.
         The top ``k + extra`` of everything hold the top ``k`` of what the filters let through."""
         fetch = min(k + extra, len(self.vectors))
-        D, L = _faiss().knn(q, self.vectors, fetch, metric=_faiss().METRIC_INNER_PRODUCT)
+        D, L = fb.knn(q, self.vectors, fetch)
         return self._first_k(D, L, k, allowed, ex_labels)
 
     def _first_k(self, D: np.ndarray, L: np.ndarray, k: int, allowed: np.ndarray | None, ex_labels):
@@ -231,47 +182,27 @@ class VectorIndex:
             ids.append(self.ids[L[b][ok][:k]])
         return pad_results(scores, ids, k)
 
-    def _params(self, selector):
-        faiss, cfg = _faiss(), self.config
-        if cfg.backend == "hnsw":
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=max(cfg.hnsw_ef_search, 1))
-        ivf = faiss.SearchParametersIVF(sel=selector, nprobe=cfg.ivf_nprobe)
-        if cfg.backend == "ivfpq" and cfg.refine:
-            return faiss.IndexRefineSearchParameters(k_factor=float(cfg.refine_factor), base_index_params=ivf)
-        return ivf
-
-    def _bitmap_selector(self, mask: np.ndarray):
-        faiss = _faiss()
-        bits = np.packbits(mask, bitorder="little")
-        sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
-        sel.__dict__["_bits"] = bits  # the selector points into this buffer
-        return sel
-
     def _ann(self, q, k, allowed, has_allow, ex_labels):
-        faiss = _faiss()
+        """FAISS search with the filters inside it where a selector can carry them; rows it returns short are
+        completed by :meth:`_exact` (counted in ``completed_exactly``)."""
         base = None
         if has_allow or self.n_alive < len(self.alive):
             if not has_allow and self._alive_sel is not None:
                 base = self._alive_sel
             else:
-                base = self._bitmap_selector(allowed)
+                base = fb.bitmap_selector(allowed)
                 if not has_allow:
                     self._alive_sel = base
         n_allowed = int(allowed.sum()) if has_allow else self.n_alive
         post_ex = ex_labels  # exclusions still to drop from FAISS's output (the rows' own list stays in ex_labels)
         if ex_labels is not None and len(q) == 1:
             # One query: its exclusions go inside the search as a selector.
-            excl = ex_labels[0]
-            if len(excl):
-                not_ex = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excl), faiss.swig_ptr(excl)))
-                not_ex.__dict__["_keep"] = excl
-                sel = not_ex if base is None else faiss.IDSelectorAnd(base, not_ex)
-                sel.__dict__["_keep"] = (base, not_ex)
-                base = sel
+            if len(ex_labels[0]):
+                base = fb.excluding_selector(ex_labels[0], base)
             post_ex = None
         extra = 0 if post_ex is None else max(len(e) for e in post_ex)
         fetch = min(k + extra, len(self.alive))
-        D, L = self._faiss_index.search(q, fetch, params=self._params(base))
+        D, L = self._faiss_index.search(q, fetch, params=fb.search_params(self.config, base))
         scores_out, ids_out, short = [], [], []
         for b in range(len(q)):
             lab = L[b]
@@ -299,16 +230,16 @@ class VectorIndex:
         checked = {}
         for key, v in kw.items():  # check every value first: a refused call changes nothing
             if key not in SEARCH_KNOBS:
-                raise ValueError(
+                raise ConfigError(
                     f"{key!r} is not a search-time parameter (one of {', '.join(SEARCH_KNOBS)}); "
                     "build-time parameters need a rebuild: VectorIndex.build(ids, vectors, IndexConfig(...))"
                 )
             if key == "filter_exact_below":
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                    raise ValueError(f"filter_exact_below must be a fraction in [0, 1], got {v!r}")
+                    raise ConfigError(f"filter_exact_below must be a fraction in [0, 1], got {v!r}", field=key)
                 checked[key] = float(v)
             elif isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{key} must be a positive integer, got {v!r}")
+                raise ConfigError(f"{key} must be a positive integer, got {v!r}", field=key)
             else:
                 checked[key] = int(v)
         for key, v in checked.items():
@@ -316,40 +247,11 @@ class VectorIndex:
 
     # --- persistence -----------------------------------------------------------------------------------
     def save(self, path: str | Path, extra: dict | None = None) -> None:
-        """Write the index to directory ``path`` atomically (temp dir + rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        files = ["ids.npy", "alive.npy", "vectors.npy"]
-        np.save(tmp / "ids.npy", self.ids)
-        np.save(tmp / "alive.npy", self.alive)
-        np.save(tmp / "vectors.npy", self.vectors)
-        if self._faiss_index is not None:
-            _faiss().write_index(self._faiss_index, str(tmp / "faiss.index"))  # FAISS's own format, no pickle
-            files.append("faiss.index")
-        from ..config import to_dict
-
-        manifest = {
-            "format": FORMAT,
-            "kind": "twotower-index",
-            "dim": self.dim,
-            "count": len(self),
-            "slots": len(self.alive),
-            "model_version": self.model_version,
-            "config": to_dict(self.config),
-            "metric": "inner_product",
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **(extra or {}),
-        }
-        write_manifest(tmp, manifest, files)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        """Write the index to directory ``path`` atomically (:mod:`twotower.index.storage`); ``extra`` goes
+        into the manifest (recall, version, ...)."""
+        manifest = storage.new_manifest(self.dim, len(self), len(self.alive), self.model_version, self.config, extra)
+        arrays = {"ids": self.ids, "alive": self.alive, "vectors": self.vectors}
+        storage.write_index_dir(path, arrays, self._faiss_index, manifest)
 
     @classmethod
     def load(
@@ -357,9 +259,7 @@ class VectorIndex:
     ) -> VectorIndex:
         """Load an index; checksums are verified first, so a truncated file is a clear error, not a crash."""
         path = Path(path)
-        manifest = read_manifest(path)
-        if manifest.get("kind") != "twotower-index":
-            raise IndexError_(f"{path} is not a twotower index directory")
+        manifest = storage.read_index_manifest(path)
         mv = manifest.get("model_version")
         if expect_model_version is not None and mv != expect_model_version and not allow_version_mismatch:
             raise VersionMismatch(
@@ -367,22 +267,9 @@ class VectorIndex:
                 f"{expect_model_version}; rebuild the index from this model's embeddings, or pass "
                 "allow_version_mismatch=True (--allow-version-mismatch) if you really mean to mix them"
             )
-        from ..config import from_dict
-
         idx = cls(manifest["dim"], from_dict(IndexConfig, manifest["config"]), mv)
-        try:
-            idx.ids = np.load(path / "ids.npy", allow_pickle=False)
-            idx.alive = np.load(path / "alive.npy", allow_pickle=False)
-            idx.vectors = np.load(path / "vectors.npy", allow_pickle=False)
-            if (path / "faiss.index").exists():
-                idx._faiss_index = _faiss().read_index(str(path / "faiss.index"))
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise IndexError_(f"cannot read index {path}: {exc}; rebuild it or roll back") from exc
-        if idx._faiss_index is not None and idx._faiss_index.ntotal != len(idx.alive):
-            raise IndexError_(
-                f"{path}: FAISS index holds {idx._faiss_index.ntotal} vectors, manifest "
-                f"{len(idx.alive)}; rebuild the index"
-            )
+        arrays, idx._faiss_index = storage.read_index_data(path)
+        idx.ids, idx.alive, idx.vectors = arrays["ids"], arrays["alive"], arrays["vectors"]
         return idx
 
     def info(self) -> dict:

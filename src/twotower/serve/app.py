@@ -101,11 +101,11 @@ class Service:
         import torch
 
         from ..errors import StoreConfigError
-        from ..index.vector_index import _faiss
+        from ..index import set_faiss_threads
 
         s = self.settings
         torch.set_num_threads(s.torch_threads)
-        _faiss().omp_set_num_threads(s.faiss_threads)
+        set_faiss_threads(s.faiss_threads)
         try:  # a missing store or a wrong URL stops the start; a locked or corrupt one degrades (fallback path)
             store = await asyncio.to_thread(open_serving_store, s.resolved_store_url())
         except StoreConfigError as exc:

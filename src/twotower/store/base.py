@@ -21,27 +21,30 @@ either a user's old or new state, and re-running a failed call is idempotent.
 ``StoreConfig.timeout_s``, never hangs; the caller serves the cold-start path instead. A wrong URL or, for a
 reader (``open_store(url, create=False)``: the service), a SQLite file that does not exist raises
 :class:`StoreConfigError` / :class:`StoreMissing`: waiting cannot fix those.
+
+This module is the interface and what every backend shares; it imports no backend. The backends are
+:mod:`~twotower.store.sqlite` and :mod:`~twotower.store.redis_store`; :func:`~twotower.store.factory.open_store`
+picks one by URL.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, runtime_checkable
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from ..errors import StoreConfigError
+from ..config import check, check_float, check_int
 from .codec import DTYPES, Unpacked
 
 # Versions and namespaces become parts of Redis keys and SCAN patterns: no ':' and no glob characters.
 NAME_RE = re.compile(r"[A-Za-z0-9._+@=-]{1,128}")
+NAME_RULE = "1-128 characters from A-Z a-z 0-9 . _ + @ = -"
 STAT_KEYS = ("reads", "hits", "misses", "mismatches", "corrupt", "errors", "writes")
 
 
@@ -56,15 +59,12 @@ class StoreConfig:
     batch: int = 1000  # users per write transaction (Redis) / executemany chunk (SQLite)
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {'|'.join(DTYPES)}, got {self.dtype!r}")
-        if self.ttl_s < 0:
-            raise ValueError(f"ttl_s must be >= 0 (0 = no expiry), got {self.ttl_s}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0 seconds, got {self.timeout_s}")
-        if self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}")
-        check_name(self.namespace, "namespace")
+        check(self.dtype in DTYPES, "dtype", self.dtype, f"use one of {'|'.join(DTYPES)}")
+        check_int(self, "ttl_s", 0)  # 0 = no expiry
+        check_float(self, "timeout_s", 0.0, lo_open=True)  # seconds
+        check_int(self, "batch", 1)
+        ok = isinstance(self.namespace, str) and NAME_RE.fullmatch(self.namespace) is not None
+        check(ok, "namespace", self.namespace, f"use {NAME_RULE} (it becomes part of store keys)")
 
 
 @dataclass
@@ -130,10 +130,10 @@ class FeatureStore(Protocol):
 
 
 def check_name(name: str, what: str) -> str:
+    """``name`` (a model version) if it can be part of a store key, else ValueError naming the rule."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ValueError(
-            f"{what} {name!r} must be 1-128 characters from A-Z a-z 0-9 . _ + @ = - "
-            "(it becomes part of store keys); rename it, e.g. 'm-2024-05-01'"
+            f"{what} {name!r} must be {NAME_RULE} (it becomes part of store keys); rename it, e.g. 'm-2024-05-01'"
         )
     return name
 
@@ -226,15 +226,6 @@ class StoreBase:
         raise NotImplementedError
 
 
-SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-URL_FORMS = (
-    "sqlite:///relative/path.db, sqlite:////absolute/path.db, a bare path ending .db/.sqlite/.sqlite3, "
-    "redis://[:password@]host:port/db (optionally ?namespace=..&ttl=..&dtype=..&timeout=..&batch=..)"
-)
-_QUERY_FIELDS = {"namespace": ("namespace", str), "ttl": ("ttl_s", int), "dtype": ("dtype", str),
-                 "timeout": ("timeout_s", float), "batch": ("batch", int)}  # fmt: skip
-
-
 def redact_url(url: str) -> str:
     """The URL without its password (``redis://:***@host:6379/0``), for messages and logs."""
     try:
@@ -246,51 +237,3 @@ def redact_url(url: str) -> str:
     except ValueError:  # unparsable, e.g. a bad port
         pass
     return re.sub(r":[^:/@]*@", ":***@", url)  # a malformed URL (e.g. "redis//:pw@host") may still hold one
-
-
-def _apply_query(url: str, query: str, config: StoreConfig) -> StoreConfig:
-    url = redact_url(url)  # named in errors
-    changes = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in _QUERY_FIELDS:
-            raise StoreConfigError(
-                f"unknown store URL parameter {key!r} in {url!r}; valid ones: {sorted(_QUERY_FIELDS)}"
-            )
-        field, kind = _QUERY_FIELDS[key]
-        try:
-            changes[field] = kind(value)
-        except ValueError as exc:
-            raise StoreConfigError(
-                f"store URL parameter {key}={value!r} in {url!r} is not a valid {kind.__name__}"
-            ) from exc
-    try:
-        return dataclasses.replace(config, **changes)
-    except ValueError as exc:
-        raise StoreConfigError(f"store URL {url!r}: {exc}") from exc
-
-
-def open_store(url: str, config: StoreConfig | None = None, create: bool = True) -> FeatureStore:
-    """Open the store at ``url``; URL query parameters override ``config``.
-
-    ``create=False`` is for readers (the service): a missing SQLite file raises :class:`StoreMissing` instead
-    of being created empty. Redis has nothing to create; the flag does not apply to it.
-
-    Accepted forms: ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, a bare path ending ``.db``,
-    ``.sqlite`` or ``.sqlite3``, and ``redis://[:password@]host:port/db?namespace=tt&ttl=86400&dtype=int8&
-    timeout=0.25&batch=1000``. A Redis store connects lazily, so a service can start while Redis is down.
-    """
-    config = config or StoreConfig()
-    url = str(url)
-    base, _, query = url.partition("?")
-    if base.startswith("sqlite:///") or (("://" not in base) and base.endswith(SQLITE_SUFFIXES)):
-        from .sqlite import SQLiteStore
-
-        path = base[len("sqlite:///") :] if base.startswith("sqlite:///") else base
-        if not path or path == ":memory:":
-            raise StoreConfigError(f"store URL {url!r} names no file; use e.g. sqlite:///runs/states.db")
-        return SQLiteStore(Path(path), _apply_query(url, query, config), create=create)
-    if base.startswith(("redis://", "rediss://")):
-        from .redis_store import RedisStore
-
-        return RedisStore(base, _apply_query(url, query, config))
-    raise StoreConfigError(f"cannot open feature store {redact_url(url)!r}: unknown form; accepted: {URL_FORMS}")
