@@ -27,7 +27,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
 try:
     from . import _fused_topk
@@ -72,12 +71,21 @@ def blocked_topk(
     """Exact top-``k`` rows of ``vectors`` [N, D] by inner product with each of ``queries`` [B, D].
 
     ``dead``: bool [N], rows never returned. Returns (scores float32 [B, k'], labels int64 [B, k']) best
-    first, k' = min(k, N); a row with fewer than k' live candidates is padded with -inf / -1.
+    first, k' = min(k, N); a row with fewer than k' live candidates is padded with -inf / -1. Batches of
+    ``FUSED_MIN_BATCH`` or more take the fused kernel where it runs, the rest :func:`blas_topk`.
     """
-    import faiss
-
     if len(queries) >= FUSED_MIN_BATCH and fused_available():
         return fused_topk(queries, vectors, k, dead)
+    return blas_topk(queries, vectors, k, block, dead)
+
+
+def blas_topk(
+    queries: np.ndarray, vectors: np.ndarray, k: int, block: int = DEFAULT_BLOCK, dead: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`blocked_topk` through torch GEMM tiles of ``block`` rows and FAISS's per-query heaps."""
+    import faiss
+    import torch  # here, not at the top: `twotower index list` and the CLI's help load this package
+
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
     B, N = q.shape[0], v.shape[0]
@@ -131,6 +139,8 @@ def fused_topk(
     if dead_u8 is not None and len(dead_u8) != N:
         raise ValueError(f"dead has {len(dead_u8)} entries for {N} vectors")
     if threads is None:  # by default, threads only for work worth a pool
+        import torch
+
         threads = torch.get_num_threads() if N * P >= 65536 else 1
     threads = max(1, threads)
     cap = k + min(max(k, 32), 1024)  # candidates kept per query between two cuts back to its k best

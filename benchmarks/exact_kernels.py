@@ -1,0 +1,155 @@
+"""Batched exact top-k on one thread: the fused C kernel against FAISS's own brute force, in one run.
+
+Issue #14 item 7 asks whether ``_fused_topk`` (AVX2 GEMM with the top-k fused into its register blocks)
+earns its place beside FAISS. Every path below answers the same question, the exact top-``k`` by inner
+product of ``B`` queries over ``N`` vectors, on ONE thread (FAISS, torch and BLAS all pinned to 1):
+
+* ``fused``: the C kernel (``twotower_fused_topk``, the optional extra), through ``exact.fused_topk``;
+* ``flatip``: ``faiss.IndexFlatIP(D).search(Q, k)`` (FAISS: BLAS tiles of 4,096 x 1,024, then heaps);
+* ``knn``: ``faiss.knn(Q, V, k, METRIC_INNER_PRODUCT)``, the same search without an index object;
+* ``blas_heaps``: twotower's fallback, torch GEMM tiles of 2,048 rows into FAISS heaps (``blocked_topk``).
+
+Random unit vectors (a seeded Gaussian, normalised); each path runs once to warm up, then ``--repeats``
+times, and the median wall time is reported with queries/s. The ratios in ``summary`` are taken within
+this one run, so a machine shared with other work slows every path alike; the load average at the start
+and end is recorded beside them. Usage::
+
+    python benchmarks/exact_kernels.py [--sizes 100000 1000000] [--out benchmarks/results/exact_kernels.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"  # before numpy/torch/faiss load their thread pools
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from twotower.index import exact  # noqa: E402
+
+SEED = 0
+
+
+def unit_vectors(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 [n, d] Gaussian rows scaled to unit length."""
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def paths(k: int, index: faiss.IndexFlatIP) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    """Each batched exact top-k path as ``(queries [B, D], vectors [N, D]) -> labels int64 [B, k]``.
+
+    ``index`` holds the same vectors, added before the clock starts: ``flatip`` times ``search`` alone.
+    """
+    out = {
+        "flatip": lambda q, v: index.search(q, k)[1],
+        "knn": lambda q, v: faiss.knn(q, v, k, metric=faiss.METRIC_INNER_PRODUCT)[1],
+        "blas_heaps": lambda q, v: exact.blas_topk(q, v, k)[1],
+    }
+    if exact.fused_available():
+        out["fused"] = lambda q, v: exact.fused_topk(q, v, k, threads=1)[1]
+    return out
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls (the caller has made a warm-up call)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean fraction of each row of ``a`` found in the same row of ``b`` (ties may swap the k-th item)."""
+    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b)]))
+
+
+def size_label(n: int) -> str:
+    """1000000 -> '1m', 100000 -> '100k' (for summary keys)."""
+    return f"{n // 1_000_000}m" if n % 1_000_000 == 0 else f"{n // 1000}k"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("-k", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default="benchmarks/results/exact_kernels.json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    load_start = os.getloadavg()
+    rng = np.random.default_rng(SEED)
+    q = unit_vectors(args.batch, args.dim, rng)
+    rows, summary = [], {}
+    print(f"exact top-{args.k}, B={args.batch}, D={args.dim}, one thread; kernel here: {exact.kernel()}")
+    print(f"{'N':>10} {'path':<11}{'median s':>10}{'QPS':>10}{'GFLOP/s':>9}{'overlap':>9}")
+    for n in args.sizes:
+        v = unit_vectors(n, args.dim, rng)
+        index = faiss.IndexFlatIP(args.dim)
+        index.add(v)
+        todo = paths(args.k, index)
+        found = {name: fn(q, v) for name, fn in todo.items()}  # also each path's warm-up call
+        qps = {}
+        for name, fn in todo.items():
+            s = median_seconds(lambda fn=fn, v=v: fn(q, v), args.repeats)
+            qps[name] = args.batch / s
+            row = {
+                "n": n,
+                "path": name,
+                "median_s": s,
+                "qps": qps[name],
+                "gflops": 2 * n * args.dim * args.batch / s / 1e9,
+                "overlap_with_flatip": overlap(found[name], found["flatip"]),
+            }
+            rows.append(row)
+            print(
+                f"{n:>10,} {name:<11}{s:>10.4f}{row['qps']:>10.0f}{row['gflops']:>9.1f}"
+                f"{row['overlap_with_flatip']:>9.4f}",
+                flush=True,
+            )
+        label = size_label(n)
+        summary[f"blas_heaps_over_flatip_{label}"] = qps["blas_heaps"] / qps["flatip"]
+        summary[f"knn_over_flatip_{label}"] = qps["knn"] / qps["flatip"]
+        if "fused" in qps:
+            summary[f"fused_over_flatip_{label}"] = qps["fused"] / qps["flatip"]
+            summary[f"fused_over_knn_{label}"] = qps["fused"] / qps["knn"]
+            summary[f"fused_over_blas_heaps_{label}"] = qps["fused"] / qps["blas_heaps"]
+    for key, val in summary.items():
+        print(f"{key:<32}{val:6.2f}x")
+    doc = {
+        "benchmark": "exact_kernels",
+        "protocol": "n/a: speed only",
+        "seeds": [SEED],
+        "config": {"sizes": args.sizes, "dim": args.dim, "batch": args.batch, "k": args.k, "repeats": args.repeats},
+        "threads": 1,
+        "statistic": "median wall time of the repeats, after one warm-up call",
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "versions": {"faiss": faiss.__version__, "torch": torch.__version__, "numpy": np.__version__},
+        "kernel": exact.kernel(),
+        "load_average": {"start": load_start, "end": os.getloadavg()},
+        "conditions": "a machine shared with other jobs: compare the ratios (same run), not absolute times",
+        "rows": rows,
+        "summary": summary,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
