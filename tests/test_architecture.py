@@ -1,14 +1,12 @@
-"""The shape of the code base: no import cycles, no oversized files, a serving path free of training.
+"""The shape of the code base: no import cycles, no oversized files.
 
 The layer contract itself is import-linter's (``[tool.importlinter]`` in pyproject.toml, run by
-``scripts/test.sh``); these tests add what it does not say, or say it without the tool installed.
+``scripts/test.sh`` before pytest); these tests add what it does not say, or say it without the tool.
 """
 
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -120,25 +118,3 @@ def test_no_file_under_src_is_over_the_limit():
     }
     over = {name: n for name, n in sorted(sizes.items()) if n > MAX_LINES}
     assert not over, f"files over {MAX_LINES} lines; split them by concern: {over}"
-
-
-def test_the_service_app_imports_no_training_jobs_or_data_preparation():
-    """What import-linter checks statically, at run time: a package's ``__init__`` can pull in a module the
-    static graph does not show (importing ``twotower.data.dataset`` runs ``twotower/data/__init__.py``)."""
-    code = (
-        "import sys, twotower.serve.app\n"
-        "bad = ('twotower.train', 'twotower.jobs', 'twotower.data.prepare', 'twotower.data.writer',\n"
-        "       'twotower.data.encoding', 'twotower.data.splits')\n"
-        "print(sorted(m for m in sys.modules if m.startswith(bad)))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env())
-    assert out.stdout.strip() == "[]", f"importing the service's app loads: {out.stdout.strip()}"
-
-
-def _env() -> dict[str, str]:
-    """The environment for a child Python that must import this checkout's ``src`` first."""
-    import os
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
-    return env
