@@ -118,3 +118,11 @@ def test_no_file_under_src_is_over_the_limit():
     }
     over = {name: n for name, n in sorted(sizes.items()) if n > MAX_LINES}
     assert not over, f"files over {MAX_LINES} lines; split them by concern: {over}"
+
+
+def test_the_default_install_builds_no_c():
+    """Nothing under src/ is compiled at install time (no C/C++/Cython sources, no setup.py extensions)."""
+    compiled = [str(p.relative_to(SRC)) for p in SRC.rglob("*") if p.suffix in (".c", ".cc", ".cpp", ".pyx")]
+    assert not compiled, f"sources the default install would have to compile: {compiled}"
+    setup_py = SRC.parent / "setup.py"
+    assert not setup_py.exists() or "ext_modules" not in setup_py.read_text()
