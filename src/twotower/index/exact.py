@@ -10,11 +10,12 @@ decide the speed on a CPU:
   score with the heap's current k-th best and touch the heap only on a win. Once a few tiles are in, almost
   nothing wins, so the top-k costs about a compare per score, against a full ``torch.topk`` per tile.
 
-FAISS's own batched brute force (``IndexFlatIP.search``, ``faiss.knn``) has the same shape but ~3x the
-time here (``benchmarks/exact_kernels.py``: B = 256, D = 64, k = 100, one thread; this path 3.0x its
-throughput at N = 100k, 3.4x at 1M), and it has no mask for dead rows (tombstones, allow-lists), which this
-scan applies per tile. A hand-written AVX2 kernel that fused the top-k into the GEMM's register blocks gained
-1.08x / 1.01x over this path in the same run and was removed (issue #14): the default install builds no C.
+FAISS's own batched brute force (``IndexFlatIP.search``, ``faiss.knn``) has the same shape but takes ~3x
+the time here (``benchmarks/exact_kernels.py``: B = 256, D = 64, k = 100, one thread; this path has 3.0x its
+throughput at N = 100k, 3.4x at 1M); this scan also masks dead rows (tombstones, allow-lists) per tile,
+where FAISS would need an ID selector. A hand-written AVX2 kernel that fused the top-k into the GEMM's
+register blocks gained 1.08x / 1.01x over this path in the same run and was removed (issue #14): the
+default install builds no C.
 """
 
 from __future__ import annotations
