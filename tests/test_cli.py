@@ -348,6 +348,39 @@ def test_usage_and_config_errors_exit_2_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "s.db").exists()  # refused before the store was created
 
 
+def test_a_refused_value_is_reported_under_its_flag():
+    """By the error's ``field`` where it has one, else by checking the flags one at a time; never by message."""
+    from dataclasses import dataclass
+
+    from twotower.cli.options import replace_checked
+    from twotower.errors import ConfigError
+
+    @dataclass
+    class Knobs:
+        top_k: int = 1
+        beam_width: int = 1
+
+        def __post_init__(self) -> None:
+            if self.beam_width < 0:
+                raise ValueError("must be >= 0")  # names no field
+            if self.top_k > 100:
+                exc = ConfigError("too large")
+                exc.field = "top_k"
+                raise exc
+            if self.top_k * self.beam_width > 50:
+                raise ConfigError("the product must be <= 50")
+
+    assert replace_checked(Knobs(), {"top_k": 5}) == Knobs(top_k=5)
+    for values, says in [
+        ({"top_k": 500, "beam_width": 2}, "--top-k: too large"),
+        ({"top_k": 2, "beam_width": -1}, "--beam-width: must be >= 0"),
+        ({"top_k": 10, "beam_width": 10}, "command line: the product must be <= 50"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            replace_checked(Knobs(), values)
+        assert str(info.value) == says
+
+
 def test_serve_refuses_a_directory_that_is_not_an_artifact_root(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TWOTOWER_ADMIN_TOKEN", "a-long-enough-admin-token")
     assert main(["serve", "--artifacts", str(tmp_path)]) == 2  # was SystemExit: status 1

@@ -1,9 +1,9 @@
 """Command-line values into config dataclasses, with errors that name the flag the user typed.
 
 Every config dataclass checks its values in ``__post_init__`` and raises :class:`~twotower.errors.ConfigError`
-(a ``ValueError``) whose message names the field. A flag is named after its field (``hnsw_m`` is
-``--hnsw-m``), so when a replaced config is refused the offending flag is found by checking the flags one
-at a time, never by reading the message.
+(a ``ValueError``) whose ``field`` attribute names the field at fault. A flag is named after its field
+(``hnsw_m`` is ``--hnsw-m``), so a refused value is reported under its flag without reading the message;
+for an error that names no field, the flags are checked one at a time to find it.
 """
 
 from __future__ import annotations
@@ -37,9 +37,12 @@ def replace_checked(cfg: T, values: dict[str, Any]) -> T:
     try:
         return dataclasses.replace(cfg, **values)
     except ValueError as whole:  # ConfigError is a ValueError; the configs' checks raise it
-        for field, value in values.items():
+        field = getattr(whole, "field", None)
+        if field in values:
+            raise ConfigError(f"{flag(field)}: {whole}") from whole
+        for name, value in values.items():
             try:
-                dataclasses.replace(cfg, **{field: value})
+                dataclasses.replace(cfg, **{name: value})
             except ValueError as exc:
-                raise ConfigError(f"{flag(field)}: {exc}") from exc
+                raise ConfigError(f"{flag(name)}: {exc}") from exc
         raise ConfigError(f"command line: {whole}") from whole
