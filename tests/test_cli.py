@@ -2,12 +2,15 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import small_run_config
 
 from twotower import config as cfgmod
-from twotower.cli import main
+from twotower.cli import COMMANDS, Command, build_parser, main
 
 
 def test_train_then_evaluate_cli(synth_data, tmp_path, capsys):
@@ -223,19 +226,26 @@ def test_ctrl_c_during_training_says_how_to_resume(trained, synth_data, tmp_path
     assert train(synth_data, run, "--resume") == 0
 
 
+def write_export(emb: Path, n: int = 300, d: int = 16):
+    """A small embeddings export (random unit vectors) as `twotower export` writes it: (directory, vectors)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    emb.mkdir()
+    np.save(emb / "ids.npy", np.arange(n, dtype=np.int64))
+    np.save(emb / "embeddings.npy", x)
+    manifest = {"model_version": "a" * 16, "dim": d, "count": n, "dtype": "float32", "created_at": "now"}
+    (emb / "manifest.json").write_text(json.dumps(manifest))
+    return emb, x
+
+
 def test_index_build_bad_knobs_and_damaged_exports_are_one_line_errors(tmp_path, capsys):
     """--hnsw-m 0 segfaulted FAISS and a NaN vector hung HNSW; a damaged export manifest was a traceback."""
     import numpy as np
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((300, 16)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    emb = tmp_path / "emb"
-    emb.mkdir()
-    np.save(emb / "ids.npy", np.arange(300, dtype=np.int64))
-    np.save(emb / "embeddings.npy", x)
-    manifest = {"model_version": "a" * 16, "dim": 16, "count": 300, "dtype": "float32", "created_at": "now"}
-    (emb / "manifest.json").write_text(json.dumps(manifest))
+    emb, x = write_export(tmp_path / "emb")
     build = ["index", "build", "--emb", str(emb), "--out", str(tmp_path / "idx")]
     for flags, says in [
         (["--hnsw-m", "0"], "--hnsw-m"),
@@ -253,3 +263,145 @@ def test_index_build_bad_knobs_and_damaged_exports_are_one_line_errors(tmp_path,
     assert main(build) == 2
     assert "manifest.json is damaged" in capsys.readouterr().err
     assert not (tmp_path / "idx" / "CURRENT").exists()  # nothing was published
+
+
+# --- the command list, light start-up, one exit-code mapping ----------------------------------------------------
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def run_cli_in_child(*argv: str, cwd: Path | None = None) -> tuple[list[str], subprocess.CompletedProcess]:
+    """Run ``main(argv)`` in a fresh interpreter; return the heavy modules it loaded and the process."""
+    code = (
+        "import json, sys\n"
+        "from twotower.cli import main\n"
+        "try:\n"
+        f"    status = main({list(argv)!r})\n"
+        "except SystemExit as exc:\n"
+        "    status = exc.code\n"
+        "heavy = sorted(m for m in ('torch', 'faiss', 'fastapi', 'uvicorn') if m in sys.modules)\n"
+        "print(json.dumps({'status': status, 'heavy': heavy}), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd)
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert report["status"] in (0, None), proc.stderr
+    return report["heavy"], proc
+
+
+def test_help_lists_every_command_without_importing_torch():
+    heavy, proc = run_cli_in_child("--help")
+    assert heavy == []  # no torch, no faiss, no web stack: the list comes from COMMANDS alone
+    for name in COMMANDS:
+        assert name in proc.stdout
+
+
+def test_prepare_help_does_not_import_torch():
+    heavy, proc = run_cli_in_child("prepare", "--help")
+    assert "torch" not in heavy and "--num-hashes" in proc.stdout
+
+
+def test_synth_then_prepare_run_without_torch(tmp_path):
+    heavy, _ = run_cli_in_child(
+        "synth", "--users", "30", "--items", "20", "--events", "400", "--out", "log.csv", cwd=tmp_path
+    )
+    assert "torch" not in heavy and (tmp_path / "log.csv").is_file()
+    heavy, proc = run_cli_in_child("prepare", "--log", "log.csv", "--out", "data", cwd=tmp_path)
+    assert "torch" not in heavy and "written    data" in proc.stdout
+    assert (tmp_path / "data" / "manifest.json").is_file()
+
+
+def test_index_list_runs_without_torch(tmp_path):
+    """Listing versions reads manifests only (the index layer may not import the model side)."""
+    emb, _ = write_export(tmp_path / "emb")
+    assert main(["index", "build", "--emb", str(emb), "--out", str(tmp_path / "idx"), "--backend", "exact"]) == 0
+    heavy, proc = run_cli_in_child("index", "list", "--root", str(tmp_path / "idx"))
+    assert "torch" not in heavy and "exact" in proc.stdout
+
+
+def test_every_command_declares_its_arguments():
+    """The full parser (every command module imported) builds; each command's --help parses."""
+    parser = build_parser()
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([name, "--help"])
+        assert info.value.code == 0
+
+
+def test_a_broken_command_module_is_a_traceback_not_an_invalid_choice(monkeypatch):
+    """An ImportError under a command used to make it vanish ("invalid choice"); now it surfaces as itself."""
+    monkeypatch.setitem(COMMANDS, "train", Command("no_such_module", "declare_train", "train"))
+    with pytest.raises(ModuleNotFoundError):
+        main(["train", "--help"])
+
+
+def test_usage_and_config_errors_exit_2_with_one_line(tmp_path, capsys):
+    assert main(["prepare", "--out", str(tmp_path / "d")]) == 2
+    assert "prepare needs --dataset ml-1m or --log FILE" in capsys.readouterr().err
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,item_id,timestamp\nu,i,1\n")
+    assert main(["prepare", "--log", str(log), "--num-hashes", "0", "--out", str(tmp_path / "d")]) == 2
+    assert capsys.readouterr().err.startswith("error: --num-hashes: ")
+    store = f"sqlite:///{tmp_path}/s.db"
+    assert main(["refresh-states", "--run", str(tmp_path), "--store", store, "--as-of", "yesterday"]) == 2
+    assert "--as-of: cannot read time 'yesterday'" in capsys.readouterr().err
+    assert not (tmp_path / "s.db").exists()  # refused before the store was created
+
+
+def test_a_refused_value_is_reported_under_its_flag():
+    """By the error's ``field`` where it has one, else by checking the flags one at a time; never by message."""
+    from dataclasses import dataclass
+
+    from twotower.cli.options import replace_checked
+    from twotower.errors import ConfigError
+
+    @dataclass
+    class Knobs:
+        top_k: int = 1
+        beam_width: int = 1
+
+        def __post_init__(self) -> None:
+            if self.beam_width < 0:
+                raise ValueError("must be >= 0")  # names no field
+            if self.top_k > 100:
+                exc = ConfigError("too large")
+                exc.field = "top_k"
+                raise exc
+            if self.top_k * self.beam_width > 50:
+                raise ConfigError("the product must be <= 50")
+
+    assert replace_checked(Knobs(), {"top_k": 5}) == Knobs(top_k=5)
+    for values, says in [
+        ({"top_k": 500, "beam_width": 2}, "--top-k: too large"),
+        ({"top_k": 2, "beam_width": -1}, "--beam-width: must be >= 0"),
+        ({"top_k": 10, "beam_width": 10}, "command line: the product must be <= 50"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            replace_checked(Knobs(), values)
+        assert str(info.value) == says
+
+
+def test_serve_refuses_a_directory_that_is_not_an_artifact_root(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TWOTOWER_ADMIN_TOKEN", "a-long-enough-admin-token")
+    assert main(["serve", "--artifacts", str(tmp_path)]) == 2  # was SystemExit: status 1
+    assert f"{tmp_path} is not an artifact root; run `twotower serve-prepare` first" in capsys.readouterr().err
+
+
+def test_exit_codes_come_from_one_mapping(monkeypatch, capsys):
+    """OSError -> 2 with one line, KeyboardInterrupt -> 130, anything else is a bug and propagates."""
+    import twotower.cli.data as data_cmds
+
+    def fails(exc):
+        def cmd(args):
+            raise exc
+
+        return cmd
+
+    argv = ["synth", "--users", "1", "--items", "1", "--events", "1", "--out", "x.csv"]
+    monkeypatch.setattr(data_cmds, "cmd_synth", fails(PermissionError("x.csv: permission denied")))
+    assert main(argv) == 2 and capsys.readouterr().err == "error: x.csv: permission denied\n"
+    monkeypatch.setattr(data_cmds, "cmd_synth", fails(KeyboardInterrupt()))
+    assert main(argv) == 130 and "interrupted: synth did not finish" in capsys.readouterr().err
+    monkeypatch.setattr(data_cmds, "cmd_synth", fails(ZeroDivisionError("a bug")))
+    with pytest.raises(ZeroDivisionError):
+        main(argv)

@@ -23,7 +23,7 @@ from ..errors import ConfigError, VersionMismatch
 from . import faiss_backend as fb
 from . import storage
 from .base import IndexConfig, as_queries, check_finite, normalise_exclude, pad_results
-from .exact import FUSED_MIN_BATCH, blocked_topk, fused_available
+from .exact import blocked_topk
 
 SEARCH_KNOBS = ("hnsw_ef_search", "ivf_nprobe", "refine_factor", "exact_block", "filter_exact_below")
 
@@ -144,7 +144,7 @@ class VectorIndex:
     def _exact(self, q: np.ndarray, k: int, allowed: np.ndarray, ex_labels) -> tuple[np.ndarray, np.ndarray]:
         n_dead = len(allowed) - (self.n_alive if allowed is self.alive else int(allowed.sum()))
         n_ex = 0 if ex_labels is None else max((len(e) for e in ex_labels), default=0)
-        few = len(q) < FUSED_MIN_BATCH if fused_available() else len(q) <= 8
+        few = len(q) <= 8  # FAISS's per-query scan up to 8 queries, the GEMM tiles from 9 on
         if few and n_dead + n_ex <= 1024 and len(self.vectors):
             return self._exact_scan(q, k, allowed, ex_labels, n_dead + n_ex)
         if not len(self.vectors):
@@ -162,7 +162,7 @@ class VectorIndex:
 
     def _exact_scan(self, q, k: int, allowed: np.ndarray, ex_labels, extra: int) -> tuple[np.ndarray, np.ndarray]:
         """Few queries: FAISS's SIMD scan of the vectors (near memory bandwidth; a GEMV + top-k is ~2x slower).
-        It costs a full scan per query, so with the fused kernel it serves single queries only.
+        It costs a full scan per query, so it serves up to 8 queries; more go through the GEMM tiles.
         The top ``k + extra`` of everything hold the top ``k`` of what the filters let through."""
         fetch = min(k + extra, len(self.vectors))
         D, L = fb.knn(q, self.vectors, fetch)

@@ -1,0 +1,92 @@
+"""``twotower prepare`` and ``twotower synth``: the data commands. Neither imports torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import UsageError
+from .options import given, replace_checked
+
+
+def declare_prepare(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``twotower prepare``: a built-in dataset or a log (+ item/user tables) and its columns."""
+    p.add_argument("--dataset", choices=["ml-1m"], help="built-in dataset")
+    p.add_argument("--path", help="ML-1M location: directory with ratings.dat, ml-1m.zip, or recbole files")
+    p.add_argument("--log", help="interaction log (.csv/.tsv/.parquet)")
+    p.add_argument("--items", help="optional item table")
+    p.add_argument("--users", help="optional user table")
+    p.add_argument("--config", help="PrepareConfig as .toml/.json (column mappings, hashing)")
+    p.add_argument("--user-col")
+    p.add_argument("--item-col")
+    p.add_argument("--time-col")
+    p.add_argument("--action-cols", help="comma-separated 0/1 columns -> multi-hot actions")
+    p.add_argument("--surface-col")
+    p.add_argument("--weight-col")
+    p.add_argument("--delimiter", help="CSV delimiter (default: tab for .tsv/.tab files, else ',')")
+    p.add_argument("--num-hashes", type=int)
+    p.add_argument("--out", required=True, help="output dataset directory")
+    p.set_defaults(func=cmd_prepare)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Prepare ML-1M or a log file into a dataset directory and print its statistics."""
+    from .. import config as cfgmod
+    from ..data import PrepareConfig, prepare_files, prepare_movielens
+
+    if args.dataset is None and not args.log:  # before reading a config or any data
+        raise UsageError("prepare needs --dataset ml-1m or --log FILE (see `twotower prepare --help`)")
+    cfg = cfgmod.load(PrepareConfig, args.config) if args.config else PrepareConfig()
+    cfg = replace_checked(cfg, given({"num_hashes": args.num_hashes}))
+    if args.dataset == "ml-1m":
+        manifest = prepare_movielens(args.out, path=args.path, cfg=cfg)
+    else:
+        columns = {
+            "user_id": args.user_col,
+            "item_id": args.item_col,
+            "timestamp": args.time_col,
+            "surface": args.surface_col,
+            "weight": args.weight_col,
+        }
+        for attr, val in given(columns).items():
+            setattr(cfg.log, attr, val)
+        if args.action_cols:
+            cfg.log.actions = [c for c in args.action_cols.split(",") if c]
+        if args.delimiter:
+            cfg.log.delimiter = cfg.items.delimiter = cfg.users.delimiter = args.delimiter
+        manifest = prepare_files(args.log, args.out, cfg, items_path=args.items, users_path=args.users)
+    print_stats(manifest)
+    print(f"written    {args.out}")
+    return 0
+
+
+def print_stats(manifest: dict) -> None:
+    """The dataset manifest as a short table: counts, actions, split sizes, time taken."""
+    print(f"dataset    {manifest.get('dataset')}  ({manifest.get('source')})")
+    print(f"events     {manifest['num_events']:>12,}")
+    print(f"users      {manifest['num_users']:>12,}")
+    print(f"items      {manifest['num_items']:>12,}")
+    print(f"actions    {', '.join(manifest['actions']) or '-'}")
+    for scheme, sizes in manifest["split_sizes"].items():
+        print(f"split {scheme:<5}" + "  ".join(f"{k}={v:,}" for k, v in sizes.items()))
+    if "seconds" in manifest:
+        print(f"took       {manifest['seconds']:.1f} s")
+
+
+def declare_synth(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``twotower synth``: sizes, seed and output file."""
+    p.add_argument("--users", type=int, required=True)
+    p.add_argument("--items", type=int, required=True)
+    p.add_argument("--events", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help=".parquet, .csv or .tsv")
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Write a synthetic log and print what was generated as one JSON line."""
+    from ..data.synth import generate
+
+    info = generate(args.users, args.items, args.events, args.out, seed=args.seed)
+    print(json.dumps(info))
+    return 0

@@ -1,0 +1,146 @@
+"""``twotower train``, ``evaluate`` and ``export``: the commands that run the model (they import torch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .options import given, replace_checked
+
+#: Metrics ``twotower evaluate`` prints, in this order.
+TABLE_KEYS = ["hr@10", "ndcg@10", "hr@50", "hr@100", "hr@200", "mrr"]
+
+
+def declare_train(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``twotower train``: dataset, config, run directory, and the flags a resume may change."""
+    p.add_argument("--data", required=True, help="dataset directory from `twotower prepare`")
+    p.add_argument("--config", help="RunConfig .toml/.json ([model] and [train] tables)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.csv, config.json)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume", action="store_true", help="continue OUT from its last checkpoint, with its saved config"
+    )
+    again.add_argument("--overwrite", action="store_true", help="discard the run already in OUT and start afresh")
+    p.add_argument("--epochs", type=int, help="train.epochs (may be raised on --resume)")
+    p.add_argument("--device", help="cpu | cuda | cuda:N")
+    p.add_argument(
+        "--time-budget", type=float, help="stop after this many seconds of training, resumes included (0 = none)"
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train, on_interrupt=interrupted)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or resume) a run and print one summary line."""
+    from .. import config as cfgmod
+    from ..train.loop import RunConfig, Trainer, resume_config
+    from ..train.run import load_dataset
+
+    given_cfg = cfgmod.load(RunConfig, args.config) if args.config else None
+    # A resume trains on with the run's saved config; a given --config may only change what RESUMABLE allows.
+    cfg = resume_config(args.out, given_cfg) if args.resume else given_cfg or RunConfig()
+    flags = {"epochs": args.epochs, "device": args.device, "time_budget_s": args.time_budget}
+    cfg.train = replace_checked(cfg.train, given(flags))  # the range checks run again on the flags' values
+    data = load_dataset(args.data)
+    trainer = Trainer(data, cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    summary = trainer.fit(progress=not args.no_progress)
+    print(
+        f"trained {summary['step']} steps, {summary['epoch']} epochs, {summary['train_seconds']:.0f} s, "
+        f"{summary['examples_per_s']:,.0f} examples/s; best valid ndcg@10 {summary['best']:.4f} "
+        f"(epoch {summary['best_epoch']}) -> {args.out}"
+    )
+    return 0
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """One line for Ctrl-C during training: where the last checkpoint is and how to continue."""
+    from ..train import checkpoint as ckpt
+
+    out = Path(args.out)
+    last = ckpt.resolve(out / "checkpoints" / "last")
+    if last is None:
+        return f"interrupted before the first checkpoint; nothing to resume, start again with --out {out} --overwrite"
+    try:
+        state = json.loads((last / "state.json").read_text())
+        at = f" (epoch {state['epoch']}, step {state['step']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        at = ""
+    resume = f"twotower train --data {args.data} --out {out} --resume"
+    return f"interrupted; the last checkpoint{at} is {last}; continue with: {resume}"
+
+
+def declare_evaluate(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``twotower evaluate``."""
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", help="dataset directory (default: the one the run was trained on)")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="JSON path (default RUN/eval_SPLIT.json)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Rank every item for every user of a split, beside the popularity baseline; print and save the metrics."""
+    from ..evaluate import evaluate_model, evaluate_popularity
+    from ..features import Featurizer
+    from ..train.loop import load_model
+    from ..train.run import check_model_fits, load_dataset, recorded_dataset
+
+    run = Path(args.run)
+    model, cfg, version = load_model(run, device=args.device)
+    data = load_dataset(recorded_dataset(run, args.data))
+    check_model_fits(cfg.model, data)
+    scheme = cfg.train.split
+    res = {
+        "model": evaluate_model(
+            model, Featurizer(data, cfg.model), scheme, args.split, device=args.device, progress=True
+        ),
+        "popularity": evaluate_popularity(data, scheme, args.split),
+    }
+    rows = {}
+    for name, m in res.items():
+        for variant in ("filtered", "all"):
+            rows[f"{name} [{variant}]"] = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith(variant)}
+    print(
+        f"{args.split} split ({scheme}), {int(res['model']['num_users'])} users, full ranking of "
+        f"{data.num_items:,} items; [filtered] = the user's seen items removed; model {version}"
+    )
+    print(format_table(rows, TABLE_KEYS))
+    out = Path(args.out) if args.out else run / f"eval_{args.split}.json"
+    out.write_text(json.dumps({"model_version": version, "split": args.split, "scheme": scheme, **res}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def format_table(rows: dict[str, dict[str, float]], keys: list[str]) -> str:
+    """Metrics as a fixed-width table: one row per name, one column per key (nan where missing)."""
+    lines = [f"{'':<28}" + "".join(f"{k:>12}" for k in keys)]
+    for name, m in rows.items():
+        lines.append(f"{name:<28}" + "".join(f"{m.get(k, float('nan')):>12.4f}" for k in keys))
+    return "\n".join(lines)
+
+
+def declare_export(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``twotower export``."""
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True, help="embeddings directory")
+    p.add_argument("--data", help="dataset directory (default: the run's)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Encode every item of the run's dataset with the candidate tower into an embeddings directory."""
+    from ..export import export_items
+
+    m = export_items(
+        args.run, args.out, dtype=args.dtype, data_dir=args.data, device=args.device, progress=not args.no_progress
+    )
+    print(
+        f"exported {m['count']:,} items x {m['dim']} ({m['dtype']}) at {m['items_per_s']:,.0f} items/s, "
+        f"model {m['model_version']} -> {args.out}"
+    )
+    return 0
