@@ -22,10 +22,11 @@ from test_serve_support import TOKEN, settings, shared_artifacts
 
 from twotower.data import SequenceData
 from twotower.errors import ArtifactError, StoreMissing, StoreUnavailable
-from twotower.refresh import refresh_states
-from twotower.serve import app as app_module
+from twotower.jobs.refresh import refresh_states
+from twotower.serve import service as service_module
 from twotower.serve.app import create_app
-from twotower.serve.engine import Retriever, check_serving_store
+from twotower.serve.engine import Retriever
+from twotower.serve.health import check_serving_store
 from twotower.serve.metrics import Metrics
 from twotower.store import open_store
 from twotower.store.testing import RedisServer, free_port
@@ -155,7 +156,7 @@ def test_store_probe_keeps_to_the_retry_window():
     store.has = True
     assert r.check_store() == "ok" and store.probes == 4
     time.sleep(window)
-    r._lookup(r.bundle, ["u"])  # a request finds the store down: the probe keeps to the request's window too
+    r.lookup(r.bundle, ["u"])  # a request finds the store down: the probe keeps to the request's window too
     assert r.check_store() == "unavailable" and store.probes == 4
     time.sleep(window)
     assert r.check_store() == "ok" and store.probes == 5
@@ -163,7 +164,7 @@ def test_store_probe_keeps_to_the_retry_window():
 
 def test_store_is_closed_when_the_start_fails(art, monkeypatch):
     closed = []
-    real_open = app_module.open_serving_store
+    real_open = service_module.open_serving_store
 
     def open_serving_store(url):
         store = real_open(url)
@@ -174,8 +175,8 @@ def test_store_is_closed_when_the_start_fails(art, monkeypatch):
     def load_bundle(*args):
         raise ArtifactError("corrupt artifacts")
 
-    monkeypatch.setattr(app_module, "open_serving_store", open_serving_store)
-    monkeypatch.setattr(app_module, "load_bundle", load_bundle)
+    monkeypatch.setattr(service_module, "open_serving_store", open_serving_store)
+    monkeypatch.setattr(service_module, "load_bundle", load_bundle)
     with pytest.raises(ArtifactError, match="corrupt artifacts"):
         with TestClient(create_app(settings(art.root))):
             pass

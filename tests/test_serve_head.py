@@ -9,8 +9,8 @@ import torch
 from fastapi.testclient import TestClient
 from test_serve_support import settings, shared_artifacts
 
-from twotower.serve import load_bundle
 from twotower.serve.app import create_app
+from twotower.serve.bundle import load_bundle
 from twotower.serve.head import OnlineEncoder, random_context
 
 
@@ -37,7 +37,7 @@ def test_traced_head_equals_eager_at_every_batch_size(bundle):
         with torch.inference_mode():
             want = bundle.model.encode_online(state, ctx)
         got = enc(state, ctx)
-        assert got.shape == (B, bundle.config.model.dim)
+        assert got.shape == (B, bundle.model_config.dim)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     # all-zero states (cold start) and no events at all
     state, ctx = random_context(bundle.model, 5, F, gen)

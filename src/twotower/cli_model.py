@@ -97,7 +97,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_items
+    from .jobs.export import export_items
 
     m = export_items(
         args.run, args.out, dtype=args.dtype, data_dir=args.data, device=args.device, progress=not args.no_progress
@@ -199,7 +199,7 @@ def _timestamp(text: str | None) -> int | None:
 
 def cmd_refresh_states(args: argparse.Namespace) -> int:
     from . import config as cfgmod
-    from .refresh import refresh_states
+    from .jobs.refresh import refresh_states
 
     if args.batch < 1:  # before the store is opened (and created)
         raise cfgmod.ConfigError(f"--batch must be >= 1 users per encoder batch, got {args.batch}; e.g. --batch 512")

@@ -21,7 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
     if not (settings.artifacts / "index").is_dir():
         raise SystemExit(f"error: {settings.artifacts} is not an artifact root; run `twotower serve-prepare` first")
-    from .serve.engine import check_serving_store
+    from .serve.health import check_serving_store
 
     check_serving_store(settings.resolved_store_url())  # missing/mistyped store: one error line, exit 2
     import uvicorn
@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_serve_prepare(args: argparse.Namespace) -> int:
     from .cli_model import index_config_from
     from .errors import ArtifactError
-    from .serve import build_artifacts
+    from .jobs.serving import build_artifacts
 
     try:
         res = build_artifacts(args.run, args.artifacts, index_config=index_config_from(args), store_url=args.store,

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexError_, RecallTooLow
-from ..export import load_embeddings
 from .base import IndexConfig
+from .embeddings import load_embeddings
 from .vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
