@@ -47,7 +47,7 @@ class _FlatOnline(nn.Module):
         events = UserInputs(
             subj_item, subj_item, ItemInputs(hist_item, hist_author, hist_feat), actions, ev_surface, ev_gap, length
         )  # fmt: skip  (user fields are unused by the head)
-        return m.head(state, m._event_tokens(events), length, request)
+        return m.head(state, m._event_tokens(events), length, request)  # MERGE: public event-token API (wt-train)
 
 
 def random_context(model: TwoTower, B: int, F: int, gen: torch.Generator) -> tuple[torch.Tensor, Context]:
