@@ -120,6 +120,31 @@ def test_store_without_states_of_the_served_model_is_reported(art, tmp_path, cap
         assert c.post("/v1/retrieve", json={"user_id": "u", "k": 3}).json()["path"] == "cached"
 
 
+def test_readyz_reports_a_store_that_lost_its_states(art, caplog):
+    """Issue 17.3: Redis restarted without its data while the service ran. /readyz kept "ok" (the status was
+    probed again only at start-up, on reload or when already not "ok"), the "holds no state" warning never fired,
+    and every user silently went cold-start. It must report the empty store within the retry window."""
+    model_dir = next((art.root / "models").iterdir())
+    with RedisServer() as server:
+        refresh_states(model_dir, server.url, as_of=art.as_of, progress=False)
+        cfg = settings(art.root, store_url=server.url, store_retry_s=0.2)
+        with caplog.at_level(logging.WARNING), TestClient(create_app(cfg)) as c:
+            version = c.app.state.service.retriever.bundle.model_version
+            assert c.get("/readyz").json()["store"] == "ok"
+            server.stop()
+            server.start()  # same port; persistence is off, so it comes back empty
+            t0 = time.monotonic()
+            while (store := c.get("/readyz").json()["store"]) != f"empty for model {version}":
+                assert time.monotonic() - t0 < 5, f"/readyz still says {store!r} over an empty store"
+                time.sleep(0.05)
+            assert f"holds no state for model {version}" in caplog.text
+            refresh_states(model_dir, server.url, as_of=art.as_of, progress=False)  # refilled: "ok" again
+            t0 = time.monotonic()
+            while c.get("/readyz").json()["store"] != "ok":
+                assert time.monotonic() - t0 < 5, "/readyz did not see the refilled store"
+                time.sleep(0.05)
+
+
 class ProbedStore:
     """A store that counts existence probes; down (``fail``) or up, with or without states (``has``)."""
 

@@ -190,7 +190,10 @@ class Service:
             return None
         b = r.bundle
         store = r.store_status()
-        if store != "ok":  # probe again (throttled: store_retry_s): a store filled, unlocked or restarted shows up
+        # Probe again once per retry window (store_retry_s), whatever the last status: a store filled, unlocked
+        # or restarted shows up, and so does one that lost its data while "ok" (a Redis restarted empty: every
+        # lookup then succeeds and finds nothing, which requests cannot tell from users without a state).
+        if r.health.due(b.model_version):
             store = await asyncio.to_thread(r.check_store)
         return {"status": "ready", "model_version": b.model_version, "index_version": b.index_version,
                 "items": len(b.index), "store": store, "store_error": r.health.error,
