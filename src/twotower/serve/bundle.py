@@ -92,10 +92,14 @@ def _item_id_table(data: SequenceData) -> tuple[np.ndarray, dict[str, int]]:
     return ids, lookup
 
 
-def load_bundle(root: str | Path, ef_search: int | None = None, trace_head: bool = True) -> Bundle:
+def load_bundle(
+    root: str | Path, ef_search: int | None = None, trace_head: bool = True, previous: Bundle | None = None
+) -> Bundle:
     """Load the version ``ROOT/index/CURRENT`` names, with its model and item tables; checks they agree.
 
-    ``trace_head``: serve the online head as a traced graph (checked against eager, see :mod:`.head`)."""
+    ``trace_head``: serve the online head as a traced graph (checked against eager, see :mod:`.head`).
+    ``previous``: the bundle this one replaces (a reload); its head graph is reused when it fits, instead of
+    tracing again (each trace keeps ~3 MiB for good)."""
     root = Path(root)
     if not (root / "index").is_dir():
         raise ArtifactError(f"{root} has no index/; assemble it with `twotower serve-prepare --run RUN --artifacts`")
@@ -136,5 +140,6 @@ def load_bundle(root: str | Path, ef_search: int | None = None, trace_head: bool
     actions = {name: i for i, name in enumerate(data.manifest.get("actions", [])[: max(cfg.num_actions, 0)])}
     surfaces = {name: i + 1 for i, name in enumerate(data.manifest.get("surfaces", [])) if i < cfg.num_surfaces}
     model.requires_grad_(False)
-    encoder = OnlineEncoder(model, table.feat.shape[1], trace=trace_head)
+    like = previous.encoder if previous is not None else None
+    encoder = OnlineEncoder(model, table.feat.shape[1], trace=trace_head, like=like)
     return Bundle(model, cfg, version, index, index_version, table, actions, surfaces, encoder)

@@ -153,7 +153,7 @@ class Service:
             old = self.retriever.bundle
             try:
                 s = self.settings
-                new = await asyncio.to_thread(load_bundle, s.artifacts, s.hnsw_ef_search, s.trace_head)
+                new = await asyncio.to_thread(load_bundle, s.artifacts, s.hnsw_ef_search, s.trace_head, old)
             except Exception as exc:  # anything unloadable: the current version must keep serving
                 self.last_reload_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.reloads.labels("error").inc()
