@@ -90,13 +90,17 @@ def test_the_service_freezes_its_loaded_heap(art):
     gc.unfreeze()
 
 
-def test_a_swapped_out_bundle_is_freed_without_the_cyclic_gc(art):
+@pytest.mark.parametrize("replaced", [False, True], ids=["alone", "replaced"])
+def test_a_swapped_out_bundle_is_freed_without_the_cyclic_gc(art, replaced):
     """The service freezes its heap and never unfreezes it on reload, so an old bundle must be freed by
-    reference counting alone: no reference cycle through the model, encoder, index or item table."""
+    reference counting alone: no reference cycle through the model, encoder, index or item table. The bundle
+    that replaced it (built from its head graph) holds no reference to it, and is freed the same way."""
     import weakref
 
     old = load_bundle(art.root)
+    new = load_bundle(art.root, previous=old) if replaced else None
     refs = [weakref.ref(o) for o in (old, old.model, old.encoder, old.index, old.items)]
+    new_refs = [] if new is None else [weakref.ref(o) for o in (new, new.encoder, new.encoder.graph)]
     # As the service does before freezing: collect what loading left (torch.jit.trace leaves a reference
     # cycle of closures around the traced module; it is garbage by then, so it goes here, never frozen).
     gc.collect()
@@ -104,6 +108,9 @@ def test_a_swapped_out_bundle_is_freed_without_the_cyclic_gc(art):
     try:
         del old
         assert [r() is None for r in refs] == [True] * len(refs)
+        assert new is None or new.encoder.traced
+        del new
+        assert [r() is None for r in new_refs] == [True] * len(new_refs)
     finally:
         gc.enable()
 
