@@ -262,7 +262,7 @@ def main() -> None:
     exact_rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.emb:
-            from twotower.export import load_embeddings
+            from twotower.index.embeddings import load_embeddings
 
             _, x, _ = load_embeddings(args.emb)
             q = np.load(Path(args.emb) / "users_sample.npy").astype(np.float32)[: args.queries]

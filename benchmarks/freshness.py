@@ -34,7 +34,7 @@ from twotower.data import SequenceData, prepare_movielens
 from twotower.evaluate.evaluator import encode_corpus, seen_mask
 from twotower.evaluate.metrics import summarize, target_ranks
 from twotower.features import Featurizer, gap_buckets
-from twotower.refresh import refresh_states
+from twotower.jobs.refresh import refresh_states
 from twotower.store import bytes_per_user, decode_states, encode_states, open_store
 from twotower.train.loop import RunConfig, Trainer, holdout_mask, load_model
 

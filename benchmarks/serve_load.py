@@ -46,7 +46,7 @@ def build(cache: Path, n_items: int, n_users: int, topics: int = 1000) -> Path:
 
     from twotower.data import ItemSchema, LogSchema, PrepareConfig, SequenceData, prepare_files
     from twotower.index import IndexConfig
-    from twotower.serve import build_artifacts
+    from twotower.jobs.serving import build_artifacts
     from twotower.train.loop import RunConfig, Trainer
 
     cache = cache / f"topics-{n_items}"

@@ -9,7 +9,7 @@ from twotower.cli import main
 from twotower.data import SequenceData
 from twotower.errors import RefreshError
 from twotower.features import Featurizer
-from twotower.refresh import RefreshStopped, history_as_of, refresh_states
+from twotower.jobs.refresh import RefreshStopped, history_as_of, refresh_states
 from twotower.store import open_store
 from twotower.train.loop import Trainer, load_model
 

@@ -14,13 +14,15 @@ from test_serve_support import TOKEN, settings, shared_artifacts
 
 from twotower.data import SequenceData
 from twotower.errors import ArtifactError, StoreError
-from twotower.export import load_embeddings
 from twotower.features import Featurizer
 from twotower.index import IndexConfig
+from twotower.index.embeddings import load_embeddings
 from twotower.index.publish import build_and_publish
 from twotower.index.vector_index import VectorIndex
-from twotower.serve import ServeSettings, build_artifacts, load_bundle
+from twotower.jobs.serving import build_artifacts
+from twotower.serve import ServeSettings
 from twotower.serve.app import create_app
+from twotower.serve.bundle import load_bundle
 from twotower.serve.context import parse_request
 from twotower.serve.schemas import RetrieveRequest
 from twotower.store import open_store
@@ -80,12 +82,12 @@ def test_service_vector_and_topk_equal_the_featurizer_path(art, client):
     svc = client.app.state.service
     bundle = svc.retriever.bundle
     data = SequenceData.load(art.data)
-    feat = Featurizer(data, bundle.config.model)
+    feat = Featurizer(data, bundle.model_config)
     users, targets = data.eval_targets("loo", "test")
     snaps = snapshot_rows(data, users, art.as_of)
     pick = np.flatnonzero(targets > snaps)[:24]  # users with events since the snapshot
     has_state = snaps[pick] > data.user_offsets[users[pick]]
-    assert has_state.any() and (targets[pick] - snaps[pick] > bundle.config.model.context_len).any()
+    assert has_state.any() and (targets[pick] - snaps[pick] > bundle.model_config.context_len).any()
     u, s, t = users[pick], snaps[pick], targets[pick]
     # clients may resend events the state already holds (two before the snapshot): ignored except as exclusions
     first = np.maximum(s - 2, data.user_offsets[u])

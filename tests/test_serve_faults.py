@@ -23,10 +23,11 @@ from test_serve_support import TOKEN, settings, shared_artifacts
 
 from twotower.data import SequenceData
 from twotower.errors import ArtifactError, StoreMissing, StoreUnavailable
-from twotower.refresh import refresh_states
-from twotower.serve import app as app_module
+from twotower.jobs.refresh import refresh_states
+from twotower.serve import service as service_module
 from twotower.serve.app import create_app
-from twotower.serve.engine import Retriever, check_serving_store
+from twotower.serve.engine import Retriever
+from twotower.serve.health import check_serving_store
 from twotower.serve.metrics import Metrics
 from twotower.store import open_store
 
@@ -119,6 +120,31 @@ def test_store_without_states_of_the_served_model_is_reported(art, tmp_path, cap
         assert c.post("/v1/retrieve", json={"user_id": "u", "k": 3}).json()["path"] == "cached"
 
 
+def test_readyz_reports_a_store_that_lost_its_states(art, caplog):
+    """Issue 17.3: Redis restarted without its data while the service ran. /readyz kept "ok" (the status was
+    probed again only at start-up, on reload or when already not "ok"), the "holds no state" warning never fired,
+    and every user silently went cold-start. It must report the empty store within the retry window."""
+    model_dir = next((art.root / "models").iterdir())
+    with RedisServer() as server:
+        refresh_states(model_dir, server.url, as_of=art.as_of, progress=False)
+        cfg = settings(art.root, store_url=server.url, store_retry_s=0.2)
+        with caplog.at_level(logging.WARNING), TestClient(create_app(cfg)) as c:
+            version = c.app.state.service.retriever.bundle.model_version
+            assert c.get("/readyz").json()["store"] == "ok"
+            server.stop()
+            server.start()  # same port; persistence is off, so it comes back empty
+            t0 = time.monotonic()
+            while (store := c.get("/readyz").json()["store"]) != f"empty for model {version}":
+                assert time.monotonic() - t0 < 5, f"/readyz still says {store!r} over an empty store"
+                time.sleep(0.05)
+            assert f"holds no state for model {version}" in caplog.text
+            refresh_states(model_dir, server.url, as_of=art.as_of, progress=False)  # refilled: "ok" again
+            t0 = time.monotonic()
+            while c.get("/readyz").json()["store"] != "ok":
+                assert time.monotonic() - t0 < 5, "/readyz did not see the refilled store"
+                time.sleep(0.05)
+
+
 class ProbedStore:
     """A store that counts existence probes; down (``fail``) or up, with or without states (``has``)."""
 
@@ -155,7 +181,7 @@ def test_store_probe_keeps_to_the_retry_window():
     store.has = True
     assert r.check_store() == "ok" and store.probes == 4
     time.sleep(window)
-    r._lookup(r.bundle, ["u"])  # a request finds the store down: the probe keeps to the request's window too
+    r.lookup(r.bundle, ["u"])  # a request finds the store down: the probe keeps to the request's window too
     assert r.check_store() == "unavailable" and store.probes == 4
     time.sleep(window)
     assert r.check_store() == "ok" and store.probes == 5
@@ -163,7 +189,7 @@ def test_store_probe_keeps_to_the_retry_window():
 
 def test_store_is_closed_when_the_start_fails(art, monkeypatch):
     closed = []
-    real_open = app_module.open_serving_store
+    real_open = service_module.open_serving_store
 
     def open_serving_store(url):
         store = real_open(url)
@@ -174,8 +200,8 @@ def test_store_is_closed_when_the_start_fails(art, monkeypatch):
     def load_bundle(*args):
         raise ArtifactError("corrupt artifacts")
 
-    monkeypatch.setattr(app_module, "open_serving_store", open_serving_store)
-    monkeypatch.setattr(app_module, "load_bundle", load_bundle)
+    monkeypatch.setattr(service_module, "open_serving_store", open_serving_store)
+    monkeypatch.setattr(service_module, "load_bundle", load_bundle)
     with pytest.raises(ArtifactError, match="corrupt artifacts"):
         with TestClient(create_app(settings(art.root))):
             pass

@@ -15,8 +15,8 @@ from twotower.data import ItemSchema, PrepareConfig, SequenceData, prepare_files
 from twotower.hashing import token_hash
 from twotower.layout import SALT_FEATURE
 from twotower.serve.app import create_app
-from twotower.serve.artifacts import FeatureIndex, ItemTable, item_feature_columns
 from twotower.serve.context import parse_request
+from twotower.serve.items import FeatureIndex, ItemTable, item_feature_columns
 from twotower.serve.schemas import RetrieveRequest
 
 

@@ -35,7 +35,7 @@ def shared_artifacts(tmp_path_factory, synth_data: Path) -> ServeArtifacts:
     from test_online import hybrid_config
 
     from twotower.data import SequenceData
-    from twotower.serve import build_artifacts
+    from twotower.jobs.serving import build_artifacts
     from twotower.train.loop import Trainer
 
     base = tmp_path_factory.mktemp("serve")

@@ -38,7 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
     if not (settings.artifacts / "index").is_dir():
         raise ArtifactError(f"{settings.artifacts} is not an artifact root; run `twotower serve-prepare` first")
-    from ..serve.engine import check_serving_store
+    from ..serve.health import check_serving_store
 
     check_serving_store(settings.resolved_store_url())  # missing/mistyped store: one error line, exit 2
     import uvicorn
@@ -69,7 +69,7 @@ def declare_serve_prepare(p: argparse.ArgumentParser) -> None:
 
 def cmd_serve_prepare(args: argparse.Namespace) -> int:
     """Export the items, write the user states, build and publish the index under one artifact root."""
-    from ..serve import build_artifacts
+    from ..jobs.serving import build_artifacts
 
     res = build_artifacts(
         args.run,
@@ -106,7 +106,7 @@ def cmd_refresh_states(args: argparse.Namespace) -> int:
     if args.batch < 1:  # before the store is opened (and created)
         raise ConfigError(f"--batch must be >= 1 users per encoder batch, got {args.batch}; e.g. --batch 512")
     as_of, since = timestamp(args.as_of, "--as-of"), timestamp(args.since, "--since")
-    from ..refresh import refresh_states
+    from ..jobs.refresh import refresh_states
     from ..store import StoreConfig, open_store
 
     store = open_store(args.store, StoreConfig(dtype=args.dtype))

@@ -134,7 +134,7 @@ def declare_export(p: argparse.ArgumentParser) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Encode every item of the run's dataset with the candidate tower into an embeddings directory."""
-    from ..export import export_items
+    from ..jobs.export import export_items
 
     m = export_items(
         args.run, args.out, dtype=args.dtype, data_dir=args.data, device=args.device, progress=not args.no_progress

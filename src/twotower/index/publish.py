@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexError_, RecallTooLow
-from ..export import load_embeddings
 from ..fsutil import pid_alive
 from ..fsutil import remove_leftovers as remove_leftover_dirs
 from .base import IndexConfig
+from .embeddings import load_embeddings
 from .storage import INDEX_FILES
 from .vector_index import VectorIndex
 

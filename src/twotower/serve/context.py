@@ -28,7 +28,7 @@ import torch
 from ..errors import RequestError
 from ..features import clock_features, gap_buckets
 from ..model import Context, ItemInputs, UserInputs
-from .artifacts import Bundle
+from .bundle import Bundle
 from .schemas import RetrieveRequest
 
 
@@ -106,7 +106,7 @@ def build_context(
 ) -> Context:
     """The head's context for ``B`` parsed requests given the store's answer (``found`` bool [B],
     ``snapshot_ts``/``last_event_ts`` int64 [B]); see the module docstring for the rules."""
-    cfg = bundle.config.model
+    cfg = bundle.model_config
     B, C, H = len(reqs), cfg.context_len, cfg.num_hashes
     table = bundle.items
     F = table.feat.shape[1]

@@ -25,7 +25,7 @@ from .limits import replay_body
 from .schemas import RetrieveRequest
 
 if TYPE_CHECKING:
-    from .app import Service
+    from .service import Service
 
 ROUTE = "/v1/retrieve"
 

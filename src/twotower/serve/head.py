@@ -8,10 +8,13 @@ makes it branch-free: one trace serves every batch size.
 
 A trace is only trusted after it matched eager on random probes of several batch sizes; if it does not, or
 tracing fails, the service runs the eager head and logs why. ``TWOTOWER_TRACE_HEAD=0`` turns tracing off.
+A reload does not trace again: the new encoder reuses the graph of the one it replaces, bound to the new
+model's tensors (:func:`rebind`), because every trace costs memory that TorchScript never gives back.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 
@@ -47,7 +50,7 @@ class _FlatOnline(nn.Module):
         events = UserInputs(
             subj_item, subj_item, ItemInputs(hist_item, hist_author, hist_feat), actions, ev_surface, ev_gap, length
         )  # fmt: skip  (user fields are unused by the head)
-        return m.head(state, m._event_tokens(events), length, request)
+        return m.head(state, m._event_tokens(events), length, request)  # MERGE: public event-token API (wt-train)
 
 
 def random_context(model: TwoTower, B: int, F: int, gen: torch.Generator) -> tuple[torch.Tensor, Context]:
@@ -89,6 +92,30 @@ def random_context(model: TwoTower, B: int, F: int, gen: torch.Generator) -> tup
     return state, ctx
 
 
+def rebind(graph: torch.jit.ScriptModule, flat: nn.Module) -> torch.jit.ScriptModule | None:
+    """A copy of ``graph`` (a trace of another model of the same structure) that computes with ``flat``'s
+    parameters and buffers (shared, not copied); None when their names differ.
+
+    Why: every ``torch.jit.trace`` registers new TorchScript types and functions, with their optimised
+    execution plans, in TorchScript's process-wide compilation unit, which never frees them: ~3 MiB per trace
+    of the head, so RSS grew with every reload (issue 17). A copy keeps the template's types, so a reload
+    compiles nothing. ``copy.deepcopy`` briefly duplicates the template's tensors; they are freed once rebound.
+    """
+    tensors = dict(flat.named_parameters())
+    tensors.update(flat.named_buffers())
+    names = [n for n, _ in graph.named_parameters()] + [n for n, _ in graph.named_buffers()]
+    if sorted(names) != sorted(tensors):
+        return None
+    copied = copy.deepcopy(graph)
+    for name in names:
+        *path, leaf = name.split(".")
+        owner = copied
+        for part in path:
+            owner = getattr(owner, part)
+        owner._c.setattr(leaf, tensors[name])  # the slot the graph reads (prim::GetAttr), not a Python attribute
+    return copied
+
+
 class OnlineEncoder:
     """``encoder(state [B, T, D], ctx) -> unit user vectors [B, D]``: the traced head, or eager as a fallback.
 
@@ -96,13 +123,13 @@ class OnlineEncoder:
     use; ``reason``: why not, when it is not.
     """
 
-    def __init__(self, model: TwoTower, feat_width: int, trace: bool = True) -> None:
+    def __init__(self, model: TwoTower, feat_width: int, trace: bool = True, like: OnlineEncoder | None = None) -> None:
         self.model, self.feat_width = model.eval(), feat_width
         self.graph: torch.jit.ScriptModule | None = None
         self.reason = "tracing is off (TWOTOWER_TRACE_HEAD=0)" if not trace else ""
         if trace:
             try:
-                self.graph = self._trace()
+                self.graph = self._trace(like.graph if like is not None and like.feat_width == feat_width else None)
             except Exception as exc:  # tracing is an optimisation: never a reason not to serve
                 self.graph, self.reason = None, f"{type(exc).__name__}: {exc}"
             if self.graph is None:
@@ -110,24 +137,36 @@ class OnlineEncoder:
 
     @property
     def traced(self) -> bool:
+        """Whether the traced graph is in use (else the eager head; ``reason`` says why)."""
         return self.graph is not None
 
-    def _trace(self) -> torch.jit.ScriptModule | None:
+    def _trace(self, template: torch.jit.ScriptModule | None) -> torch.jit.ScriptModule | None:
+        """The graph to serve, checked against eager: ``template`` (a graph of the encoder this one replaces)
+        bound to this model's tensors when it fits, else a new trace; None when the trace disagrees."""
         gen = torch.Generator().manual_seed(0)
         flat = _FlatOnline(self.model).eval()
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation notice; the probes below are the check
+            if template is not None:
+                graph = rebind(template, flat)
+                if graph is not None and self._disagreement(graph, gen) is None:
+                    return graph
+                log.info("the previous head graph does not fit the new model; tracing it anew")
             example = flatten(*random_context(self.model, 3, self.feat_width, gen))
             graph = torch.jit.trace(flat, example, check_trace=False)
-            for B in (1, 2, 7):
-                state, ctx = random_context(self.model, B, self.feat_width, gen)
-                want = self.model.encode_online(state, ctx)
-                got = graph(*flatten(state, ctx))
-                err = float((got - want).abs().max())
-                if got.shape != want.shape or not err <= TRACE_ATOL:
-                    self.reason = f"the traced head differs from eager by {err:.2e} at batch {B}"
-                    return None
-        return graph
+            self.reason = self._disagreement(graph, gen) or ""
+        return None if self.reason else graph
+
+    def _disagreement(self, graph, gen: torch.Generator) -> str | None:
+        """Why ``graph`` cannot stand in for eager ``encode_online`` (random probes at batch 1, 2, 7), or None."""
+        for B in (1, 2, 7):
+            state, ctx = random_context(self.model, B, self.feat_width, gen)
+            want = self.model.encode_online(state, ctx)
+            got = graph(*flatten(state, ctx))
+            err = float((got - want).abs().max())
+            if got.shape != want.shape or not err <= TRACE_ATOL:
+                return f"the traced head differs from eager by {err:.2e} at batch {B}"
+        return None
 
     def __call__(self, state: torch.Tensor, ctx: Context) -> torch.Tensor:
         with torch.inference_mode():

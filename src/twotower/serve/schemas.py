@@ -3,12 +3,15 @@
 Validation is strict and closed: unknown fields, strings where numbers belong, NaN/inf and out-of-range sizes
 are refused with a 422 naming the field, before any model or index work is done. Limits keep one request's
 cost bounded; the body-size limit (``ServeSettings.max_body_bytes``) stops absurd payloads before parsing.
+Responses on the hot path are written as plain dicts by :func:`json_response` (orjson), not through pydantic.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import orjson
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_K = 1000
@@ -157,3 +160,19 @@ class ErrorResponse(BaseModel):
 
     error: str
     detail: list[dict] | None = None
+
+
+# The error answers every route may give, for the OpenAPI schema.
+ERRORS = {
+    401: {"model": ErrorResponse, "description": "missing bearer token"},
+    403: {"model": ErrorResponse, "description": "wrong token"},
+    413: {"model": ErrorResponse, "description": "body larger than TWOTOWER_MAX_BODY_BYTES"},
+    415: {"model": ErrorResponse, "description": "body sent without Content-Type: application/json"},
+    422: {"model": ErrorResponse, "description": "invalid request; the message names the field and the fix"},
+}
+
+
+def json_response(body: dict, status: int = 200) -> Response:
+    """``body`` as an ``application/json`` response."""
+    # orjson: a 100-item response costs ~10x less to encode than with json.dumps, on the hot path of every request
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")

@@ -31,7 +31,7 @@ class ServeSettings(BaseSettings):
     # password) into logs and terminals; the messages name the variable and the fix instead.
     model_config = SettingsConfigDict(env_prefix="TWOTOWER_", extra="ignore", hide_input_in_errors=True)
 
-    artifacts: Path = Field(Path("artifacts"), description="artifact root (see twotower.serve.artifacts)")
+    artifacts: Path = Field(Path("artifacts"), description="artifact root (see twotower.serve.bundle)")
     store_url: str | None = Field(None, description="feature store URL; default sqlite:///ARTIFACTS/states.db")
     admin_token: SecretStr = Field(SecretStr(""), description="bearer token for /admin/*")
     dev_mode: bool = Field(False, description="allow a weak admin token (development machines only)")

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data.dataset import SequenceData
-from .errors import RefreshError
-from .features import Featurizer
-from .store import FeatureStore, open_store
-from .train.loop import load_model
+from ..data.dataset import SequenceData
+from ..errors import RefreshError
+from ..features import Featurizer
+from ..model.checkpoint import load_model
+from ..store import FeatureStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def refresh_states(
     """
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise RefreshError(f"batch must be a whole number of users >= 1 (e.g. --batch 512), got {batch!r}")
-    model, cfg, version = load_model(run, device=device)
+    model, model_cfg, version = load_model(run, device=device)
     if model.head is None:
         raise RefreshError(
             f"{run} is an unsplit model (model.online_head = false): it has no cached state to refresh; "
@@ -94,7 +94,7 @@ def refresh_states(
             raise FileNotFoundError(f"{run} does not record its dataset; pass --data DIR")
         data_dir = rec.read_text().strip()
     data = SequenceData.load(data_dir)
-    feat = Featurizer(data, cfg.model)
+    feat = Featurizer(data, model_cfg)
     st = open_store(store) if isinstance(store, str) else store
     t0 = time.perf_counter()
     as_of = int(data.event_ts.max()) + 1 if as_of is None and data.num_events else int(as_of or 0)

@@ -9,6 +9,8 @@ Writes ``EMB_DIR/``::
                         measure ANN recall on the queries the index will really see
     manifest.json       model version, dim, count, dtype, normalisation, throughput, created-at
 
+Read an export with :func:`twotower.index.embeddings.load_embeddings` (the index layer's side).
+
 The directory is written under a temporary name and renamed, so readers never see half an export. An
 existing ``EMB_DIR`` is replaced only when it is empty or an earlier export (it has ``manifest.json``);
 anything else is refused before any work is done.
@@ -29,16 +31,15 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from .errors import EmbeddingsError, OutputError
-from .evaluate.evaluator import encode_requests
-from .features import Featurizer
-from .fsutil import file_in_the_way, swap_dir
-from .train.loop import load_model
-from .train.run import check_model_fits, load_dataset, recorded_dataset
+from ..errors import OutputError
+from ..evaluate.evaluator import encode_requests
+from ..features import Featurizer
+from ..fsutil import file_in_the_way, swap_dir
+from ..index.embeddings import EMB_KIND, manifest_kind
+from ..train.loop import load_model  # MERGE: train.load (a run's model + RunConfig: export needs train.split)
+from ..train.run import check_model_fits, load_dataset, recorded_dataset
 
 log = logging.getLogger(__name__)
-
-EMB_KIND = "twotower-embeddings"  # manifest.json "kind" of an export directory
 
 
 @torch.no_grad()
@@ -119,40 +120,8 @@ def check_replaceable(out: Path) -> None:
     where = file_in_the_way(out)
     if where:
         raise OutputError(f"export directory {out} {where}; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and _manifest_kind(out) != EMB_KIND:
+    if out.is_dir() and any(out.iterdir()) and manifest_kind(out) != EMB_KIND:
         raise OutputError(
             f"{out} is not empty and is not an earlier export (no embeddings manifest.json), so export will not "
             "replace it; choose a new or empty --out"
         )
-
-
-def _manifest_kind(emb_dir: Path) -> str | None:
-    try:
-        return json.loads((emb_dir / "manifest.json").read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):  # missing, garbled, or not an object
-        return None
-
-
-def load_embeddings(emb_dir: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(ids int64 [N], embeddings float32 [N, D], manifest) of an export directory."""
-    emb_dir = Path(emb_dir)
-    mf = emb_dir / "manifest.json"
-    if not mf.is_file():
-        raise FileNotFoundError(f"{emb_dir} is not an embeddings export (no manifest.json); run `twotower export`")
-    redo = f"re-run `twotower export --out {emb_dir}`"
-    try:
-        manifest = json.loads(mf.read_text())
-        count, dim, _ = int(manifest["count"]), int(manifest["dim"]), str(manifest["model_version"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise EmbeddingsError(f"{mf} is damaged ({type(exc).__name__}: {exc}); {redo}") from exc
-    try:
-        ids = np.load(emb_dir / "ids.npy", allow_pickle=False)
-        emb = np.load(emb_dir / "embeddings.npy", allow_pickle=False).astype(np.float32)
-    except (OSError, ValueError) as exc:
-        raise FileNotFoundError(f"{emb_dir}: embeddings unreadable ({exc}); {redo}") from exc
-    if emb.shape != (count, dim) or ids.shape != (count,):
-        raise EmbeddingsError(
-            f"{emb_dir}: embeddings {list(emb.shape)} and ids {list(ids.shape)} do not match the manifest "
-            f"(count {count}, dim {dim}); {redo}"
-        )
-    return ids, emb, manifest

@@ -1,0 +1,104 @@
+"""The serving-artifact job (``twotower serve-prepare``): assemble, or add a model version to, the artifact root
+the online service serves from.
+
+Steps, in an order that keeps the root servable at every moment: copy the run's checkpoint (weights and
+configs, no optimizer) to ``models/<v>``, export the item embeddings, write the users' states into the store,
+then build and publish the index last, so that ``index/CURRENT`` only ever names a version whose model copy
+and states exist. The root's layout is described in :mod:`twotower.serve.bundle` (the reading side).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import ArtifactError
+from ..fsutil import swap_dir
+from ..index import IndexConfig
+from ..index.publish import build_and_publish
+from ..model import ModelConfig
+from ..model.checkpoint import load_model, load_state_version, resolve
+from .export import export_items
+from .refresh import refresh_states
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "state.json")
+
+
+def _refuse_unsplit(cfg: ModelConfig, where: Path) -> None:
+    # the same refusal as the service's loader (serve.bundle), before any work: jobs never import serve
+    if not cfg.online_head:
+        raise ArtifactError(
+            f"{where} is an unsplit model (model.online_head = false); the online service needs a hybrid "
+            "model: train with online_head = true (e.g. configs/ml1m_hybrid.toml)"
+        )
+
+
+def copy_model(run: Path, dest: Path, version: str) -> None:
+    """Copy the run's best (else last) checkpoint without optimizer state, atomically. It is resolved the way
+    ``load_model`` resolves it (a kill mid-save leaves ``.best.old``), and must be ``version``."""
+    src = resolve(run / "checkpoints" / "best") or resolve(run / "checkpoints" / "last")
+    if src is None:
+        raise ArtifactError(f"{run} has no checkpoint (checkpoints/best or last); train it first")
+    copied = load_state_version(src)
+    if copied != version:
+        raise ArtifactError(f"{src} holds model version {copied}, not {version}: the run changed while it was read")
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "checkpoints" / "best").mkdir(parents=True)
+    for name in CHECKPOINT_FILES:
+        shutil.copy2(src / name, tmp / "checkpoints" / "best" / name)
+    data_path = (run / "data_path.txt").read_text().strip()
+    (tmp / "data_path.txt").write_text(data_path + "\n")
+    swap_dir(tmp, dest, dest.with_name(f".{dest.name}.old-{os.getpid()}"))
+
+
+def build_artifacts(
+    run: str | Path,
+    root: str | Path,
+    backend: str = "hnsw",
+    store_url: str | None = None,
+    index_config: IndexConfig | None = None,
+    recall_floor: float = 0.95,
+    as_of: int | None = None,
+    progress: bool = False,
+) -> dict:
+    """Assemble (or add a model version to) an artifact root from a trained hybrid run.
+
+    Steps: copy the checkpoint to ``models/<v>``, export item embeddings, write the users' states into the
+    store (``store_url``, default ``sqlite:///ROOT/states.db``) as of ``as_of`` (default: after the last
+    event), build and publish the index last, so that ``CURRENT`` names a version whose states exist.
+    Returns the root, model and index versions, the index's measured recall, the store URL and the number of
+    states written.
+    """
+    run, root = Path(run), Path(root)
+    if not (run / "data_path.txt").is_file():
+        raise ArtifactError(f"{run} does not record its dataset (data_path.txt); is it a `twotower train` run?")
+    _, cfg, version = load_model(run)
+    _refuse_unsplit(cfg, run)
+    root.mkdir(parents=True, exist_ok=True)
+    copy_model(run, root / "models" / version, version)
+    emb_dir = root / "embeddings" / version
+    export_items(root / "models" / version, emb_dir, progress=progress)
+    url = store_url or f"sqlite:///{(root / 'states.db').resolve()}"
+    report = refresh_states(root / "models" / version, url, as_of=as_of, progress=progress)
+    config = index_config or IndexConfig(backend=backend)
+    published = build_and_publish(emb_dir, root / "index", config, recall_floor=recall_floor)
+    log.info(
+        "artifact root %s: model %s, index %s, %d user states written (fresh ones kept)",
+        root,
+        version,
+        published["version"],
+        report.encoded,
+    )
+    return {
+        "root": str(root),
+        "model_version": version,
+        "index_version": published["version"],
+        "recall": published["recall"],
+        "store_url": url,
+        "states_written": report.encoded,
+    }

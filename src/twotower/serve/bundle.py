@@ -1,0 +1,145 @@
+"""One served version, loaded together: the model, its online head as served, the index and the item tables.
+
+The artifact root the service serves from (assembled by :func:`twotower.jobs.serving.build_artifacts`,
+``twotower serve-prepare``)::
+
+    models/<model_version>/checkpoints/best/   model.safetensors + config.json + state.json (no optimizer)
+    models/<model_version>/data_path.txt       the prepared dataset (item id strings and hash tables)
+    embeddings/<model_version>/                the candidate tower over the corpus (``twotower export``)
+    index/                                     index root: versions/<v>/, CURRENT, history.json
+    states.db                                  SQLite feature store (default; Redis via TWOTOWER_STORE_URL)
+    data/                                      optional: a dataset that overrides data_path.txt
+
+One pointer decides what is served: ``index/CURRENT``. Its manifest names the model version, whose weights
+are ``models/<model_version>``, and the feature store is read under that same version. Publishing a new model
+is therefore: ``build_artifacts`` (copy the model, export, refresh states, build and publish an index), then
+``POST /admin/reload``. Only safetensors, JSON, FAISS and ``.npy`` (``allow_pickle=False``) files are ever
+read. Loading needs the model's config only (:mod:`twotower.model.checkpoint`), never the training code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.dataset import SequenceData
+from ..errors import ArtifactError
+from ..features import Featurizer
+from ..index.publish import current_version, load_current
+from ..index.vector_index import VectorIndex
+from ..model import ModelConfig, TwoTower
+from ..model.checkpoint import load_model
+from .head import OnlineEncoder
+from .items import FeatureIndex, ItemTable, item_feature_columns
+
+
+def refuse_unsplit(cfg: ModelConfig, where: Path) -> None:
+    """ArtifactError unless the model has an online head: the service serves the hybrid split only."""
+    if not cfg.online_head:
+        raise ArtifactError(
+            f"{where} is an unsplit model (model.online_head = false); the online service needs a hybrid "
+            "model: train with online_head = true (e.g. configs/ml1m_hybrid.toml)"
+        )
+
+
+@dataclass
+class Bundle:
+    """Everything one served version needs, loaded together and swapped as one reference."""
+
+    model: TwoTower
+    model_config: ModelConfig
+    model_version: str
+    index: VectorIndex
+    index_version: str
+    items: ItemTable
+    actions: dict[str, int]  # action name -> bit
+    surfaces: dict[str, int]  # surface name -> embedding index (0 = none/unknown)
+    encoder: OnlineEncoder  # the online head as served (traced graph, or eager)
+
+    @property
+    def state_shape(self) -> tuple[int, int]:
+        """(T, D) of one user's cached state: state tokens x embedding dim."""
+        return self.model_config.state_tokens, self.model_config.dim
+
+
+def _dataset_dir(root: Path, model_dir: Path) -> Path:
+    if (root / "data" / "manifest.json").is_file():
+        return root / "data"
+    rec = model_dir / "data_path.txt"
+    if not rec.is_file():
+        raise ArtifactError(f"{model_dir} has no data_path.txt and {root}/data is absent; rebuild the artifact root")
+    return Path(rec.read_text().strip())
+
+
+ID_CHUNK = 16_384
+
+
+def _item_id_table(data: SequenceData) -> tuple[np.ndarray, dict[str, int]]:
+    """Item id strings, object [N], and id -> dense index (~80 MB per 1M ids), built in 16k-id slices.
+
+    A reload runs this in a thread beside live requests. Converting 1M ids in one call holds the GIL for
+    ~100 ms per step (Arrow -> Python strings, then the dict), and every request in flight waits; per slice,
+    each hold is a few ms."""
+    col = data.item_id_column()
+    ids = np.empty(len(col), dtype=object)
+    lookup: dict[str, int] = {}
+    for lo in range(0, len(col), ID_CHUNK):
+        part = col.slice(lo, ID_CHUNK).to_numpy(zero_copy_only=False)
+        ids[lo : lo + len(part)] = part
+        lookup.update(zip(part.tolist(), range(lo, lo + len(part))))
+    return ids, lookup
+
+
+def load_bundle(
+    root: str | Path, ef_search: int | None = None, trace_head: bool = True, previous: Bundle | None = None
+) -> Bundle:
+    """Load the version ``ROOT/index/CURRENT`` names, with its model and item tables; checks they agree.
+
+    ``trace_head``: serve the online head as a traced graph (checked against eager, see :mod:`.head`).
+    ``previous``: the bundle this one replaces (a reload); its head graph is reused when it fits, instead of
+    tracing again (each trace keeps ~3 MiB for good)."""
+    root = Path(root)
+    if not (root / "index").is_dir():
+        raise ArtifactError(f"{root} has no index/; assemble it with `twotower serve-prepare --run RUN --artifacts`")
+    index_version = current_version(root / "index")
+    index = load_current(root / "index")  # verifies checksums: a corrupt file is an error here, not at request time
+    model_dir = root / "models" / index.model_version
+    if not (model_dir / "checkpoints").is_dir():
+        raise ArtifactError(
+            f"index {index_version} was built from model {index.model_version}, but {model_dir} does not exist; "
+            "publish indexes with build_artifacts (it copies the model) or copy the run there"
+        )
+    model, cfg, version = load_model(model_dir)
+    refuse_unsplit(cfg, model_dir)
+    if version != index.model_version:
+        raise ArtifactError(f"{model_dir} holds model {version}, the index expects {index.model_version}; rebuild")
+    if index.dim != cfg.dim:
+        raise ArtifactError(f"index dim {index.dim} != model dim {cfg.dim}; rebuild the index")
+    data = SequenceData.load(_dataset_dir(root, model_dir), mmap=True)
+    feat = Featurizer(data, cfg)
+    ids, lookup = _item_id_table(data)
+    if len(index.ids) and (index.ids.min() < 0 or index.ids.max() >= len(ids)):
+        raise ArtifactError(f"index {index_version} holds item ids outside the dataset's {len(ids)} items; rebuild")
+    if len(lookup) != len(ids):
+        raise ArtifactError("the dataset's item ids are not unique; re-run `twotower prepare`")
+    if ef_search is not None and index.config.backend == "hnsw":
+        index.set_search_params(hnsw_ef_search=ef_search)
+    feat_hash = np.asarray(data.item_feat_hash)
+    table = ItemTable(
+        ids=ids,
+        lookup=lookup,
+        hash=np.ascontiguousarray(feat.item_hash),
+        author=np.ascontiguousarray(feat.item_author),
+        feat=np.ascontiguousarray(feat.item_feat),
+        num_hashes=cfg.num_hashes,
+        item_buckets=cfg.item_buckets,
+        features=FeatureIndex.build(feat_hash, item_feature_columns(data.manifest, feat_hash)),
+    )
+    actions = {name: i for i, name in enumerate(data.manifest.get("actions", [])[: max(cfg.num_actions, 0)])}
+    surfaces = {name: i + 1 for i, name in enumerate(data.manifest.get("surfaces", [])) if i < cfg.num_surfaces}
+    model.requires_grad_(False)
+    like = previous.encoder if previous is not None else None
+    encoder = OnlineEncoder(model, table.feat.shape[1], trace=trace_head, like=like)
+    return Bundle(model, cfg, version, index, index_version, table, actions, surfaces, encoder)
