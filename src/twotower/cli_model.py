@@ -22,8 +22,9 @@ TABLE_KEYS = ["hr@10", "ndcg@10", "hr@50", "hr@100", "hr@200", "mrr"]
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import config as cfgmod
-    from .train.loop import RunConfig, Trainer, resume_config
-    from .train.run import load_dataset
+    from .train.config import RunConfig
+    from .train.run import load_dataset, resume_config
+    from .train.trainer import Trainer
 
     given = cfgmod.load(RunConfig, args.config) if args.config else None
     # A resume trains on with the run's saved config; a given --config may only change what RESUMABLE allows.
@@ -50,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _interrupted(out: Path, data: str) -> str:
     """One line for Ctrl-C during training: where the last checkpoint is and how to continue."""
-    from .train import checkpoint as ckpt
+    from .model import checkpoint as ckpt
 
     last = ckpt.resolve(out / "checkpoints" / "last")
     if last is None:
@@ -67,7 +68,7 @@ def _interrupted(out: Path, data: str) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_model, evaluate_popularity
     from .features import Featurizer
-    from .train.loop import load_model
+    from .train.load import load_run as load_model
     from .train.run import check_model_fits, load_dataset, recorded_dataset
 
     run = Path(args.run)

@@ -33,7 +33,7 @@ from .errors import EmbeddingsError, OutputError
 from .evaluate.evaluator import encode_requests
 from .features import Featurizer
 from .fsutil import file_in_the_way, swap_dir
-from .train.loop import load_model
+from .train.load import load_run as load_model
 from .train.run import check_model_fits, load_dataset, recorded_dataset
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from .data.dataset import SequenceData
 from .errors import RefreshError
 from .features import Featurizer
 from .store import FeatureStore, open_store
-from .train.loop import load_model
+from .train.load import load_run as load_model
 
 log = logging.getLogger(__name__)
 

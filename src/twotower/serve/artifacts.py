@@ -36,8 +36,9 @@ from ..index.publish import build_and_publish, current_version, load_current
 from ..index.vector_index import VectorIndex
 from ..layout import SALT_FEATURE, SALT_ITEM, feature_token
 from ..model import TwoTower
-from ..train import checkpoint as ckpt
-from ..train.loop import RunConfig, load_model
+from ..model import checkpoint as ckpt
+from ..train.config import RunConfig
+from ..train.load import load_run as load_model
 from .head import OnlineEncoder
 
 log = logging.getLogger(__name__)

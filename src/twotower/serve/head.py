@@ -18,7 +18,8 @@ import warnings
 import torch
 from torch import nn
 
-from ..model import Context, ItemInputs, TwoTower, UserInputs
+from ..features.inputs import Context, ItemInputs, UserInputs
+from ..model import TwoTower
 
 log = logging.getLogger(__name__)
 TRACE_ATOL = 1e-5
