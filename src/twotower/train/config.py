@@ -49,7 +49,9 @@ class TrainConfig:
     eval_users: int = 0  # validation users per evaluation (0 = all)
     patience: int = 3  # evaluations without improvement of the primary metric before stopping
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = none by step count)
-    checkpoint_every_s: float = 60.0  # seconds between mid-epoch checkpoints: a kill loses at most this (0 = off)
+    # Seconds between mid-epoch checkpoints: a kill loses at most this much training (0 = off). 30 s, not 60: a run
+    # killed a minute after it was started (imports and data loading included) must have one to resume from.
+    checkpoint_every_s: float = 30.0
     time_budget_s: float = 0.0  # stop (after a checkpoint) once training time exceeds this (0 = no limit)
     log_every: int = 20
     # Hybrid towers (model.online_head): pseudo-context augmentation, see train/pseudo.py.
