@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from twotower.model import ItemInputs, ModelConfig, TwoTower
+from twotower.features.inputs import ItemInputs
+from twotower.model import ModelConfig, TwoTower
 
 
 def matmul_gflops(threads: int) -> float:

@@ -36,7 +36,10 @@ from twotower.evaluate.metrics import summarize, target_ranks
 from twotower.features import Featurizer, gap_buckets
 from twotower.jobs.refresh import refresh_states
 from twotower.store import bytes_per_user, decode_states, encode_states, open_store
-from twotower.train.loop import RunConfig, Trainer, holdout_mask, load_model
+from twotower.train.batches import holdout_mask
+from twotower.train.config import RunConfig
+from twotower.train.load import load_run as load_model
+from twotower.train.trainer import Trainer
 
 DAY = 86400
 

@@ -53,7 +53,9 @@ def main() -> None:
     from twotower.data import SequenceData, prepare_movielens
     from twotower.evaluate import evaluate_model, evaluate_popularity
     from twotower.features import Featurizer
-    from twotower.train.loop import RunConfig, Trainer, load_model
+    from twotower.train.config import RunConfig
+    from twotower.train.load import load_run as load_model
+    from twotower.train.trainer import Trainer
 
     cfg = cfgmod.load(RunConfig, args.config)
     apply_overrides(cfg, args.set)

@@ -47,7 +47,8 @@ def build(cache: Path, n_items: int, n_users: int, topics: int = 1000) -> Path:
     from twotower.data import ItemSchema, LogSchema, PrepareConfig, SequenceData, prepare_files
     from twotower.index import IndexConfig
     from twotower.jobs.serving import build_artifacts
-    from twotower.train.loop import RunConfig, Trainer
+    from twotower.train.config import RunConfig
+    from twotower.train.trainer import Trainer
 
     cache = cache / f"topics-{n_items}"
     root = cache / "root"

@@ -65,7 +65,7 @@ def tiny_data(tiny_files: dict[str, Path], tmp_path: Path) -> Path:
 def small_run_config(**train):
     """A tiny model and schedule that trains in seconds on the synthetic fixture."""
     from twotower.model import ModelConfig
-    from twotower.train.loop import RunConfig, TrainConfig
+    from twotower.train.config import RunConfig, TrainConfig
 
     model = ModelConfig(
         dim=16,

@@ -44,7 +44,7 @@ def test_export_index_build_rollback(synth_data, tmp_path, capsys):
     import numpy as np
 
     from twotower.index.publish import current_version, history, load_current
-    from twotower.train.loop import load_model
+    from twotower.train.load import load_run as load_model
 
     cfg_file = tmp_path / "cfg.json"
     cfgmod.save(small_run_config(epochs=1), cfg_file)
@@ -206,7 +206,7 @@ def test_messages_name_the_missing_run_or_checkpoint(synth_data, tmp_path, capsy
 
 def test_ctrl_c_during_training_says_how_to_resume(trained, synth_data, tmp_path, capsys, monkeypatch):
     """A real SIGINT in the third step: exit 130, one line naming the last checkpoint and the resume command."""
-    from twotower.train.loop import Trainer
+    from twotower.train.trainer import Trainer
 
     real_step, calls = Trainer.step, []
 

@@ -5,7 +5,7 @@ import pytest
 from twotower import config as cfgmod
 from twotower.data import PrepareConfig
 from twotower.errors import ConfigError
-from twotower.train.loop import RunConfig, TrainConfig
+from twotower.train.config import RunConfig, TrainConfig
 
 
 def load_toml(tmp_path, text, cls=RunConfig):

@@ -46,7 +46,7 @@ def test_causal_prefix_outputs_equal_truncated_histories(setup, pooling):
     u = np.array([3, 4])
     start = data.user_offsets[u]
     with torch.no_grad():
-        seq = model.encode_sequence(feat.users(u, start, start + 8))
+        seq = torch.nn.functional.normalize(model.user_encoder(feat.users(u, start, start + 8), model.embed)[0], dim=-1)
         for j in range(0, 9):
             alone = model.encode_user(feat.users(u, start, start + j))
             assert torch.allclose(seq[:, j], alone, atol=1e-5), j
@@ -78,8 +78,8 @@ def test_signed_actions_change_the_embedding(setup):
 
 
 def test_unseen_ids_still_embed(setup):
+    from twotower.features import ItemInputs
     from twotower.hashing import multi_hash, to_buckets
-    from twotower.model import ItemInputs
 
     _, cfg, model, _ = setup
     h = torch.from_numpy(to_buckets(multi_hash(["never-seen-item"], 2, salt=2), cfg.item_buckets))
@@ -90,3 +90,62 @@ def test_unseen_ids_still_embed(setup):
 def test_gap_buckets():
     assert gap_buckets(np.array([0, 1, 3, 10**9]), 32).tolist() == [0, 1, 2, 30]
     assert gap_buckets(np.array([10**12]), 8).tolist() == [7]
+
+
+def test_bidirectional_training_queries_leave_the_batch_alone(setup):
+    data, cfg, _, feat = setup
+    cfg.causal = False
+    model = TwoTower(cfg).eval()
+    u = np.array([1, 2, 3])
+    x = feat.users(u, data.user_offsets[u], data.user_offsets[u] + np.array([5, 3, 4]))
+    rows = torch.where(x.history.item[..., 0] > 0, torch.arange(5)[None, :], -1)
+    before = [t.clone() for t in (x.history.item, x.history.feat, x.actions, x.surface, x.length)]
+    with torch.no_grad():
+        q, target = model.training_queries(x, rows)
+    after = (x.history.item, x.history.feat, x.actions, x.surface, x.length)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))  # the batch was once edited in place
+    assert q.shape == (3, cfg.dim) and target.tolist() == [4, 2, 3]  # the last event of each window
+
+
+def test_checkpoints_with_pre_split_key_names_load_with_their_version(setup, tmp_path):
+    """Checkpoints saved before the model was split into parts (``item_emb.*``, ``blocks.*``, ``subject_proj.*``
+    ...) load into today's model, and keep their model version (it hashes the files as they are on disk)."""
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    from twotower import config as cfgmod
+    from twotower.model import checkpoint as ckpt
+    from twotower.model.two_tower import LEGACY_PREFIXES
+
+    _, cfg, _, _ = setup
+    cfg.online_head = True
+    model = TwoTower(cfg)
+    new_to_old = {new: old for old, new in LEGACY_PREFIXES.items()}
+    old_weights = {}
+    for key, value in model.state_dict().items():
+        prefix = next((p for p in new_to_old if key.startswith(p)), None)
+        old_weights[new_to_old[prefix] + key[len(prefix) :] if prefix else key] = value.contiguous()
+    assert "item_emb.table.weight" in old_weights and "subject_proj.weight" in old_weights
+    assert "head.no_state" in old_weights and "blocks.0.qkv.weight" in old_weights
+    path = tmp_path / "checkpoints" / "best"
+    path.mkdir(parents=True)
+    save_file(old_weights, path / "model.safetensors")
+    config = {"model": cfgmod.to_dict(cfg), "train": {}}
+    version = ckpt.model_version(path / "model.safetensors", config)
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "state.json").write_text(json.dumps({"model_version": version}))
+    loaded, loaded_cfg, got = ckpt.load_model(tmp_path)
+    assert got == version and loaded_cfg == cfg
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    # the service's way in: the model without any training code
+    probe = (
+        "import sys; from twotower.model.checkpoint import load_model; "
+        f"m, c, v = load_model({str(tmp_path)!r}); "
+        "assert not [n for n in sys.modules if n.startswith(('twotower.train', 'twotower.data.prepare'))]; print(v)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == version

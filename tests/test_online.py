@@ -13,8 +13,9 @@ from twotower.evaluate import evaluate_model
 from twotower.evaluate.evaluator import encode_requests
 from twotower.features import Featurizer, clock_features
 from twotower.model import ModelConfig, TwoTower
-from twotower.train.batches import WindowBatches, plan_epoch
-from twotower.train.loop import Trainer, holdout_mask, load_model
+from twotower.train.batches import WindowBatches, holdout_mask, plan_epoch
+from twotower.train.load import load_run
+from twotower.train.trainer import Trainer
 
 
 def hybrid_config(state_tokens: int = 1, **train):
@@ -51,13 +52,13 @@ def test_training_path_equals_serving_path(synth_data, tmp_path, state_tokens):
     inputs, rows, pseudo = WindowBatches(tr.feat, tr.windows, [batch], tr.pseudo, epoch=0)[0]
     assert pseudo is not None and (pseudo.n_events == 0).any() and (pseudo.n_events > 0).any()
     with torch.no_grad():
-        q_train, target = tr._queries_and_targets(inputs, rows, pseudo)
+        q_train, target = model.training_queries(inputs, rows, pseudo)
         w = tr.windows[batch][pseudo.batch.numpy()]
         user, snap = w[:, 0], w[:, 1] + pseudo.n_events.numpy()
         hist = tr.feat.histories_before(user, snap)
         state_serve = model.encode_state(hist)
-        raw = model.encode_raw(inputs)
-        state_train = model.states_at(raw, pseudo.batch, pseudo.n_events)
+        raw, _ = model.user_encoder(inputs, model.embed)
+        state_train = model.user_encoder.states_at(raw, pseudo.batch, pseudo.n_events)
         assert torch.allclose(state_train, state_serve, atol=1e-5)
         no_state = pseudo.n_events == 0  # no-state targets carry zero rows, the store's "missing" marker
         assert (state_train[no_state] == 0).all() and (state_train[~no_state].abs().sum(-1) > 0).any()
@@ -112,7 +113,7 @@ def test_hybrid_tower_learns_and_resumes_exactly(synth_data, tmp_path):
     assert held.any() and not held[tr.windows[:, 0]].any()  # held-out users never train
     before = evaluate_model(tr.model, tr.feat, "loo", "valid")
     tr.fit(progress=False)
-    model, _, _ = load_model(tmp_path / "straight")
+    model, _, _ = load_run(tmp_path / "straight")
     after = evaluate_model(model, Featurizer(data, cfg.model), "loo", "valid")
     assert after["all/hr@10"] > before["all/hr@10"] + 0.05
     # kill mid-epoch, resume: the pseudo-contexts are drawn again exactly as before
@@ -143,7 +144,7 @@ def test_stale_state_plus_context_beats_stale_state_alone(tmp_path):
     data = SequenceData.load(tmp_path / "data")
     cfg = hybrid_config(epochs=12, lr=5e-3, eval_every=0, max_lag=12, no_state_prob=0.0, subject_prob=0.0)
     Trainer(data, cfg, tmp_path / "r").fit(progress=False)
-    model, _, _ = load_model(tmp_path / "r", which="last")
+    model, _, _ = load_run(tmp_path / "r", which="last")
     feat = Featurizer(data, cfg.model)
     users, rows = data.eval_targets("loo", "test")
     snap = rows - 6  # a state 6 events old

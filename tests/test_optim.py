@@ -7,8 +7,8 @@ from conftest import small_run_config
 from safetensors.torch import load_file
 
 from twotower.data import SequenceData
-from twotower.train.loop import Trainer
 from twotower.train.optim import AdamWRowWiseAdagrad
+from twotower.train.trainer import Trainer
 
 
 def sparse_grads(steps: int, shape=(6, 4), seed: int = 0) -> list[torch.Tensor]:

@@ -11,7 +11,8 @@ from twotower.errors import RefreshError
 from twotower.features import Featurizer
 from twotower.jobs.refresh import RefreshStopped, history_as_of, refresh_states
 from twotower.store import open_store
-from twotower.train.loop import Trainer, load_model
+from twotower.train.load import load_run as load_model
+from twotower.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

@@ -260,7 +260,7 @@ def test_store_url_errors_hide_the_password(url):
 def test_unsplit_model_is_refused_with_the_fix(synth_data, tmp_path):
     from conftest import small_run_config
 
-    from twotower.train.loop import Trainer
+    from twotower.train.trainer import Trainer
 
     cfg = small_run_config(epochs=1, eval_users=0)
     Trainer(SequenceData.load(synth_data), cfg, tmp_path / "run").fit(progress=False)

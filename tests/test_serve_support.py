@@ -36,7 +36,7 @@ def shared_artifacts(tmp_path_factory, synth_data: Path) -> ServeArtifacts:
 
     from twotower.data import SequenceData
     from twotower.jobs.serving import build_artifacts
-    from twotower.train.loop import Trainer
+    from twotower.train.trainer import Trainer
 
     base = tmp_path_factory.mktemp("serve")
     data = SequenceData.load(synth_data)

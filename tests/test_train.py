@@ -11,7 +11,8 @@ from twotower.errors import CheckpointError
 from twotower.evaluate import evaluate_model, evaluate_popularity
 from twotower.features import Featurizer
 from twotower.train.batches import WindowBatches, plan_epoch
-from twotower.train.loop import Trainer, load_model
+from twotower.train.load import load_run
+from twotower.train.trainer import Trainer
 
 
 def weights(run):
@@ -36,7 +37,7 @@ def test_training_learns_structure(synth_data, tmp_path):
     tr = Trainer(data, cfg, tmp_path / "run")
     before = evaluate_model(tr.model, tr.feat, "loo", "valid")
     tr.fit(progress=False)
-    model, _, version = load_model(tmp_path / "run")
+    model, _, version = load_run(tmp_path / "run")
     after = evaluate_model(model, Featurizer(data, cfg.model), "loo", "valid")
     pop = evaluate_popularity(data, "loo", "valid")
     assert after["all/hr@10"] > before["all/hr@10"] + 0.05
@@ -64,14 +65,16 @@ def test_fused_loss_equals_reference_pipeline_in_training(synth_data, tmp_path, 
     tr = Trainer(data, small_run_config(negatives=negatives), tmp_path / "r")
     tr.model.eval()  # no dropout: both passes must see the same network
     batch = WindowBatches(tr.feat, tr.windows, plan_epoch(tr.lengths, 512, 0, 0))[0]
+    assert tr.task.fused  # in-batch negatives: the fused path is the default
     grads = []
     for fused in (True, False):
-        state = tr.gen.get_state()
+        state = tr.task.generator.get_state()
         tr.model.zero_grad()
-        loss, _, _ = tr.compute_loss(*batch, fused=fused)
+        tr.task.fused = fused
+        loss = tr.loss(*batch)[0].loss
         loss.backward()
         grads.append((loss.detach(), {n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None}))
-        tr.gen.set_state(state)  # the same uniform negatives for both
+        tr.task.generator.set_state(state)  # the same uniform negatives for both
     (la, ga), (lb, gb) = grads
     assert torch.allclose(la, lb, atol=1e-5)
     assert ga.keys() == gb.keys()
@@ -79,35 +82,72 @@ def test_fused_loss_equals_reference_pipeline_in_training(synth_data, tmp_path, 
         assert torch.allclose(ga[n], gb[n], atol=1e-6), n
 
 
-@pytest.mark.parametrize("kill_at", [7, "after_epoch"])
+class StepClock:
+    """A clock that moves ``dt`` seconds each time it is read (the trainer reads it about once per step)."""
+
+    def __init__(self, dt: float):
+        self.t, self.dt = 0.0, dt
+
+    def __call__(self) -> float:
+        self.t += self.dt
+        return self.t
+
+
+def metric_rows(run) -> list[list[str]]:
+    """metrics.csv without its wall-clock columns (time, and the examples/s value)."""
+    rows = [r.split(",")[1:] for r in (run / "metrics.csv").read_text().splitlines()]
+    return [r[:-1] if r[3] == "examples_per_s" else r for r in rows]
+
+
+@pytest.mark.parametrize("kill_at", [7, "after_epoch", "time"])
 def test_resume_equals_uninterrupted(synth_data, tmp_path, kill_at):
-    """2 epochs straight == hard kill (no save at the kill) + resume from the last checkpoint, bit for bit."""
+    """2 epochs straight == hard kill (no save at the kill) + resume from the last checkpoint, bit for bit.
+
+    "time": the checkpoint is a mid-epoch one the clock triggered (every 30 s, the clock moving 10 s a step).
+    """
     data = SequenceData.load(synth_data)
-    cfg = small_run_config(epochs=2, checkpoint_every=3)
-    Trainer(data, cfg, tmp_path / "straight").fit(progress=False)
+    by_time = kill_at == "time"
+    cfg = small_run_config(epochs=2, checkpoint_every=0 if by_time else 3, checkpoint_every_s=30.0 if by_time else 0)
+    Trainer(data, cfg, tmp_path / "straight", clock=StepClock(10.0)).fit(progress=False)
     steps_per_epoch = Trainer(data, cfg, tmp_path / "probe").steps_per_epoch
-    stop = kill_at if kill_at != "after_epoch" else steps_per_epoch + 1
+    stop = {7: 7, "after_epoch": steps_per_epoch + 1, "time": 5}[kill_at]
     assert stop < 2 * steps_per_epoch
-    Trainer(data, cfg, tmp_path / "resumed").fit(stop_after_steps=stop, progress=False)
+    Trainer(data, cfg, tmp_path / "resumed", clock=StepClock(10.0)).fit(stop_after_steps=stop, progress=False)
     state = json.loads((tmp_path / "resumed" / "checkpoints" / "last" / "state.json").read_text())
     assert state["step"] < stop  # we really resume from an earlier checkpoint and replay steps
-    Trainer(data, cfg, tmp_path / "resumed", resume=True).fit(progress=False)
+    if by_time:  # read at the start and after steps 1, 2, 3: 30 s had passed, a checkpoint mid-epoch 0
+        assert (state["epoch"], state["batch"], state["step"]) == (0, 3, 3)
+    Trainer(data, cfg, tmp_path / "resumed", resume=True, clock=StepClock(10.0)).fit(progress=False)
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    # metrics.csv: one header, and every row once, as in the uninterrupted run (the replayed steps' rows were
+    # dropped at the resume and logged again)
+    assert metric_rows(tmp_path / "resumed") == metric_rows(tmp_path / "straight")
+    assert metric_rows(tmp_path / "straight")[0] == ["epoch", "step", "kind", "name", "value"]
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_says_so(synth_data, tmp_path):
+    data, run = SequenceData.load(synth_data), tmp_path / "r"
+    Trainer(data, small_run_config(epochs=1), run)  # set up (config.json, data_path.txt), then "killed"
+    (run / "metrics.csv").write_text("")  # the empty file such a kill leaves
+    with pytest.raises(CheckpointError, match="stopped before its first checkpoint.*--overwrite instead of --resume"):
+        Trainer(data, small_run_config(epochs=1), run, resume=True)
+    s = Trainer(data, small_run_config(epochs=1, eval_every=0), run, overwrite=True).fit(progress=False)
+    assert s["step"] > 0 and (run / "metrics.csv").read_text().startswith("time,epoch,step,kind,name,value")
 
 
 def test_checkpoint_errors_are_clear(tmp_path, synth_data):
     with pytest.raises(CheckpointError, match="not a checkpoint"):
-        load_model(tmp_path)
+        load_run(tmp_path)
     data = SequenceData.load(synth_data)
     cfg = small_run_config(epochs=1, eval_every=0, checkpoint_every=1)
     Trainer(data, cfg, tmp_path / "r").fit(stop_after_steps=1, progress=False)
     f = tmp_path / "r" / "checkpoints" / "last" / "model.safetensors"
     f.write_bytes(f.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="unreadable"):
-        load_model(tmp_path / "r", which="last")
+        load_run(tmp_path / "r", which="last")
 
 
 @pytest.mark.parametrize(
@@ -135,7 +175,7 @@ def test_committed_configs_load():
     from pathlib import Path
 
     from twotower import config as cfgmod
-    from twotower.train.loop import RunConfig
+    from twotower.train.config import RunConfig
 
     for f in sorted(Path(__file__).parent.parent.glob("configs/*.toml")):
         cfg = cfgmod.load(RunConfig, f)
@@ -198,7 +238,7 @@ def test_fresh_training_refuses_a_directory_holding_a_run(synth_data, tmp_path):
 
 def test_resume_uses_the_saved_config_and_refuses_changes_that_alter_training(synth_data, tmp_path):
     from twotower.errors import ConfigError
-    from twotower.train.loop import resume_config
+    from twotower.train.run import resume_config
 
     data, run = SequenceData.load(synth_data), tmp_path / "r"
     cfg = small_run_config(epochs=2, eval_every=0, checkpoint_every=2)
@@ -256,7 +296,7 @@ def test_empty_splits_are_clear_errors_before_training(tmp_path):
         Trainer(two, small_run_config(epochs=1), tmp_path / "r")
     s = Trainer(two, small_run_config(epochs=1, eval_every=0), tmp_path / "r2").fit(progress=False)
     assert s["step"] > 0 and (tmp_path / "r2" / "checkpoints" / "last").is_dir()
-    model, cfg, _ = load_model(tmp_path / "r2")
+    model, cfg, _ = load_run(tmp_path / "r2")
     empty = evaluate_model(model, Featurizer(two, cfg.model), "loo", "valid")  # reports, does not crash
     assert empty["num_users"] == 0 and np.isnan(empty["all/hr@10"])
     with pytest.raises(DataError, match="no training events under split 'loo' after holding out 99%.*holdout_users"):
@@ -281,8 +321,25 @@ def test_a_kill_between_the_checkpoint_renames_loses_nothing(synth_data, tmp_pat
     (ckdir / "last").rename(ckdir / ".last.old")  # the first rename of save() happened, the second did not
     (ckdir / ".last.tmp-99999").mkdir()  # and an earlier kill left a half-written temporary copy
     (ckdir / ".last.tmp-99999" / "model.safetensors").write_bytes(b"half")
-    assert load_model(run, which="last")[2]  # readable
+    assert load_run(run, which="last")[2]  # readable
     tr = Trainer(data, cfg, run, resume=True)
     assert tr.state["step"] == 2
     tr.fit(progress=False)
     assert sorted(p.name for p in ckdir.iterdir()) == ["last"]  # stale copies cleaned by the next save
+
+
+def test_metrics_rows_reach_the_disk_as_they_are_logged(tmp_path):
+    from twotower.train.metrics_log import MetricsLog
+
+    f = tmp_path / "metrics.csv"
+    m = MetricsLog(tmp_path)
+    m.scalar(0, 5, "train", "loss", 1.5)
+    assert f.read_text().splitlines()[1].endswith(",0,5,train,loss,1.5")  # a kill -9 now loses nothing
+    m.close()
+    f.write_text(f.read_text() + "1700000000.0,0,10,tr")  # a row cut off by a kill mid-write
+    m = MetricsLog(tmp_path)
+    assert m.rows == 1 and f.read_text().splitlines()[-1].endswith(",0,5,train,loss,1.5")
+    m.close()
+    f.write_text("1700000000.0,0,5,train,loss,1.5\r\n")  # rows without a header (a resume after an empty file)
+    MetricsLog(tmp_path, keep_rows=0).close()
+    assert f.read_text().splitlines() == ["time,epoch,step,kind,name,value"]

@@ -34,8 +34,9 @@ def declare_train(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) a run and print one summary line."""
     from .. import config as cfgmod
-    from ..train.loop import RunConfig, Trainer, resume_config
-    from ..train.run import load_dataset
+    from ..train.config import RunConfig
+    from ..train.run import load_dataset, resume_config
+    from ..train.trainer import Trainer
 
     given_cfg = cfgmod.load(RunConfig, args.config) if args.config else None
     # A resume trains on with the run's saved config; a given --config may only change what RESUMABLE allows.
@@ -55,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def interrupted(args: argparse.Namespace) -> str:
     """One line for Ctrl-C during training: where the last checkpoint is and how to continue."""
-    from ..train import checkpoint as ckpt
+    from ..model import checkpoint as ckpt
 
     out = Path(args.out)
     last = ckpt.resolve(out / "checkpoints" / "last")
@@ -84,11 +85,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Rank every item for every user of a split, beside the popularity baseline; print and save the metrics."""
     from ..evaluate import evaluate_model, evaluate_popularity
     from ..features import Featurizer
-    from ..train.loop import load_model
+    from ..train.load import load_run
     from ..train.run import check_model_fits, load_dataset, recorded_dataset
 
     run = Path(args.run)
-    model, cfg, version = load_model(run, device=args.device)
+    model, cfg, version = load_run(run, device=args.device)
     data = load_dataset(recorded_dataset(run, args.data))
     check_model_fits(cfg.model, data)
     scheme = cfg.train.split

@@ -36,7 +36,7 @@ from ..evaluate.evaluator import encode_requests
 from ..features import Featurizer
 from ..fsutil import file_in_the_way, swap_dir
 from ..index.embeddings import EMB_KIND, manifest_kind
-from ..train.loop import load_model  # MERGE: train.load (a run's model + RunConfig: export needs train.split)
+from ..train.load import load_run
 from ..train.run import check_model_fits, load_dataset, recorded_dataset
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def export_items(
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
     run, out = Path(run), Path(out)
     check_replaceable(out)
-    model, cfg, version = load_model(run, device=device)
+    model, cfg, version = load_run(run, device=device)
     data_dir = recorded_dataset(run, data_dir)
     data = load_dataset(data_dir)
     check_model_fits(cfg.model, data)

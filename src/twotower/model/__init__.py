@@ -1,8 +1,11 @@
-"""Model: hash embeddings, user tower (offline encoder + optional online head), candidate tower."""
+"""Model: shared hash embeddings, item tower, user encoder, online head; checkpoint reading.
+
+Encoders in, vectors out. Inputs are :mod:`twotower.features.inputs` dataclasses; nothing here imports
+training code, so the service loads a model through :func:`twotower.model.checkpoint.load_model` alone.
+"""
 
 from .config import ModelConfig
-from .inputs import Context, ItemInputs, UserInputs
 from .online import OnlineHead
-from .towers import TwoTower
+from .two_tower import TwoTower
 
-__all__ = ["Context", "ItemInputs", "ModelConfig", "OnlineHead", "TwoTower", "UserInputs"]
+__all__ = ["ModelConfig", "OnlineHead", "TwoTower"]

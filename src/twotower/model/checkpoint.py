@@ -1,8 +1,14 @@
-"""TEMP stub (serve-jobs branch): the read side of a checkpoint, so that serving loads a model without
-``twotower.train``. The train-model branch owns the real ``model/checkpoint.py``; drop this file at merge.
+"""Reading checkpoints: find one, read its files, check its model version, build the model. Never pickle.
 
-API the serving code relies on: :func:`resolve`, :func:`load_state_version`, :func:`load_config` and
-:func:`load_model` ``(dir, which="best", device="cpu") -> (TwoTower, ModelConfig, version)``.
+A checkpoint directory holds ``model.safetensors`` (weights), ``optim.safetensors`` (optimizer moments and
+training state, only in ``last``), ``state.json`` (step, epoch, ..., ``model_version``) and ``config.json``
+(the whole run config; the ``model`` table is a :class:`~twotower.model.ModelConfig`). Training writes it
+(``twotower.train.checkpoint``) into a temporary sibling and swaps it in through ``.NAME.old``: a kill
+mid-save leaves the previous checkpoint either in place or as ``.NAME.old``, which :func:`resolve` falls back to.
+
+This is the read side only, so the service loads a model without importing training code::
+
+    model, model_cfg, version = load_model("runs/ml1m", which="best")
 """
 
 from __future__ import annotations
@@ -12,20 +18,33 @@ import json
 import logging
 from pathlib import Path
 
-from ..config import from_dict
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .. import config as cfgmod
 from ..errors import CheckpointError
 from .config import ModelConfig
-from .towers import TwoTower
+from .two_tower import TwoTower
 
 log = logging.getLogger(__name__)
-FILES = ("model.safetensors", "config.json", "state.json")
+
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "state.json")
+
+
+def old_path(path: Path) -> Path:
+    """Where the previous copy of checkpoint ``path`` lives while a save swaps the new one in."""
+    return path.with_name(f".{path.name}.old")
 
 
 def resolve(path: str | Path) -> Path | None:
     """The checkpoint directory to read for ``path``: itself, or the previous copy a kill mid-save left behind."""
     path = Path(path)
-    old = path.with_name(f".{path.name}.old")
-    return path if path.is_dir() else old if old.is_dir() else None
+    if path.is_dir():
+        return path
+    if old_path(path).is_dir():
+        return old_path(path)
+    return None
 
 
 def model_version(model_file: str | Path, config: dict) -> str:
@@ -36,6 +55,45 @@ def model_version(model_file: str | Path, config: dict) -> str:
             h.update(block)
     h.update(json.dumps(config, sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict, dict[str, torch.Tensor]]:
+    """(model weights, config, state, extra tensors incl. optimizer) of a checkpoint directory.
+
+    The weights and config must hash to the ``model_version`` that ``state.json`` records: a file swapped or
+    edited after the save must not pass as the version it claims (indexes and feature stores are matched to
+    models by this id).
+    """
+    path = Path(path)
+    found = resolve(path)
+    if found is not None and found != path:
+        log.warning("%s is missing (a save was interrupted); reading the previous checkpoint %s", path, found)
+    path = found or path
+    missing = [n for n in CHECKPOINT_FILES if not (path / n).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a checkpoint (missing {missing}); point at RUN_DIR/checkpoints/last "
+            "or RUN_DIR/checkpoints/best, or train first"
+        )
+    try:
+        weights = load_file(path / "model.safetensors")
+        extra = load_file(path / "optim.safetensors") if (path / "optim.safetensors").is_file() else {}
+        config = json.loads((path / "config.json").read_text())
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError, SafetensorError) as exc:  # truncated or garbled files
+        raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); retrain or restore it") from exc
+    if not isinstance(config, dict) or not isinstance(state, dict) or "model_version" not in state:
+        raise CheckpointError(
+            f"checkpoint {path} is incomplete (config.json / state.json lack the run config or model_version); "
+            "retrain or restore it"
+        )
+    actual = model_version(path / "model.safetensors", config)
+    if actual != state["model_version"]:
+        raise CheckpointError(
+            f"checkpoint {path}: its weights and config hash to model version {actual}, but state.json says "
+            f"{state['model_version']}; the files were changed after the save. Restore them, or retrain"
+        )
+    return weights, config, state, extra
 
 
 def load_state_version(path: str | Path) -> str:
@@ -49,7 +107,8 @@ def load_state_version(path: str | Path) -> str:
 
 def load_config(path: str | Path) -> dict:
     """Only the run config (a dict) of a checkpoint directory, without reading the tensors."""
-    f = (resolve(path) or Path(path)) / "config.json"
+    found = resolve(path)
+    f = (found or Path(path)) / "config.json"
     try:
         config = json.loads(f.read_text())
     except (OSError, ValueError) as exc:
@@ -59,31 +118,40 @@ def load_config(path: str | Path) -> dict:
     return config
 
 
-def load_model(path: str | Path, which: str = "best", device: str = "cpu") -> tuple[TwoTower, ModelConfig, str]:
-    """(model in eval mode, its config, model version id) of a run directory or a checkpoint directory."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def no_such_run(run: Path) -> CheckpointError:
+    """The error for a ``--run`` / ``--resume`` directory that does not exist."""
+    return CheckpointError(f"no such run directory {run}; pass the --out directory of `twotower train`")
 
-    p = Path(path)
+
+def find_checkpoint(run_or_ckpt: str | Path, which: str = "best") -> Path:
+    """The checkpoint to read for a run directory (its ``which`` one, else ``last``) or a checkpoint directory."""
+    p = Path(run_or_ckpt)
     if resolve(p) is None:
-        raise CheckpointError(f"no such run directory {p}; pass the --out directory of `twotower train`")
+        raise no_such_run(p)
     if (p / "checkpoints").is_dir():
         p = resolve(p / "checkpoints" / which) or p / "checkpoints" / "last"
-    p = resolve(p) or p
-    missing = [n for n in FILES if not (p / n).is_file()]
-    if missing:
-        raise CheckpointError(f"{p} is not a checkpoint (missing {missing}); train first")
-    try:
-        weights = load_file(p / "model.safetensors")
-        config, state = json.loads((p / "config.json").read_text()), json.loads((p / "state.json").read_text())
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise CheckpointError(f"checkpoint {p} is unreadable ({exc}); retrain or restore it") from exc
-    if model_version(p / "model.safetensors", config) != state.get("model_version"):
-        raise CheckpointError(f"checkpoint {p}: its files were changed after the save; restore them, or retrain")
-    cfg = from_dict(ModelConfig, config.get("model", {}), where=f"{p}/config.json [model]")
+    return p
+
+
+def build_model(weights: dict[str, torch.Tensor], cfg: ModelConfig, where: Path, device: str = "cpu") -> TwoTower:
+    """A :class:`TwoTower` of ``cfg`` holding ``weights`` (pre-split key names accepted), in eval mode."""
     model = TwoTower(cfg)
     try:
         model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {p} does not match its config.json ({exc}); retrain") from exc
-    return model.to(device).eval(), cfg, state["model_version"]
+    except RuntimeError as exc:  # weights of another shape than the saved config says
+        raise CheckpointError(f"checkpoint {where} does not match its config.json ({exc}); retrain") from exc
+    return model.to(device).eval()
+
+
+def load_model(run_or_ckpt: str | Path, which: str = "best", device: str = "cpu") -> tuple[TwoTower, ModelConfig, str]:
+    """Load a trained model: (model in eval mode, its config, model version id).
+
+    ``run_or_ckpt``: a run directory (reads ``checkpoints/<which>``, else ``checkpoints/last``) or a
+    checkpoint directory.
+    """
+    path = find_checkpoint(run_or_ckpt, which)
+    weights, config, state, _ = load(path)
+    if not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"checkpoint {path}: config.json has no [model] table; retrain or restore it")
+    cfg = cfgmod.from_dict(ModelConfig, config["model"], where=f"{path}/config.json [model]")
+    return build_model(weights, cfg, path, device), cfg, state["model_version"]

@@ -23,9 +23,11 @@ class OnlineHead(nn.Module):
     ``r`` = request embedding (surface + hour + weekday + time since the last event + subject item),
     ``a = Attn(query = LN(s + r), keys/values = LN([W_s state ; events + recency]))``,
     ``u = L2(s + MLP(LN([s ; a ; r])))``.
+
+    The request embedding ``r`` is :meth:`request` plus, for requests about an item, :meth:`add_subject`.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, item_dim: int):
         super().__init__()
         D = cfg.dim
         self.heads = cfg.head_heads
@@ -45,10 +47,18 @@ class OnlineHead(nn.Module):
         self.q, self.kv, self.attn_out = nn.Linear(D, D), nn.Linear(D, 2 * D), nn.Linear(D, D)
         self.ln_mlp = nn.LayerNorm(3 * D)
         self.mlp = nn.Sequential(nn.Linear(3 * D, 2 * D), nn.SiLU(), nn.Linear(2 * D, D))
+        self.subject_proj = nn.Linear(item_dim, D)  # the request's subject item, from its item features
 
-    def request(self, surface: torch.Tensor, hour: torch.Tensor, weekday: torch.Tensor, since_last: torch.Tensor):
-        """Request embedding [B, D] from int64 [B] features (the subject item is added by the caller)."""
+    def request(
+        self, surface: torch.Tensor, hour: torch.Tensor, weekday: torch.Tensor, since_last: torch.Tensor
+    ) -> torch.Tensor:
+        """Request embedding [B, D] from int64 [B] features (the subject item is added by :meth:`add_subject`)."""
         return self.surface(surface) + self.hour(hour) + self.weekday(weekday) + self.since_last(since_last)
+
+    def add_subject(self, request: torch.Tensor, subject: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+        """``request`` [B, D] + the projected subject item features ``subject`` [B, 2HD + D] where ``has``
+        [B, 1] is 1 (rows without a subject add nothing)."""
+        return request + has * self.subject_proj(subject)
 
     def forward(
         self, state: torch.Tensor, events: torch.Tensor, event_len: torch.Tensor, request: torch.Tensor

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import RequestError
 from ..features import clock_features, gap_buckets
-from ..model import Context, ItemInputs, UserInputs
+from ..features.inputs import Context, ItemInputs, UserInputs
 from .bundle import Bundle
 from .schemas import RetrieveRequest
 

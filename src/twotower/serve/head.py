@@ -21,7 +21,8 @@ import warnings
 import torch
 from torch import nn
 
-from ..model import Context, ItemInputs, TwoTower, UserInputs
+from ..features.inputs import Context, ItemInputs, UserInputs
+from ..model import TwoTower
 
 log = logging.getLogger(__name__)
 TRACE_ATOL = 1e-5
@@ -50,7 +51,7 @@ class _FlatOnline(nn.Module):
         events = UserInputs(
             subj_item, subj_item, ItemInputs(hist_item, hist_author, hist_feat), actions, ev_surface, ev_gap, length
         )  # fmt: skip  (user fields are unused by the head)
-        return m.head(state, m._event_tokens(events), length, request)  # MERGE: public event-token API (wt-train)
+        return m.head(state, m.event_tokens(events), length, request)
 
 
 def random_context(model: TwoTower, B: int, F: int, gen: torch.Generator) -> tuple[torch.Tensor, Context]:

@@ -12,9 +12,25 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..features import Featurizer
-from ..model import UserInputs
+from ..data.dataset import SequenceData
+from ..features import Featurizer, UserInputs
 from .pseudo import PseudoBatch, PseudoContext
+
+HOLDOUT_SEED = 20190914  # a fixed draw: evaluation finds the held-out users again
+
+
+def holdout_mask(num_users: int, fraction: float) -> np.ndarray:
+    """bool [U]: users kept out of training (a fixed draw, so evaluation can find them again)."""
+    return np.random.default_rng(HOLDOUT_SEED).random(num_users) < fraction
+
+
+def training_windows(data: SequenceData, split: str, max_len: int, holdout_users: float) -> np.ndarray:
+    """int64 [W, 3] (user, first event row, end row) windows of at most ``max_len`` training events, without
+    the users :func:`holdout_mask` keeps out."""
+    windows = data.train_windows(split, max_len)
+    if holdout_users:
+        windows = windows[~holdout_mask(data.num_users, holdout_users)[windows[:, 0]]]
+    return windows
 
 
 def plan_epoch(lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int) -> list[np.ndarray]:

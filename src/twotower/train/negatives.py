@@ -1,36 +1,44 @@
-"""Negative-sampling strategies, handed to the loss as objects (not boolean flags).
+"""Negative-sampling strategies, handed to the retrieval task as objects (not boolean flags).
 
 Each strategy proposes candidate item ids for a batch and states each candidate's expected inclusion
 probability under its own proposal. :class:`MixedNegatives` (Yang et al., "Mixed Negative Sampling for
 Learning Two-tower Neural Networks in Recommendations", WWW 2020) takes the union of its sources; an item's
 inclusion probability under the mixture is the sum over sources (capped at 1), and its logQ correction is
 the log of that. The positive of every query is a column of its own, so duplicates are harmless.
+
+Strategies are ``nn.Module`` objects so that whatever state they keep (a frequency estimate) is in the task's
+``state_dict`` and so in every checkpoint. A new strategy (e.g. mined hard negatives) subclasses
+:class:`NegativeSource` and is added to the mixture in :func:`twotower.train.task.build_task`.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
+from torch import nn
 
 from .frequency import ExactFrequency, StreamingFrequency
 
 
-class Negatives(Protocol):
+class NegativeSource(nn.Module):
+    """One proposal of candidate items. Subclasses implement :meth:`sample` and :meth:`inclusion_prob`."""
+
     def sample(self, pos_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Candidate ids, int64 [M] (unique), for a batch whose positives are ``pos_ids`` [T]."""
+        raise NotImplementedError
 
     def inclusion_prob(self, ids: torch.Tensor) -> torch.Tensor:
         """Probability that each id in ``ids`` [M] is among this strategy's candidates, float [M]."""
+        raise NotImplementedError
 
     def observe(self, pos_ids: torch.Tensor) -> None:
-        """Update any popularity statistics with a batch's positives."""
+        """Update any popularity statistics with a batch's positives int64 [T] (after the optimizer step)."""
 
 
-class InBatchNegatives:
+class InBatchNegatives(NegativeSource):
     """The batch's other positives: a popularity-proportional proposal, corrected by a frequency estimate."""
 
     def __init__(self, frequency: StreamingFrequency | ExactFrequency | None):
+        super().__init__()
         self.frequency = frequency  # None: no correction (inclusion probability taken as 1)
 
     def sample(self, pos_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -44,10 +52,11 @@ class InBatchNegatives:
             self.frequency.update(pos_ids)
 
 
-class UniformNegatives:
+class UniformNegatives(NegativeSource):
     """``num`` items drawn uniformly from the corpus ``[0, num_items)`` (with replacement, deduplicated)."""
 
     def __init__(self, num_items: int, num: int):
+        super().__init__()
         self.num_items, self.num = num_items, num
 
     def sample(self, pos_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -57,14 +66,12 @@ class UniformNegatives:
         p = 1.0 - (1.0 - 1.0 / self.num_items) ** self.num
         return torch.full((len(ids),), p, device=ids.device)
 
-    def observe(self, pos_ids: torch.Tensor) -> None:
-        pass
 
-
-class FullCorpus:
+class FullCorpus(NegativeSource):
     """Every item is a candidate: the exact full softmax (inclusion probability 1, no correction)."""
 
     def __init__(self, num_items: int):
+        super().__init__()
         self.num_items = num_items
 
     def sample(self, pos_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -73,17 +80,15 @@ class FullCorpus:
     def inclusion_prob(self, ids: torch.Tensor) -> torch.Tensor:
         return torch.ones(len(ids), device=ids.device)
 
-    def observe(self, pos_ids: torch.Tensor) -> None:
-        pass
 
-
-class MixedNegatives:
+class MixedNegatives(NegativeSource):
     """Union of several sources; inclusion probability = min(1, Σ_sources p_s)."""
 
-    def __init__(self, sources: list[Negatives]):
+    def __init__(self, sources: list[NegativeSource]):
+        super().__init__()
         if not sources:
             raise ValueError("MixedNegatives needs at least one source")
-        self.sources = sources
+        self.sources = nn.ModuleList(sources)
 
     def sample(self, pos_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return torch.unique(torch.cat([s.sample(pos_ids, generator) for s in self.sources]))
@@ -94,3 +99,8 @@ class MixedNegatives:
     def observe(self, pos_ids: torch.Tensor) -> None:
         for s in self.sources:
             s.observe(pos_ids)
+
+    @property
+    def covers_positives(self) -> bool:
+        """Whether every batch's candidates hold all its positives (an in-batch source is among them)."""
+        return any(isinstance(s, InBatchNegatives) for s in self.sources)

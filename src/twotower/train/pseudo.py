@@ -17,25 +17,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..features import Featurizer
-from ..model import Context
+from ..features import Featurizer, Snapshots
 
 
 @dataclass
-class PseudoBatch:
+class PseudoBatch(Snapshots):
     """Per training target (row-major over the window batch's valid positions): its snapshot and context.
 
-    batch: int64 [N] window row; n_events: int64 [N] events before the snapshot (0 = no state);
-    ctx: the request features (``events`` is None: the events are window positions ``ctx_pos`` int64 [N, C],
-    the first ``ctx_len`` [N] valid, whose tokens the encoder pass already computed);
-    snapshot_row, target_row, subject_row: int64 [N] event rows (what a server would be asked with).
+    The :class:`~twotower.features.Snapshots` the model reads (batch: int64 [N] window row; n_events: int64
+    [N] events before the snapshot, 0 = no state; ctx: the request features, ``events`` None: the events are
+    window positions ``ctx_pos`` int64 [N, C], the first ``ctx_len`` [N] valid, whose tokens the encoder pass
+    already computed), plus snapshot_row, target_row, subject_row: int64 [N] event rows (what a server would
+    be asked with; tests re-featurize them to check train/serve parity).
     """
 
-    batch: torch.Tensor
-    n_events: torch.Tensor
-    ctx: Context
-    ctx_pos: torch.Tensor
-    ctx_len: torch.Tensor
     snapshot_row: np.ndarray
     target_row: np.ndarray
     subject_row: np.ndarray
@@ -43,6 +38,8 @@ class PseudoBatch:
 
 @dataclass
 class PseudoContext:
+    """Draws each training target's snapshot and context (see the module docstring)."""
+
     feat: Featurizer
     max_lag: int = 64
     no_state_prob: float = 0.05

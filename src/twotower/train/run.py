@@ -15,11 +15,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .. import config as cfgmod
 from ..data.dataset import SequenceData
-from ..errors import ConfigError, DataError, OutputError
+from ..errors import CheckpointError, ConfigError, DataError, OutputError
 from ..fsutil import file_in_the_way
-from ..model import ModelConfig
-from . import checkpoint as ckpt
+from ..model import checkpoint as ckpt
+from ..model.checkpoint import no_such_run
+from ..model.config import ModelConfig
+from .config import RunConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,7 @@ RESUMABLE = (
     "train.eval_every",
     "train.eval_users",
     "train.checkpoint_every",
+    "train.checkpoint_every_s",
     "train.log_every",
     "train.device",
     "train.amp",
@@ -103,11 +109,6 @@ def recorded_dataset(run: str | Path, data_dir: str | Path | None = None) -> Pat
     return Path(rec.read_text().strip())
 
 
-def no_such_run(run: Path) -> ckpt.CheckpointError:
-    """The error for a ``--run`` / ``--resume`` directory that does not exist."""
-    return ckpt.CheckpointError(f"no such run directory {run}; pass the --out directory of `twotower train`")
-
-
 def check_same_dataset(out: Path, data: SequenceData) -> None:
     """DataError when run ``out`` was trained on another dataset than ``data`` (runs from before the
     fingerprint was recorded are not checked)."""
@@ -152,9 +153,14 @@ def check_run_dir(out: Path, resume: bool, overwrite: bool, data_root: Path | No
         if not out.is_dir():
             raise no_such_run(out)
         if ckpt.resolve(out / "checkpoints" / "last") is None:
-            raise ckpt.CheckpointError(
-                f"run {out} has no checkpoint yet (no checkpoints/last); train it without --resume"
-                + (" --overwrite" if any(out.iterdir()) else "")
+            if not any((out / m).exists() for m in _RUN_MARKERS):
+                raise CheckpointError(
+                    f"run {out} has no checkpoint yet (no checkpoints/last); train it without --resume"
+                )
+            raise CheckpointError(
+                f"run {out} has no checkpoint yet (no checkpoints/last): it stopped before its first checkpoint "
+                "was written, so there is nothing to resume. Start it again from scratch: the same command with "
+                "--overwrite instead of --resume"
             )
         return
     if not out.is_dir() or not any(out.iterdir()):
@@ -218,3 +224,59 @@ def check_resumable(saved: dict[str, Any], given: dict[str, Any], run: Path) -> 
             "with the saved one, or train a new run (another --out, or --overwrite)"
         )
     return changed
+
+
+def resume_config(out: str | Path, given: RunConfig | None = None) -> RunConfig:
+    """The config to resume run ``out`` with: the one saved with its last checkpoint, or ``given`` when that
+    differs from it only in ``RESUMABLE`` fields (anything else is a ConfigError naming the fields)."""
+    out = Path(out)
+    check_run_dir(out, resume=True, overwrite=False)
+    path = out / "checkpoints" / "last"
+    saved = cfgmod.from_dict(RunConfig, ckpt.load_config(path), where=f"{path}/config.json")
+    if given is None:
+        return saved
+    check_resumable(cfgmod.to_dict(saved), cfgmod.to_dict(given), out)
+    return given
+
+
+def reopen(state: dict[str, Any], old: TrainConfig, new: TrainConfig, out: Path) -> None:
+    """A run stopped by its time budget or by early stopping continues when ``new`` allows more than ``old``
+    did: clears ``state``'s ``done`` (and, after an early stop, its patience count) in place."""
+    reason = state.get("stop_reason") or (
+        "time_budget" if old.time_budget_s and state["train_seconds"] > old.time_budget_s else "early_stop"
+    )
+    if reason == "time_budget":
+        more = not new.time_budget_s or new.time_budget_s > state["train_seconds"]
+        why = f"time budget {old.time_budget_s:g} s -> {new.time_budget_s:g} s (0 = none)"
+        how = f"raise --time-budget above the {state['train_seconds']:.0f} s trained so far"
+    else:
+        more = new.epochs > old.epochs or new.patience > old.patience
+        why = f"epochs {old.epochs} -> {new.epochs}, patience {old.patience} -> {new.patience}"
+        how = f"raise --epochs above {old.epochs} (or train.patience above {old.patience})"
+    if not more:
+        log.warning("run %s had stopped (%s) and nothing was raised; to continue it, %s", out, reason, how)
+        return
+    log.info("run %s had stopped (%s); %s: continuing", out, reason, why)
+    state.update(done=False, stop_reason=None)
+    if reason == "early_stop":
+        state["bad_evals"] = 0  # patience starts over
+
+
+def check_examples(data: SequenceData, windows: np.ndarray, tc: TrainConfig) -> None:
+    """Training targets must exist, and validation targets too when validation runs (eval_every > 0)."""
+    if len(windows) == 0:
+        held = f" after holding out {tc.holdout_users:.0%} of users" if tc.holdout_users else ""
+        why = " (leave-last-out keeps each user's last two events for validation and test)" if tc.split == "loo" else ""
+        raise DataError(
+            f"dataset {data.root} has no training events under split {tc.split!r}{held}; prepare a log with "
+            f"more events{why}" + (", or lower train.holdout_users" if tc.holdout_users else "")
+        )
+    if tc.eval_every and len(data.eval_targets(tc.split, "valid")[0]) == 0:
+        other = "time" if tc.split == "loo" else "loo"
+        n_other = len(data.eval_targets(other, "valid")[0])
+        alt = f'set train.split = "{other}" ({n_other:,} validation users), or ' if n_other else ""
+        why = " (leave-last-out needs users with 3+ events)" if tc.split == "loo" else ""
+        raise DataError(
+            f"dataset {data.root} has no validation targets under split {tc.split!r}{why}; {alt}turn validation "
+            "and early stopping off with train.eval_every = 0"
+        )

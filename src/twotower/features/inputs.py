@@ -1,6 +1,8 @@
-"""Model inputs: hashed item features, user histories and the real-time request context.
+"""Model inputs: hashed item features, user histories, the real-time request context, training snapshots.
 
 All ids are already bucketed hashes (0 = padding); masks are derived from the ids, as in the Phoenix seed.
+The :class:`~twotower.features.Featurizer` builds them from dataset arrays, the service from JSON requests;
+the model consumes them. Plain dataclasses of tensors: nothing here knows the model.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class ItemInputs:
     def to(self, device: torch.device | str) -> ItemInputs:
         return ItemInputs(*(t.to(device, non_blocking=True) for t in (self.item, self.author, self.feat)))
 
-    def __getitem__(self, idx) -> ItemInputs:
+    def __getitem__(self, idx: int | slice | torch.Tensor) -> ItemInputs:
         return ItemInputs(self.item[idx], self.author[idx], self.feat[idx])
 
 
@@ -79,4 +81,32 @@ class Context:
             None if self.events is None else self.events.to(device),
             *(t.to(device) for t in (self.surface, self.hour, self.weekday, self.since_last)),
             self.subject.to(device),
+        )
+
+
+@dataclass
+class Snapshots:
+    """Where each training target's cached state was taken and which events reach the online head.
+
+    Training a hybrid tower on a window batch ``[B, S]``: target ``n`` (of ``N`` valid positions, row-major) is
+    served from the offline encoder's state after the first ``n_events[n]`` events of window row
+    ``batch[n]`` (``n_events = 0``: no state) plus the events at window positions ``ctx_pos[n, :ctx_len[n]]``.
+
+    batch: int64 [N]; n_events: int64 [N]; ctx: :class:`Context` of [N, ·] whose ``events`` is None (their
+    tokens come from the window pass); ctx_pos: int64 [N, C]; ctx_len: int64 [N].
+    """
+
+    batch: torch.Tensor
+    n_events: torch.Tensor
+    ctx: Context
+    ctx_pos: torch.Tensor
+    ctx_len: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Snapshots:
+        return Snapshots(
+            self.batch.to(device),
+            self.n_events.to(device),
+            self.ctx.to(device),
+            self.ctx_pos.to(device),
+            self.ctx_len.to(device),
         )

@@ -6,12 +6,31 @@ an unseen id still embeds. Everything is vectorised NumPy gathers; no per-event 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 
-from .data.dataset import SequenceData
-from .hashing import to_buckets
-from .model import Context, ItemInputs, ModelConfig, UserInputs
+from ..data.dataset import SequenceData
+from ..errors import ConfigError
+from ..hashing import to_buckets
+from .clock import clock_features, gap_buckets
+from .inputs import Context, ItemInputs, UserInputs
+
+
+class FeatureConfig(Protocol):
+    """The model-config fields the featurizer reads (``twotower.model.ModelConfig`` has them all)."""
+
+    num_hashes: int  # H: hashes per id kept from the dataset's
+    item_buckets: int
+    author_buckets: int
+    user_buckets: int
+    feature_buckets: int
+    num_actions: int  # A: bits of the action multi-hot
+    time_buckets: int
+    max_len: int  # S: history length the user tower reads
+    context_len: int  # C: events since the snapshot the online head reads
+    online_head: bool
 
 
 def _trim(feat: np.ndarray) -> np.ndarray:
@@ -20,26 +39,13 @@ def _trim(feat: np.ndarray) -> np.ndarray:
     return feat[:, : max(used, 1)]
 
 
-def gap_buckets(gap_seconds: np.ndarray, buckets: int) -> np.ndarray:
-    """Time-gap bucket: ``min(buckets - 1, ceil(log2(1 + gap)))``; 0 for no gap. int64, same shape."""
-    g = np.maximum(np.asarray(gap_seconds, dtype=np.float64), 0.0)
-    return np.minimum(np.ceil(np.log2(1.0 + g)), buckets - 1).astype(np.int64)
-
-
-def clock_features(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(hour 0..23, weekday 0..6 with Monday = 0) of unix timestamps in seconds, UTC. int64, same shape."""
-    ts = np.asarray(ts, dtype=np.int64)
-    days = np.floor_divide(ts, 86400)
-    return np.floor_divide(ts - days * 86400, 3600), (days + 3) % 7  # 1970-01-01 was a Thursday
-
-
 class Featurizer:
     """Builds :class:`ItemInputs` / :class:`UserInputs` for a dataset under a model config."""
 
-    def __init__(self, data: SequenceData, cfg: ModelConfig):
+    def __init__(self, data: SequenceData, cfg: FeatureConfig):
         H = cfg.num_hashes
         if H > data.item_hash.shape[1]:
-            raise ValueError(
+            raise ConfigError(
                 f"model wants {H} hashes but the dataset was prepared with {data.item_hash.shape[1]}; "
                 "re-run `twotower prepare --num-hashes` or lower model.num_hashes"
             )

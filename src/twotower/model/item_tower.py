@@ -1,0 +1,27 @@
+"""The candidate (item) tower: item features -> unit item vectors.
+
+Seed 003 §3: the item's hash and feature embeddings (shared with the user tower, see
+:class:`~twotower.model.layers.Embeddings`) go through ``Linear(2D) -> SiLU -> Linear(D)`` and are
+L2-normalised, so the retrieval score is a cosine. It has no dropout: the vectors it makes at training time
+are the ones exported for the index.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class ItemTower(nn.Module):
+    """Item features [N, 2HD + D] (from ``Embeddings.items``) -> unit vectors [N, D]."""
+
+    def __init__(self, cfg: ModelConfig, item_dim: int):
+        super().__init__()
+        D = cfg.dim
+        self.mlp = nn.Sequential(nn.Linear(item_dim, 2 * D), nn.SiLU(), nn.Linear(2 * D, D))
+
+    def forward(self, item_features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(item_features), dim=-1)

@@ -1,0 +1,100 @@
+"""Run configuration: :class:`TrainConfig` (optimisation, negatives, bookkeeping) and :class:`RunConfig`
+(model + train), the dataclasses a config file and every checkpoint's ``config.json`` hold.
+
+Every failure of a range check is a ConfigError naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..config import check, check_float, check_int
+from ..model.config import ModelConfig
+
+NEGATIVES = ("in_batch", "uniform", "full")
+EMBEDDING_OPTIMIZERS = ("adamw", "rowwise_adagrad")
+LOGQ = ("streaming", "exact", "none")
+DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, negatives and bookkeeping. Saved with every checkpoint."""
+
+    epochs: int = 20
+    batch_tokens: int = 16384  # training targets per batch (windows x padded length)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    embedding_optimizer: str = "adamw"  # adamw | rowwise_adagrad (one accumulator per table row)
+    embedding_lr: float = 0.05  # row-wise Adagrad's learning rate (follows the same warm-up + cosine)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    temperature: float = 0.05
+    learn_temperature: bool = False
+    negatives: list[str] = field(default_factory=lambda: ["in_batch", "uniform"])  # in_batch | uniform | full
+    num_uniform: int = 1024
+    logq: str = "streaming"  # streaming (Yi et al.) | exact (training counts) | none
+    logq_alpha: float = 0.01
+    accidental_hits: bool = True
+    fused_loss: bool = True  # candidate-set softmax (same loss, one addmm); False = the reference pipeline
+    split: str = "loo"
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    num_workers: int = 0
+    threads: int = 0  # torch intra-op threads (0 = torch default)
+    eval_every: int = 1  # epochs
+    eval_users: int = 0  # validation users per evaluation (0 = all)
+    patience: int = 3  # evaluations without improvement of the primary metric before stopping
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = none by step count)
+    # Seconds between mid-epoch checkpoints: a kill loses at most this much training (0 = off). 30 s, not 60: a run
+    # killed a minute after it was started (imports and data loading included) must have one to resume from.
+    checkpoint_every_s: float = 30.0
+    time_budget_s: float = 0.0  # stop (after a checkpoint) once training time exceeds this (0 = no limit)
+    log_every: int = 20
+    # Hybrid towers (model.online_head): pseudo-context augmentation, see train/pseudo.py.
+    max_lag: int = 64  # snapshot drawn 0..max_lag events before each target
+    no_state_prob: float = 0.05  # drop the state (cold-start / fallback path)
+    subject_prob: float = 0.2  # the previous event's item as the request's subject item
+    holdout_users: float = 0.0  # fraction of users kept out of training entirely (cold-start evaluation)
+
+    def __post_init__(self) -> None:
+        """Range checks; every failure is a ConfigError naming the field, the value and what is allowed."""
+        check(
+            isinstance(self.negatives, list) and bool(self.negatives) and set(self.negatives) <= set(NEGATIVES),
+            "negatives",
+            self.negatives,
+            f'give a non-empty list of {NEGATIVES}, e.g. negatives = ["in_batch", "uniform"]',
+        )
+        check(
+            self.embedding_optimizer in EMBEDDING_OPTIMIZERS,
+            "embedding_optimizer",
+            self.embedding_optimizer,
+            f"use one of {EMBEDDING_OPTIMIZERS}",
+        )
+        check(self.logq in LOGQ, "logq", self.logq, f"use one of {LOGQ}")
+        check(self.split in ("loo", "time"), "split", self.split, "use 'loo' (leave-last-out) or 'time'")
+        check(DEVICE.fullmatch(self.device) is not None, "device", self.device, "use cpu, cuda, cuda:N or mps")
+        for name in ("epochs", "batch_tokens", "num_uniform", "patience", "log_every"):
+            check_int(self, name, 1)
+        for name in ("warmup_steps", "seed", "num_workers", "threads", "eval_every", "eval_users", "checkpoint_every"):
+            check_int(self, name, 0)
+        check_int(self, "max_lag", 0)
+        for name in ("lr", "embedding_lr", "temperature"):
+            check_float(self, name, 0.0, lo_open=True)
+        for name in ("weight_decay", "grad_clip", "time_budget_s", "checkpoint_every_s"):
+            check_float(self, name, 0.0)
+        for name in ("min_lr_ratio", "no_state_prob", "subject_prob"):
+            check_float(self, name, 0.0, 1.0)
+        check_float(self, "logq_alpha", 0.0, 1.0, lo_open=True)
+        check_float(self, "holdout_users", 0.0, 1.0, hi_open=True)
+
+
+@dataclass
+class RunConfig:
+    """The whole run: ``[model]`` and ``[train]`` tables of a config file."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,201 @@
+"""The retrieval task: user vectors + positive items -> loss (after TFRS ``tasks/retrieval.py``).
+
+The trainer hands the task the batch's queries and what it knows about their targets; the task owns every
+choice that turns them into a loss::
+
+    out = task(queries, Targets(items=pos_ids, weight=w, encode_items=embed))   # out.loss: scalar
+    out.loss.backward(); optimizer.step(); task.observe(targets)
+
+Pipeline (Yi et al. RecSys 2019; Yang et al. WWW 2020): sample candidates from the negative sources →
+scores / temperature → − log q (logQ correction) → accidental hits masked → softmax cross-entropy, weighted
+by the targets' event weights. When the candidates hold every positive (an in-batch source) the same loss is
+one fused ``addmm`` (:func:`~twotower.train.losses.candidate_softmax_loss`); otherwise, or with
+``fused=False``, the reference transform pipeline (:func:`~twotower.train.losses.sampled_softmax_loss`).
+
+State: the temperature ``log_tau`` (a parameter, learnable or fixed), the negative sources' statistics
+(frequency estimators, buffers) and the sampler's RNG are all in ``task.state_dict()``; the trainer saves
+and restores that dict whole and never looks inside.
+
+Extending the task — never the trainer:
+
+* **a negative source** (mined hard negatives, a popularity sampler): subclass
+  :class:`~twotower.train.negatives.NegativeSource` and add it in :func:`build_task`; the mixture sums its
+  inclusion probability into logQ and its state joins the task's ``state_dict``.
+* **a loss term** (Matryoshka prefixes, a ranker over the candidates, a regulariser): an ``nn.Module`` with
+  ``forward(queries [T, D], targets: Targets, task: RetrievalTask) -> scalar``, passed in ``parts``. Its
+  value is added to the loss and reported under its name; its parameters are trained with the task's and
+  its buffers are checkpointed with them. It may reuse the task's temperature and sampler
+  (``task.tau()``, ``task.negatives``, ``task.generator``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.dataset import SequenceData
+from .config import TrainConfig
+from .frequency import ExactFrequency, StreamingFrequency
+from .losses import candidate_softmax_loss, sampled_softmax_loss
+from .negatives import FullCorpus, InBatchNegatives, MixedNegatives, NegativeSource, UniformNegatives
+
+TAU_RANGE = (0.01, 1.0)  # a learned temperature is kept in here (outside it the softmax degenerates)
+
+
+@dataclass
+class Targets:
+    """The training targets of one batch, besides their queries.
+
+    items: int64 [T] positive item ids (on the CPU, where sampling runs); weight: float [T] event weights
+    (None = all 1); encode_items: the candidate tower over item ids, int64 [M] -> unit vectors [M, D].
+    """
+
+    items: torch.Tensor
+    weight: torch.Tensor | None
+    encode_items: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TaskOutput:
+    """loss: the scalar to minimise; candidates: items the softmax ran over; terms: each part's loss."""
+
+    loss: torch.Tensor
+    candidates: int
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class RetrievalTask(nn.Module):
+    """Sampled-softmax retrieval loss with temperature, mixed negatives, logQ and accidental-hit removal."""
+
+    def __init__(
+        self,
+        negatives: MixedNegatives,
+        temperature: float = 0.05,
+        learn_temperature: bool = False,
+        logq: bool = True,
+        accidental_hits: bool = True,
+        fused: bool = True,
+        seed: int = 0,
+        parts: dict[str, nn.Module] | None = None,
+    ):
+        super().__init__()
+        self.log_tau = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
+        self.negatives = negatives
+        self.logq, self.accidental_hits = logq, accidental_hits
+        # The fused loss needs every positive among the candidates, each once (so no accidental hits to mask).
+        self.fused = fused and accidental_hits and negatives.covers_positives
+        self.generator = torch.Generator().manual_seed(seed)  # negative sampling only: resumes exactly
+        self.parts = nn.ModuleDict(parts or {})
+
+    def tau(self) -> torch.Tensor:
+        """The softmax temperature τ (a 0-d tensor)."""
+        return self.log_tau.exp()
+
+    def forward(self, queries: torch.Tensor, targets: Targets) -> TaskOutput:
+        """queries [T, D] (unit vectors, one per target) -> the batch's loss."""
+        pos = targets.items
+        neg = self.negatives.sample(pos, self.generator)  # int64 [M] unique, CPU
+        loss = self._fused(queries, targets, neg) if self.fused else self._reference(queries, targets, neg)
+        terms = {"retrieval": loss}
+        for name, part in self.parts.items():
+            terms[name] = part(queries, targets, self)
+            loss = loss + terms[name]
+        return TaskOutput(loss, len(neg), terms)
+
+    def _fused(self, q: torch.Tensor, targets: Targets, cand_ids: torch.Tensor) -> torch.Tensor:
+        """Candidates already hold every positive: one column per item, labels = the positive's column."""
+        labels = torch.searchsorted(cand_ids, targets.items).to(q.device)
+        cand = targets.encode_items(cand_ids)  # [M, D]
+        log_q = self.negatives.inclusion_prob(cand_ids).log().to(q.device) if self.logq else None
+        return candidate_softmax_loss(q, cand, labels, self.tau(), log_q, targets.weight)
+
+    def _reference(self, q: torch.Tensor, targets: Targets, neg_ids: torch.Tensor) -> torch.Tensor:
+        """The transform pipeline: positive column + sampled negatives, logQ on both, accidental hits masked."""
+        pos_ids = targets.items
+        all_items, inv = torch.unique(torch.cat([pos_ids, neg_ids]), return_inverse=True)
+        emb = targets.encode_items(all_items)  # [M', D]: each item encoded once
+        pos = emb[inv[: len(pos_ids)].to(q.device)]
+        neg = emb[inv[len(pos_ids) :].to(q.device)]
+        log_q_pos = log_q_neg = None
+        if self.logq:
+            log_q_pos = self.negatives.inclusion_prob(pos_ids).log().to(q.device)
+            log_q_neg = self.negatives.inclusion_prob(neg_ids).log().to(q.device)
+        return sampled_softmax_loss(
+            q,
+            pos,
+            pos_ids.to(q.device),
+            neg,
+            neg_ids.to(q.device),
+            self.tau(),
+            log_q_pos,
+            log_q_neg,
+            self.accidental_hits,
+            targets.weight,
+        )
+
+    @torch.no_grad()
+    def observe(self, targets: Targets) -> None:
+        """After the optimizer step: feed the positives to the sources' statistics, keep τ in range."""
+        self.negatives.observe(targets.items)
+        if self.log_tau.requires_grad:
+            self.log_tau.clamp_(math.log(TAU_RANGE[0]), math.log(TAU_RANGE[1]))
+
+    # The sampler's RNG state rides in the state dict (safetensors stores tensors only: a uint8 tensor).
+    def get_extra_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
+def build_task(cfg: TrainConfig, data: SequenceData) -> RetrievalTask:
+    """The task a :class:`TrainConfig` describes: negative sources in ``cfg.negatives`` order, their logQ
+    estimator (``cfg.logq``), temperature, accidental hits, the fused path."""
+    sources: list[NegativeSource] = []
+    for name in cfg.negatives:
+        if name == "in_batch":
+            if cfg.logq == "streaming":
+                freq = StreamingFrequency(data.num_items, cfg.logq_alpha)
+            elif cfg.logq == "exact":
+                counts = torch.from_numpy(data.item_train_counts(cfg.split).copy())
+                freq = ExactFrequency(counts, cfg.batch_tokens)
+            else:
+                freq = None
+            sources.append(InBatchNegatives(freq))
+        elif name == "uniform":
+            sources.append(UniformNegatives(data.num_items, cfg.num_uniform))
+        else:
+            sources.append(FullCorpus(data.num_items))
+    return RetrievalTask(
+        MixedNegatives(sources),
+        temperature=cfg.temperature,
+        learn_temperature=cfg.learn_temperature,
+        logq=cfg.logq != "none",
+        accidental_hits=cfg.accidental_hits,
+        fused=cfg.fused_loss,
+        seed=cfg.seed,
+    )
+
+
+def targets_of(data: SequenceData, rows: torch.Tensor, encode_items: Callable, device: torch.device) -> Targets:
+    """:class:`Targets` of the dataset event rows ``rows`` int64 [T] (the model's training-query targets)."""
+    r = rows.cpu().numpy()
+    items = torch.from_numpy(data.event_item[r].astype(np.int64))
+    weight = torch.from_numpy(data.event_weight[r]).to(device)
+    return Targets(items, None if bool((weight == 1).all()) else weight, encode_items)
+
+
+def legacy_task_state(extra: dict[str, torch.Tensor], task: RetrievalTask) -> dict[str, torch.Tensor]:
+    """The task's state dict from a checkpoint written before the task existed (``extra.log_tau``,
+    ``extra.sampler_rng`` and ``extra.freq{i}.*`` for the i-th negative source)."""
+    state = {"log_tau": extra["extra.log_tau"], "_extra_state": extra["extra.sampler_rng"]}
+    for key in task.state_dict():
+        if key.startswith("negatives.sources."):  # negatives.sources.{i}.frequency.{name}
+            i, _, name = key[len("negatives.sources.") :].split(".", 2)
+            state[key] = extra[f"extra.freq{i}.{name}"]
+    return state

@@ -1,0 +1,72 @@
+"""The retrieval task: its state (temperature, estimators, sampler RNG) in one state_dict; parts add losses."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from twotower.train.frequency import StreamingFrequency
+from twotower.train.negatives import InBatchNegatives, MixedNegatives, UniformNegatives
+from twotower.train.task import RetrievalTask, Targets
+
+
+def make_task(seed: int = 0, **kw) -> RetrievalTask:
+    sources = [InBatchNegatives(StreamingFrequency(50)), UniformNegatives(50, 8)]
+    return RetrievalTask(MixedNegatives(sources), seed=seed, **kw)
+
+
+def batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    table = F.normalize(torch.randn(50, 4, generator=g), dim=-1)
+    items = torch.randint(0, 50, (6,), generator=g)
+    queries = F.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    return queries, Targets(items, None, lambda ids: table[ids])
+
+
+def test_state_dict_holds_temperature_estimators_and_sampler():
+    task = make_task(seed=1)
+    q, t = batch()
+    for _ in range(3):
+        task(q, t)
+        task.observe(t)
+    state = task.state_dict()
+    assert set(state) == {
+        "log_tau",
+        "negatives.sources.0.frequency.last",
+        "negatives.sources.0.frequency.gap",
+        "negatives.sources.0.frequency.count",
+        "negatives.sources.0.frequency.step",
+        "_extra_state",  # the sampler's RNG
+    }
+    assert int(state["negatives.sources.0.frequency.step"]) == 3
+    other = make_task(seed=2)
+    other.load_state_dict(state)
+    assert torch.equal(other(q, t).loss, task(q, t).loss)  # same estimates, same sampled negatives
+
+
+def test_fused_and_reference_paths_agree():
+    q, t = batch(3)
+    fused, reference = make_task(), make_task(fused=False)
+    assert fused.fused and not reference.fused
+    torch.testing.assert_close(fused(q, t).loss, reference(q, t).loss)
+    # without an in-batch source the candidates need not hold the positives: never fused
+    assert not RetrievalTask(MixedNegatives([UniformNegatives(50, 8)])).fused
+
+
+def test_a_part_adds_its_loss_without_touching_the_rest():
+    class Penalty(nn.Module):
+        def forward(self, queries, targets, task):
+            return 0.5 * task.tau() / task.tau()
+
+    q, t = batch(4)
+    base = make_task()(q, t)
+    out = make_task(parts={"penalty": Penalty()})(q, t)
+    assert set(out.terms) == {"retrieval", "penalty"}
+    torch.testing.assert_close(out.loss, base.loss + 0.5)
+
+
+def test_a_learned_temperature_is_kept_in_range():
+    task = make_task(temperature=0.05, learn_temperature=True)
+    with torch.no_grad():
+        task.log_tau.fill_(5.0)
+    task.observe(batch()[1])
+    assert abs(float(task.tau()) - 1.0) < 1e-6
