@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigError, DataError
+from .columns import is_text
 
 #: Comparison operators -> Arrow compute functions. Two-character ones first: ``>=`` must not parse as ``>``.
 OPS = {
@@ -107,11 +108,13 @@ def parse_rules(rules: dict[str, str]) -> list[ActionRule]:
 def evaluate(rule: ActionRule, col: pa.Array | pa.ChunkedArray, path: str | Path, row0: int) -> np.ndarray:
     """bool [R]: where ``rule`` holds on ``col`` (one chunk of the log, its first value at data row ``row0 + 1``).
 
-    Numbers and numeric text compare as float64; null and NaN are false. Text that is no number is a
+    Numbers and numeric text compare as float64; null, NaN and empty text are false. Text that is no number is a
     DataError naming the value and its data row.
     """
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
+    if is_text(col.type):  # an empty text cell is no value, as an empty numeric CSV cell is null
+        col = pc.if_else(pc.equal(col, "").fill_null(False), pa.scalar(None, col.type), col)
     try:
         num = col.cast(pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -126,7 +129,7 @@ def _not_numeric(rule: ActionRule, col: pa.Array | pa.ChunkedArray, path: str | 
     reason = f"column {rule.column!r} ({col.type}) must hold numbers"
     for i, v in enumerate(col.to_pylist()):  # only on the error path
         try:
-            if v is not None:
+            if v not in (None, ""):
                 float(v)
         except (TypeError, ValueError):
             reason = f"column {rule.column!r} must hold numbers, found {v!r} at data row {row0 + i + 1}"
