@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from ..errors import ConfigError, DataError
 from .columns import is_text
 
-#: Comparison operators -> Arrow compute functions. Two-character ones first: ``>=`` must not parse as ``>``.
+#: Comparison operators -> Arrow compute functions.
 OPS = {
     ">=": pc.greater_equal,
     "<=": pc.less_equal,
@@ -38,6 +38,8 @@ OPS = {
     ">": pc.greater,
     "<": pc.less,
 }
+# the column and the number hold no operator character, so exactly one operator is found; the two-character
+# operators are tried first (``>=`` must not parse as ``>`` and a number ``=4``)
 _RULE = re.compile(r"^\s*(?P<column>[^<>=!]*?)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<number>[^<>=!]*?)\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 EXAMPLE = '"liked: rating >= 4"'
