@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import small_run_config
 
@@ -405,3 +406,22 @@ def test_exit_codes_come_from_one_mapping(monkeypatch, capsys):
     monkeypatch.setattr(data_cmds, "cmd_synth", fails(ZeroDivisionError("a bug")))
     with pytest.raises(ZeroDivisionError):
         main(argv)
+
+
+def test_prepare_maps_a_ratings_column_to_actions_with_the_action_flag(tmp_path, capsys):
+    """A first run on a ratings file: --action rules (with --action-cols) and no preprocessing."""
+    log = tmp_path / "ratings.csv"
+    log.write_text("user_id,item_id,timestamp,rating,click\nu1,i1,1,4.5,0\nu1,i2,2,2,1\nu2,i1,3,,1\nu2,i3,4,3.5,0\n")
+    out = tmp_path / "d"
+    argv = ["prepare", "--log", str(log), "--action-cols", "click", "--out", str(out)]
+    assert main([*argv, "--action", "liked: rating >= 3.5", "--action", "disliked: rating <= 2"]) == 0
+    assert "actions    click, liked, disliked" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["action_rules"] == {"liked": "rating >= 3.5", "disliked": "rating <= 2"}
+    assert sorted(np.load(out / "event_actions.npy").tolist()) == [1, 2, 2, 5]  # the null rating: click only
+    assert main([*argv, "--action", "liked: rating => 4"]) == 2
+    assert capsys.readouterr().err.startswith("error: --action: action rule 'liked: rating => 4': ")
+    assert main([*argv, "--action", "click: rating >= 4"]) == 2
+    assert "error: --action-cols / --action: action name(s) ['click'] used twice" in capsys.readouterr().err
+    assert main([*argv, "--action", "a: rating > 1", "--action", "a: rating > 2"]) == 2
+    assert "action 'a' is given twice" in capsys.readouterr().err

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
-from ..errors import UsageError
+from ..errors import ConfigError, UsageError
 from .options import given, replace_checked
 
 
@@ -21,6 +22,13 @@ def declare_prepare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--item-col")
     p.add_argument("--time-col")
     p.add_argument("--action-cols", help="comma-separated 0/1 columns -> multi-hot actions")
+    p.add_argument(
+        "--action",
+        action="append",
+        metavar='"NAME: COLUMN OP NUMBER"',
+        help='an action from a rating/score column, e.g. "liked: rating >= 4" (op: >= > <= < == !=); repeatable, '
+        "after the --action-cols actions; replaces the config's [log.action_rules]",
+    )
     p.add_argument("--surface-col")
     p.add_argument("--weight-col")
     p.add_argument("--delimiter", help="CSV delimiter (default: tab for .tsv/.tab files, else ',')")
@@ -50,14 +58,40 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         }
         for attr, val in given(columns).items():
             setattr(cfg.log, attr, val)
+        actions = {}
         if args.action_cols:
-            cfg.log.actions = [c for c in args.action_cols.split(",") if c]
+            actions["actions"] = [c for c in args.action_cols.split(",") if c]
+        if args.action:
+            actions["action_rules"] = action_rules(args.action)
+        if actions:
+            try:  # re-runs LogSchema's checks: a name used twice, too many actions
+                cfg.log = dataclasses.replace(cfg.log, **actions)
+            except ConfigError as exc:
+                flags = {"actions": "--action-cols", "action_rules": "--action"}
+                raise UsageError(f"{' / '.join(flags[k] for k in actions)}: {exc}") from exc
         if args.delimiter:
             cfg.log.delimiter = cfg.items.delimiter = cfg.users.delimiter = args.delimiter
         manifest = prepare_files(args.log, args.out, cfg, items_path=args.items, users_path=args.users)
     print_stats(manifest)
     print(f"written    {args.out}")
     return 0
+
+
+def action_rules(values: list[str]) -> dict[str, str]:
+    """``--action`` values (``"liked: rating >= 4"``) -> ``{name: rule}`` in order; UsageError naming the flag."""
+    from ..data.rules import parse_rule, split_action
+
+    rules: dict[str, str] = {}
+    for text in values:
+        try:
+            name, expr = split_action(text)
+            parse_rule(name, expr)
+        except ConfigError as exc:
+            raise UsageError(f"--action: {exc}") from exc
+        if name in rules:
+            raise UsageError(f"--action: action {name!r} is given twice ({rules[name]!r} and {expr!r}); keep one")
+        rules[name] = expr
+    return rules
 
 
 def print_stats(manifest: dict) -> None:

@@ -12,8 +12,10 @@ The steps, each in its own module:
    layout). Only an earlier prepared dataset (or an empty directory) is replaced: an ``out`` holding
    anything else, or holding an input file, is an error.
 
-The manifest also counts ``duplicate_events`` (same user, item and timestamp as an earlier event; kept,
-and logged), and an empty split part is logged with its cause.
+The manifest names the actions bit by bit (``actions``) and records the rules that made some of them from
+a rating or score column (``action_rules``, :mod:`twotower.data.rules`). It also counts ``duplicate_events``
+(same user, item and timestamp as an earlier event; kept, and logged), and an empty split part is logged
+with its cause.
 """
 
 from __future__ import annotations
@@ -150,7 +152,8 @@ def prepare_files(
     info = {
         "dataset": Path(log_path).name,
         "source": str(log_path),
-        "actions": list(cfg.log.actions),
+        "actions": cfg.log.action_names(),  # the 0/1 columns, then the rules: bit i is actions[i]
+        "action_rules": dict(cfg.log.action_rules),
         "input_sha256": {
             k: _sha256(p) for k, p in (("log", log_path), ("items", items_path), ("users", users_path)) if p
         },

@@ -6,6 +6,9 @@ The output is the small set of columns that :func:`twotower.data.encoding.encode
     user_id: string, item_id: string, timestamp: int64 (seconds), actions: uint8 bitmask,
     surface: string | null, weight: float32
 
+Actions come from 0/1 columns (``LogSchema.actions``) and from rules on a numeric column
+(``LogSchema.action_rules``, :mod:`twotower.data.rules`: ``liked: rating >= 4``), bit by bit in that order.
+
 The column mapping is a :class:`~twotower.data.schemas.LogSchema`; ids follow
 :mod:`twotower.data.columns` (text, never numbers), timestamps :mod:`twotower.data.timestamps`. Item and
 user tables are read by :mod:`twotower.data.tables`.
@@ -27,7 +30,8 @@ import pyarrow.parquet as pq
 from ..errors import DataError
 from .columns import as_id_strings, as_numbers
 from .files import delimiter_for, guarded, is_parquet, open_stream, require
-from .schemas import MAX_ACTIONS, LogSchema
+from .rules import ActionRule, evaluate
+from .schemas import LogSchema
 from .timestamps import parse_timestamps
 
 CHUNK_ROWS = 1 << 19  # log rows per normalised chunk: bounds the memory taken by the raw (string) columns
@@ -36,12 +40,14 @@ CHUNK_ROWS = 1 << 19  # log rows per normalised chunk: bounds the memory taken b
 def _normalise(
     batch: pa.RecordBatch,
     schema: LogSchema,
+    rules: list[ActionRule],
     path: Path,
     row0: int,
     later: Iterator[pa.RecordBatch],
 ) -> pa.Table:
-    """One chunk of the raw log -> normalised events (module docstring). ``row0``: file row of its first row;
-    ``later``: the batches after it, read only to count bad ids for an error message."""
+    """One chunk of the raw log -> normalised events (module docstring). ``rules``: ``schema``'s, parsed;
+    ``row0``: file row of its first row; ``later``: the batches after it, read only to count bad ids for an
+    error message."""
     n = batch.num_rows
     user_col, item_col = schema.user_id, schema.item_id
     user = as_id_strings(batch.column(user_col), user_col, path, row0, (b.column(user_col) for b in later))
@@ -61,6 +67,8 @@ def _normalise(
                 f"{path}: action column {name!r} must be 0/1, found {vals[bad]} at data row {row0 + bad + 1}"
             )
         actions |= (vals.astype(np.uint8) << bit).astype(np.uint8)
+    for bit, rule in enumerate(rules, start=len(schema.actions)):
+        actions |= evaluate(rule, batch.column(rule.column), path, row0).astype(np.uint8) << np.uint8(bit)
     surface = batch.column(schema.surface).cast(pa.string()) if schema.surface else pa.nulls(n, pa.string())
     if schema.weight:
         weight = as_numbers(batch.column(schema.weight), schema.weight, path, row0, "numeric weights", fill=1.0)
@@ -103,10 +111,15 @@ def iter_log(path: str | Path, schema: LogSchema, chunk_rows: int | None = None)
     require(names, schema.user_id, path, "--user-col / LogSchema.user_id")
     require(names, schema.item_id, path, "--item-col / LogSchema.item_id")
     require(names, schema.timestamp, path, "--time-col")
-    if len(schema.actions) > MAX_ACTIONS:
-        raise DataError(f"at most {MAX_ACTIONS} action columns are supported, got {len(schema.actions)}")
+    rules = schema.rules()  # checked again: the mapping may have been changed since it was built
     for name in schema.actions:
         require(names, name, path, "LogSchema.actions")
+    for rule in rules:
+        if rule.column not in names:
+            raise DataError(
+                f"{path}: action rule '{rule}' reads column {rule.column!r}, which the file lacks; the file has "
+                f"columns {names}. Fix the column name in the rule (--action / [log.action_rules])"
+            )
     if schema.surface:
         require(names, schema.surface, path, "LogSchema.surface")
     if schema.weight:
@@ -116,7 +129,7 @@ def iter_log(path: str | Path, schema: LogSchema, chunk_rows: int | None = None)
     def normalised() -> Iterator[pa.Table]:
         row0 = 0
         for batch in batches:
-            yield _normalise(batch, schema, path, row0, batches)
+            yield _normalise(batch, schema, rules, path, row0, batches)
             row0 += batch.num_rows
 
     yield from _rechunk(normalised(), chunk_rows or CHUNK_ROWS)
