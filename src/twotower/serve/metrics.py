@@ -49,6 +49,9 @@ class Metrics:
             "twotower_micro_batch_size", "requests per engine call", buckets=BATCH_BUCKETS, registry=r
         )
         self.reloads = Counter("twotower_reloads", "admin reloads", ["result"], registry=r)
+        self.index_fallbacks = Counter(
+            "twotower_index_fallbacks", "starts on an older published index: CURRENT's did not load", registry=r
+        )
         self.info = Gauge("twotower_served_version", "1 for the served versions", ["model", "index"], registry=r)
         for path in ("cached", "cold_start", "fallback"):
             self.paths.labels(path)  # export zeros, so dashboards see the series before the first event
