@@ -84,8 +84,11 @@ def write_outcome(root: Path, at: float, error: str | None, model_version: str, 
                "index_version": index_version, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)),
                "at_s": at, "pid": os.getpid()}  # fmt: skip
     tmp = root / f".{OUTCOME_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(outcome) + "\n")
-    os.replace(tmp, root / OUTCOME_FILE)
+    try:
+        tmp.write_text(json.dumps(outcome) + "\n")
+        os.replace(tmp, root / OUTCOME_FILE)
+    except OSError as exc:  # the reload's own answer matters more than the other workers' report of it
+        log.warning("cannot record the reload outcome in %s (%s); other workers' /readyz will not show it", root, exc)
 
 
 def read_outcome(root: Path, since: float = 0.0) -> dict | None:
