@@ -197,11 +197,11 @@ def test_store_is_closed_when_the_start_fails(art, monkeypatch):
         store.close = lambda: closed.append(url) or real_close()
         return store
 
-    def load_bundle(*args):
+    def load_serving_bundle(*args):
         raise ArtifactError("corrupt artifacts")
 
     monkeypatch.setattr(service_module, "open_serving_store", open_serving_store)
-    monkeypatch.setattr(service_module, "load_bundle", load_bundle)
+    monkeypatch.setattr(service_module, "load_serving_bundle", load_serving_bundle)
     with pytest.raises(ArtifactError, match="corrupt artifacts"):
         with TestClient(create_app(settings(art.root))):
             pass

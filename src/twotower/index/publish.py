@@ -113,6 +113,27 @@ def current_version(root: str | Path) -> str:
     return f.read_text().strip()
 
 
+def published_versions(root: str | Path) -> list[str]:
+    """Every version published under ``root``, newest first: ``history.json`` in reverse, then directories of
+    ``versions/`` it does not list (newest name first; names start with their build time). Temporary names of
+    builds in progress or killed (``.<v>.tmp-*``) are not versions. For choosing what to serve when CURRENT's
+    version does not load; an unreadable history counts as empty."""
+    root = Path(root)
+    try:
+        hist = history(root)
+    except IndexError_:
+        hist = []
+    on_disk = (
+        sorted(
+            (p.name for p in (root / "versions").iterdir() if p.is_dir() and not p.name.startswith(".")), reverse=True
+        )
+        if (root / "versions").is_dir()
+        else []
+    )
+    listed = [v for v in reversed(hist) if v in on_disk]
+    return listed + [v for v in on_disk if v not in listed]
+
+
 def current_path(root: str | Path) -> Path:
     return Path(root) / "versions" / current_version(root)
 

@@ -2,7 +2,8 @@
 
 :func:`create_app` wires the :class:`~.service.Service` lifecycle into the app's lifespan, the routes
 (:mod:`.routes`), the error handlers (:mod:`.errors`) and the ASGI middleware: the body-size limit, metrics,
-and the ``/v1/retrieve`` fast path. :func:`app_from_env` is the ``uvicorn --factory`` entry point.
+and the ``/v1/retrieve`` fast path; ``/openapi.json`` describes the served version (:mod:`.openapi`).
+:func:`app_from_env` is the ``uvicorn --factory`` entry point.
 Importing this module imports no training, offline job or data-preparation code.
 """
 
@@ -19,6 +20,7 @@ from .errors import add_error_handlers
 from .fastpath import RetrieveFastPath
 from .limits import BodySizeLimit
 from .metrics import MetricsMiddleware
+from .openapi import served_openapi
 from .routes import router
 from .service import Service
 from .settings import ServeSettings
@@ -42,6 +44,7 @@ def create_app(settings: ServeSettings | None = None, bundle: Bundle | None = No
         lifespan=lifespan,
     )
     app.state.service = service
+    app.openapi = served_openapi(app, service)  # the served model's action names etc., see .openapi
     add_error_handlers(app)
     app.include_router(router)
     if settings.fast_path:

@@ -19,20 +19,23 @@ read. Loading needs the model's config only (:mod:`twotower.model.checkpoint`), 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..data.dataset import SequenceData
-from ..errors import ArtifactError
+from ..errors import ArtifactError, TwotowerError
 from ..features import Featurizer
-from ..index.publish import current_version, load_current
+from ..index.publish import current_version, load_current, published_versions
 from ..index.vector_index import VectorIndex
 from ..model import ModelConfig, TwoTower
 from ..model.checkpoint import load_model
 from .head import OnlineEncoder
 from .items import FeatureIndex, ItemTable, item_feature_columns
+
+log = logging.getLogger(__name__)
 
 
 def refuse_unsplit(cfg: ModelConfig, where: Path) -> None:
@@ -93,9 +96,14 @@ def _item_id_table(data: SequenceData) -> tuple[np.ndarray, dict[str, int]]:
 
 
 def load_bundle(
-    root: str | Path, ef_search: int | None = None, trace_head: bool = True, previous: Bundle | None = None
+    root: str | Path,
+    ef_search: int | None = None,
+    trace_head: bool = True,
+    previous: Bundle | None = None,
+    version: str | None = None,
 ) -> Bundle:
-    """Load the version ``ROOT/index/CURRENT`` names, with its model and item tables; checks they agree.
+    """Load the version ``ROOT/index/CURRENT`` names (or the published index ``version``), with its model and
+    item tables; checks they agree.
 
     ``trace_head``: serve the online head as a traced graph (checked against eager, see :mod:`.head`).
     ``previous``: the bundle this one replaces (a reload); its head graph is reused when it fits, instead of
@@ -103,8 +111,11 @@ def load_bundle(
     root = Path(root)
     if not (root / "index").is_dir():
         raise ArtifactError(f"{root} has no index/; assemble it with `twotower serve-prepare --run RUN --artifacts`")
-    index_version = current_version(root / "index")
-    index = load_current(root / "index")  # verifies checksums: a corrupt file is an error here, not at request time
+    # both verify checksums: a corrupt file is an error here, not at request time
+    if version is None:
+        index_version, index = current_version(root / "index"), load_current(root / "index")
+    else:
+        index_version, index = version, VectorIndex.load(root / "index" / "versions" / version)
     model_dir = root / "models" / index.model_version
     if not (model_dir / "checkpoints").is_dir():
         raise ArtifactError(
@@ -143,3 +154,48 @@ def load_bundle(
     like = previous.encoder if previous is not None else None
     encoder = OnlineEncoder(model, table.feat.shape[1], trace=trace_head, like=like)
     return Bundle(model, cfg, version, index, index_version, table, actions, surfaces, encoder)
+
+
+@dataclass
+class IndexFallback:
+    """The service started on an older published version because CURRENT's does not load."""
+
+    wanted: str  # what CURRENT names ("" when CURRENT itself is missing or unreadable)
+    serving: str  # the newest published version that loads
+    error: str  # why ``wanted`` did not load
+
+
+def load_serving_bundle(
+    root: str | Path, ef_search: int | None = None, trace_head: bool = True
+) -> tuple[Bundle, IndexFallback | None]:
+    """The bundle to start serving: CURRENT's version, else the newest published version that loads (and the
+    :class:`IndexFallback` that says so). A service (re)started while CURRENT names a corrupt version would
+    otherwise not start at all, though an older, good version is on disk; a running service in the same
+    situation refuses the reload and keeps serving (409). Raises :class:`ArtifactError` naming the fix when no
+    published version loads."""
+    root = Path(root)
+    try:
+        return load_bundle(root, ef_search, trace_head), None
+    except Exception as exc:
+        if not (root / "index").is_dir():
+            raise
+        try:
+            wanted = current_version(root / "index")
+        except TwotowerError:
+            wanted = ""
+        error = f"{type(exc).__name__}: {exc}"
+        for v in published_versions(root / "index"):
+            if v == wanted:
+                continue
+            try:
+                bundle = load_bundle(root, ef_search, trace_head, version=v)
+            except Exception as other:  # try the next older one
+                log.warning("published index %s does not load either: %s", v, other)
+                continue
+            return bundle, IndexFallback(wanted, v, error)
+        raise ArtifactError(
+            f"cannot serve: the published index {wanted or '(CURRENT unreadable)'} does not load ({error}), and no "
+            f"other published version under {root / 'index'} does; point CURRENT at a good version with "
+            f"`twotower index rollback --root {root / 'index'} --to VERSION`, or rebuild with `twotower "
+            "serve-prepare` (or `twotower index build`)"
+        ) from exc

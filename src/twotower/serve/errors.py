@@ -3,6 +3,8 @@ to change.
 
 * request validation (pydantic) -> 422 naming the fields, 415 for a body sent without a JSON content type,
   422 with line and column for a body that is not JSON;
+* a body the JSON parser cannot read at all (FastAPI's undocumented 400): invalid UTF-8 -> 422 naming the byte
+  and its position, nesting too deep for the parser -> 422 saying so;
 * :class:`~twotower.errors.RequestError` (valid JSON that cannot be served as is) -> 422;
 * :class:`~.service.ReloadRefused` (a reload running, or an unloadable version) -> 409;
 * ``HTTPException`` (401/403 from the admin check, 404, 405, ...) -> its status and detail.
@@ -61,8 +63,29 @@ def validation_error(request: Request, exc: RequestValidationError) -> Response:
     return json_response({"error": f"invalid request, change {summary}", "detail": detail}, 422)
 
 
+def _unreadable_body(cause: BaseException) -> str:
+    """What to change about a body ``json.loads`` raised ``cause`` on (not a :class:`json.JSONDecodeError`)."""
+    if isinstance(cause, UnicodeDecodeError):
+        byte = cause.object[cause.start : cause.start + 1].hex()
+        encoding = "UTF-8" if cause.encoding.replace("-", "").lower() == "utf8" else cause.encoding
+        return (
+            f"the body is not valid {encoding}: byte 0x{byte} at position {cause.start} ({cause.reason}); "
+            "send JSON encoded as UTF-8"
+        )
+    if isinstance(cause, RecursionError):
+        return "the body is JSON nested too deeply to parse; requests nest a few levels, send one JSON object"
+    return f"the body could not be read as JSON ({type(cause).__name__}); send one JSON object encoded as UTF-8"
+
+
 def http_error(_: Request, exc: StarletteHTTPException) -> Response:
-    """The exception's status and detail as ``{"error": ...}``, with its headers (``WWW-Authenticate``)."""
+    """The exception's status and detail as ``{"error": ...}``, with its headers (``WWW-Authenticate``).
+
+    FastAPI answers a body ``json.loads`` fails on other than with a JSON syntax error (invalid UTF-8, nesting
+    deeper than the parser's recursion limit) with a bare 400 "There was an error parsing the body", raised
+    from the parser's exception: that becomes a 422 saying what to change, like every other unreadable body."""
+    if exc.status_code == 400 and exc.__cause__ is not None:
+        msg = _unreadable_body(exc.__cause__)
+        return json_response({"error": msg, "detail": [{"loc": "body", "msg": msg, "type": "json_invalid"}]}, 422)
     resp = json_response({"error": str(exc.detail)}, exc.status_code)
     for k, v in (exc.headers or {}).items():
         resp.headers[k] = v

@@ -9,13 +9,29 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 KNOWN_ROUTES = frozenset(
     {"/v1/retrieve", "/v1/retrieve/batch", "/healthz", "/readyz", "/metrics", "/admin/reload", "/openapi.json"}
 )
+
+
+class PrometheusText(Response):
+    """A ``/metrics`` answer: Prometheus text exposition, under the content type the OpenAPI schema documents."""
+
+    media_type = CONTENT_TYPE_LATEST
+
+
+# The /metrics route's documented 200 (without it FastAPI would document application/json).
+PROMETHEUS_RESPONSE = {
+    200: {
+        "description": "Prometheus text exposition format",
+        "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+    }
+}
 
 
 class Metrics:
@@ -33,6 +49,9 @@ class Metrics:
             "twotower_micro_batch_size", "requests per engine call", buckets=BATCH_BUCKETS, registry=r
         )
         self.reloads = Counter("twotower_reloads", "admin reloads", ["result"], registry=r)
+        self.index_fallbacks = Counter(
+            "twotower_index_fallbacks", "starts on an older published index: CURRENT's did not load", registry=r
+        )
         self.info = Gauge("twotower_served_version", "1 for the served versions", ["model", "index"], registry=r)
         for path in ("cached", "cold_start", "fallback"):
             self.paths.labels(path)  # export zeros, so dashboards see the series before the first event

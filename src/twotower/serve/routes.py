@@ -13,11 +13,11 @@ import time
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import RequestError
 from .context import parse_request
 from .deps import AdminDep, ServiceDep
+from .metrics import PROMETHEUS_RESPONSE, PrometheusText
 from .schemas import (
     ERRORS,
     BatchRequest,
@@ -79,10 +79,10 @@ async def readyz(svc: ServiceDep) -> Response:
     return json_response(body)
 
 
-@router.get("/metrics")
-async def metrics(svc: ServiceDep) -> Response:
+@router.get("/metrics", response_class=PrometheusText, responses=PROMETHEUS_RESPONSE)
+async def metrics(svc: ServiceDep) -> PrometheusText:
     """Prometheus text format: requests, latency histogram, retrieval paths, store errors, versions."""
-    return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return PrometheusText(svc.metrics.render())
 
 
 @router.post("/admin/reload", response_model=ReloadResponse, responses={**ERRORS, 409: {"model": ErrorResponse}})

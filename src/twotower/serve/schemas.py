@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 import orjson
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_K = 1000
 MAX_EVENTS = 1000  # only the last ``context_len`` after the snapshot reach the head; the rest are exclusions
@@ -20,10 +20,20 @@ MAX_IDS = 10_000
 MAX_ACTIONS = 32
 MAX_TS = 1 << 40  # seconds; year 36812 - anything larger is a unit mistake (ms or us)
 
+
+def _whole_number(value: object) -> object:
+    """``5.0`` -> ``5``: JSON Schema's ``integer`` (what the OpenAPI schema says) includes numbers with a zero
+    fraction, which strict pydantic would refuse; ``5.5``, ``"5"`` and ``true`` stay refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = BeforeValidator(_whole_number)
 ItemId = Annotated[str, Field(min_length=1, max_length=256, examples=["Toy Story (1995)"])]
 FeatureName = Annotated[str, Field(min_length=1, max_length=128)]
 FeatureValue = Annotated[str, Field(min_length=1, max_length=256)]
-Timestamp = Annotated[int, Field(ge=0, lt=MAX_TS, description="seconds since the epoch (UTC)")]
+Timestamp = Annotated[int, Field(ge=0, lt=MAX_TS, description="seconds since the epoch (UTC)"), WholeNumber]
 
 
 class _Strict(BaseModel):
@@ -95,7 +105,7 @@ class RetrieveRequest(_Strict):
 
     user_id: str = Field(min_length=1, max_length=256, examples=["42"])
     context: RequestContext = Field(default_factory=RequestContext)
-    k: int = Field(100, ge=1, le=MAX_K)
+    k: Annotated[int, WholeNumber] = Field(100, ge=1, le=MAX_K)
     exclude_item_ids: list[ItemId] = Field(default_factory=list, max_length=MAX_IDS)
     filters: Filters = Field(default_factory=Filters)
 
@@ -168,7 +178,12 @@ ERRORS = {
     403: {"model": ErrorResponse, "description": "wrong token"},
     413: {"model": ErrorResponse, "description": "body larger than TWOTOWER_MAX_BODY_BYTES"},
     415: {"model": ErrorResponse, "description": "body sent without Content-Type: application/json"},
-    422: {"model": ErrorResponse, "description": "invalid request; the message names the field and the fix"},
+    422: {
+        "model": ErrorResponse,
+        "description": "invalid request: a field out of its schema, a body that is not JSON (not UTF-8, nested too "
+        "deeply), or a name the served dataset does not know (an action, an item-feature column; a running "
+        "service's schema lists them); the message names the field and the fix",
+    },
 }
 
 

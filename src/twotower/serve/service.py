@@ -3,13 +3,21 @@ processes, readiness, stop. No HTTP here: the routes (:mod:`.routes`) call this,
 :class:`ReloadRefused` that :mod:`.errors` answers with 409.
 
 With several worker processes a reload request reaches one of them; that worker then bumps
-``ROOT/.reload-generation`` and every other worker, polling it, reloads the same published version.
+``ROOT/.reload-generation`` and every other worker, polling it, reloads the same published version. The
+worker that ran the request also records its outcome (ok or the error, the versions, the time) in
+``ROOT/.reload-outcome.json``, so that every worker's ``/readyz`` reports the last reload, not only the one
+that happened to receive it.
+
+A start while ``index/CURRENT`` names a version that does not load (corrupt, half-deleted) serves the newest
+published version that does, logs a WARNING naming both, counts it (``twotower_index_fallbacks_total``) and
+reports it in ``/readyz`` as ``index_fallback`` until a reload loads CURRENT's version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import os
 import time
@@ -18,7 +26,7 @@ from pathlib import Path
 from ..errors import StoreConfigError, TwotowerError
 from ..index import set_faiss_threads
 from .batcher import MicroBatcher
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, IndexFallback, load_bundle, load_serving_bundle
 from .engine import Retriever
 from .health import open_serving_store
 from .metrics import Metrics
@@ -28,6 +36,7 @@ from .settings import ServeSettings
 log = logging.getLogger(__name__)
 
 GENERATION_FILE = ".reload-generation"
+OUTCOME_FILE = ".reload-outcome.json"
 
 
 class ReloadRefused(TwotowerError):
@@ -67,6 +76,34 @@ def write_generation(root: Path) -> str:
     return gen
 
 
+def write_outcome(root: Path, at: float, error: str | None, model_version: str, index_version: str) -> None:
+    """Record the last admin reload's outcome for every worker's ``/readyz`` (atomic replace of a small file).
+    ``at``: when it ended (epoch seconds); ``error``: None when it succeeded; the versions are the ones served
+    after it."""
+    outcome = {"result": "error" if error else "ok", "error": error, "model_version": model_version,
+               "index_version": index_version, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)),
+               "at_s": at, "pid": os.getpid()}  # fmt: skip
+    tmp = root / f".{OUTCOME_FILE}.tmp-{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(outcome) + "\n")
+        os.replace(tmp, root / OUTCOME_FILE)
+    except OSError as exc:  # the reload's own answer matters more than the other workers' report of it
+        log.warning("cannot record the reload outcome in %s (%s); other workers' /readyz will not show it", root, exc)
+
+
+def read_outcome(root: Path, since: float = 0.0) -> dict | None:
+    """The last reload's outcome any worker recorded (:func:`write_outcome`) at or after ``since`` (epoch
+    seconds), None when there is none. ``since``: the service's start, so that a restarted service does not
+    report a reload of its previous life."""
+    try:
+        outcome = json.loads((root / OUTCOME_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(outcome, dict) or not isinstance(outcome.get("at_s"), (int, float)) or outcome["at_s"] < since:
+        return None
+    return outcome
+
+
 class Service:
     """What the routes share: settings, metrics, the retriever (current bundle + store) and the batcher.
 
@@ -79,7 +116,10 @@ class Service:
         self.retriever: Retriever | None = None
         self.batcher: MicroBatcher | None = None
         self.reload_lock = asyncio.Lock()
-        self.last_reload_error: str | None = None
+        self.last_reload_error: str | None = None  # this worker's own last reload failure (also when following)
+        self._reloaded_at = 0.0  # when this worker's last reload attempt ended (epoch seconds)
+        self.index_fallback: IndexFallback | None = None
+        self._started = time.time()  # reload outcomes recorded before this are a previous run's
         self._generation = ""
         self._watcher: asyncio.Task | None = None
 
@@ -97,10 +137,12 @@ class Service:
             raise
         # the store first on purpose: a wrong store URL fails before a large bundle is loaded
         try:
-            bundle = self._preloaded or await asyncio.to_thread(
-                load_bundle, s.artifacts, s.hnsw_ef_search, s.trace_head
-            )
-            self._preloaded = None
+            if self._preloaded is not None:
+                bundle, self._preloaded = self._preloaded, None
+            else:
+                bundle, self.index_fallback = await asyncio.to_thread(
+                    load_serving_bundle, s.artifacts, s.hnsw_ef_search, s.trace_head
+                )
             retriever = Retriever(bundle, store, self.metrics, retry_s=s.store_retry_s)
             status = await asyncio.to_thread(retriever.check_store)
         except BaseException:  # the lifespan never calls stop() after a failed start: close what start opened
@@ -116,6 +158,15 @@ class Service:
         self.batcher = MicroBatcher(retriever.run, s.micro_batch, s.micro_batch_wait_ms / 1000.0)
         _freeze_heap()
         self.metrics.set_versions(bundle.model_version, bundle.index_version)
+        if self.index_fallback is not None:
+            self.metrics.index_fallbacks.inc()
+            log.warning(
+                "index/CURRENT names %s, which does not load (%s); serving the newest published version that does, "
+                "%s. Fix or roll back the published index (`twotower index rollback`), then POST /admin/reload",
+                self.index_fallback.wanted,
+                self.index_fallback.error,
+                self.index_fallback.serving,
+            )
         log.info("serving model %s with index %s from %s", bundle.model_version, bundle.index_version, s.artifacts)
         self._generation = read_generation(s.artifacts)
         if s.reload_poll_s > 0:
@@ -155,9 +206,18 @@ class Service:
                 s = self.settings
                 new = await asyncio.to_thread(load_bundle, s.artifacts, s.hnsw_ef_search, s.trace_head, old)
             except Exception as exc:  # anything unloadable: the current version must keep serving
-                self.last_reload_error = f"{type(exc).__name__}: {exc}"
+                self.last_reload_error, self._reloaded_at = f"{type(exc).__name__}: {exc}", time.time()
                 self.metrics.reloads.labels("error").inc()
                 log.error("reload failed, still serving %s / %s: %s", old.model_version, old.index_version, exc)
+                if announce:  # the worker that ran the request tells the others' /readyz
+                    await asyncio.to_thread(
+                        write_outcome,
+                        s.artifacts,
+                        self._reloaded_at,
+                        self.last_reload_error,
+                        old.model_version,
+                        old.index_version,
+                    )
                 raise ReloadRefused(
                     f"reload failed; still serving model {old.model_version} index {old.index_version}. "
                     f"Fix or roll back the published artifacts, then reload again. Cause: {self.last_reload_error}",
@@ -165,9 +225,13 @@ class Service:
             self.retriever.swap(new)
             await asyncio.to_thread(self.retriever.check_store)  # warns when the store has no state of the new version
             _freeze_heap()  # the old bundle is freed by refcount once its requests in flight are done
+            self.last_reload_error, self.index_fallback = None, None  # CURRENT's version loaded
+            self._reloaded_at = time.time()
             if announce:
                 self._generation = await asyncio.to_thread(write_generation, self.settings.artifacts)
-            self.last_reload_error = None
+                await asyncio.to_thread(
+                    write_outcome, s.artifacts, self._reloaded_at, None, new.model_version, new.index_version
+                )
             self.metrics.reloads.labels("ok").inc()
             self.metrics.set_versions(new.model_version, new.index_version)
         changed = (new.model_version, new.index_version) != (old.model_version, old.index_version)
@@ -184,7 +248,11 @@ class Service:
     async def readiness(self) -> dict | None:
         """The ``/readyz`` body, None while the first bundle is loading. ``store``: "ok", "unavailable"
         (requests take the fallback path; ``store_error`` says why) or "empty for model <v>" (no state of the
-        served version: every user is cold-start)."""
+        served version: every user is cold-start). ``last_reload``: the last admin reload on any worker
+        (``result``, ``error``, versions, ``at``); ``last_reload_error``: the error of the newer of that and
+        this worker's own last reload (a failure to follow another worker's reload shows on this worker).
+        ``index_fallback``: ``{"wanted", "serving", "error"}`` while an older version serves because CURRENT's
+        does not load."""
         r = self.retriever
         if r is None:
             return None
@@ -195,6 +263,12 @@ class Service:
         # lookup then succeeds and finds nothing, which requests cannot tell from users without a state).
         if r.health.due(b.model_version):
             store = await asyncio.to_thread(r.check_store)
+        last = await asyncio.to_thread(read_outcome, self.settings.artifacts, self._started)
+        # the newer of the shared outcome and this worker's own attempt (a failure to follow another's reload)
+        shared = last is not None and last["at_s"] >= self._reloaded_at
+        error = last.get("error") if shared else self.last_reload_error
+        fallback = self.index_fallback
         return {"status": "ready", "model_version": b.model_version, "index_version": b.index_version,
                 "items": len(b.index), "store": store, "store_error": r.health.error,
-                "last_reload_error": self.last_reload_error}  # fmt: skip
+                "last_reload_error": error, "last_reload": last,
+                "index_fallback": vars(fallback).copy() if fallback is not None else None}  # fmt: skip
