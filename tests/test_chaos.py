@@ -17,15 +17,15 @@ REPO = Path(__file__).resolve().parents[1]
 DEAD_PID = 4_194_305  # above Linux's largest pid_max: never a live process
 
 
-def _load_chaos():
-    spec = importlib.util.spec_from_file_location("chaos", REPO / "benchmarks" / "chaos.py")
+def _load_chaos_jobs():
+    spec = importlib.util.spec_from_file_location("chaos_jobs", REPO / "benchmarks" / "chaos_jobs.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["chaos"] = module  # dataclasses look their module up there
+    sys.modules["chaos_jobs"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-chaos = _load_chaos()
+chaos = _load_chaos_jobs()
 
 
 @pytest.fixture(scope="module")
