@@ -42,7 +42,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--points", type=int, default=10, help="kills per job")
     p.add_argument("--reloads", type=int, default=200, help="reloads under load")
-    p.add_argument("--workers", type=int, default=1, help="service worker processes")
+    p.add_argument("--workers", type=int, default=2, help="service worker processes (the probe's 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=["jobs", "serve"], help="run one half")
     p.add_argument("--keep", action="store_true", help="keep the work directory")

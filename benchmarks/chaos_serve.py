@@ -131,7 +131,8 @@ def reload_under_load(ref: Reference, work: Path, reloads: int, workers: int) ->
     bodies = request_bodies(root, 2000)
     server = Server(root, secrets.token_urlsafe(24), workers=str(workers))
     warmup = min(max(5, reloads // 10), reloads)
-    out: dict = {"reloads": reloads, "warmup_reloads": warmup, "workers": workers, "versions": versions}
+    out: dict = {"reloads": reloads, "warmup_reloads": warmup, "workers": workers, "versions": versions,
+                 "answered_unchanged": 0}  # fmt: skip
     refused: list = []
     try:
         stream = Stream(server.port, bodies)
@@ -144,8 +145,11 @@ def reload_under_load(ref: Reference, work: Path, reloads: int, workers: int) ->
                 target = versions[i % 2]
                 await asyncio.to_thread(rollback, root / "index", target)
                 status, body = await server.reload()
-                if status != 200 or body.get("index_version") != target or not body.get("changed"):
+                if status != 200 or body.get("index_version") != target:
                     refused.append({"reload": i, "status": status, "body": body})
+                # with several workers the one answering may have switched already (the previous reload's
+                # announcement made it reload, and CURRENT had moved on): 200 on the target, "changed": false
+                out["answered_unchanged"] += status == 200 and not body.get("changed")
                 if i + 1 == warmup:
                     out["rss_after_warmup_kib"] = tree_rss_kib(server.proc.pid)
                 await asyncio.sleep(RELOAD_GAP_S)
