@@ -173,9 +173,9 @@ class Reference:
 OUTPUT = {"prepare": "data", "train": "run", "export": "emb", "refresh-states": "states.db", "index build": "index"}
 
 
-def build_reference(work: Path, seed: int = 0, jobs=JOBS, epochs: int = 24) -> Reference:
+def build_reference(work: Path, seed: int = 0, jobs=JOBS, epochs: int = 48) -> Reference:
     """Synthesize a tiny log, then run each of ``jobs`` once, uninterrupted, timing each. ``epochs``: of the
-    run (24: about half of the ``train`` command's time is training, the rest start-up and data loading)."""
+    run (48: about half of the ``train`` command's time is training, the rest start-up and data loading)."""
     ref = Reference(work)
     work.mkdir(parents=True, exist_ok=True)
     ref.config.write_text(RUN_TOML.format(seed=seed, epochs=epochs))
