@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # chaos_jobs, chaos_serve, serve_load
-from chaos_jobs import REPO, build_reference, job_env, job_trials, summarize_jobs  # noqa: E402
+from chaos_jobs import JOBS, REPO, build_reference, job_env, job_trials, summarize_jobs  # noqa: E402
 
 
 def print_table(rows: list[dict]) -> None:
@@ -45,12 +45,16 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="service worker processes (the probe's 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=["jobs", "serve"], help="run one half")
+    p.add_argument("--jobs", default=",".join(JOBS), help=f"jobs to kill, comma-separated (default: {','.join(JOBS)})")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "chaos.json"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.update(job_env())  # the service and pytest subprocesses too
     sys.path.insert(0, str(REPO / "src"))
+    jobs = tuple(j.strip() for j in args.jobs.split(","))
+    if not set(jobs) <= set(JOBS):
+        p.error(f"--jobs: unknown {sorted(set(jobs) - set(JOBS))}; known: {', '.join(JOBS)}")
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="twotower-chaos-"))
     rows: list[dict] = []
@@ -59,7 +63,7 @@ def main() -> int:
         ref = build_reference(work / "ref")
         result["reference_seconds"] = ref.durations
         if args.only != "serve":
-            trials = job_trials(ref, work, args.points, args.seed)
+            trials = job_trials(ref, work, args.points, args.seed, jobs)
             rows += summarize_jobs(trials)
             result["kill_trials"] = [asdict(t) for t in trials]
         if args.only != "jobs":

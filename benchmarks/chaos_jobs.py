@@ -61,6 +61,7 @@ log_every = 5
 max_lag = 8
 threads = 1
 checkpoint_every_s = 0.5
+patience = 100  # no early stop: the run is as long as its epochs
 seed = {seed}
 """
 JOBS = ("prepare", "train", "export", "refresh-states", "index build")
@@ -173,9 +174,9 @@ class Reference:
 OUTPUT = {"prepare": "data", "train": "run", "export": "emb", "refresh-states": "states.db", "index build": "index"}
 
 
-def build_reference(work: Path, seed: int = 0, jobs=JOBS, epochs: int = 48) -> Reference:
+def build_reference(work: Path, seed: int = 0, jobs=JOBS, epochs: int = 24) -> Reference:
     """Synthesize a tiny log, then run each of ``jobs`` once, uninterrupted, timing each. ``epochs``: of the
-    run (48: about half of the ``train`` command's time is training, the rest start-up and data loading)."""
+    run (24: about half of the ``train`` command's time is training, the rest start-up and data loading)."""
     ref = Reference(work)
     work.mkdir(parents=True, exist_ok=True)
     ref.config.write_text(RUN_TOML.format(seed=seed, epochs=epochs))
