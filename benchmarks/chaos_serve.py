@@ -8,7 +8,8 @@
 * **Redis killed and restarted empty**: the same service over a ``redis://`` store (a throw-away
   ``redis-server``, ``tests/redis_server.py``); under the request stream the server is SIGKILLed, and started
   again empty on the same port. Recorded: 5xx answers, and the seconds from the restart until ``/readyz``
-  says ``"empty for model <v>"`` (it must within the store retry window, ``TWOTOWER_STORE_RETRY_S``).
+  says ``"empty for model <v>"`` (it must within the store retry window, ``TWOTOWER_STORE_RETRY_S`` = 1 s,
+  plus a second for the probe's round trip on busy cores).
 * **schemathesis**: ``pytest tests/test_serve_schema*.py`` when such a file exists.
 """
 
