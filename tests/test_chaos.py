@@ -88,3 +88,55 @@ def test_model_copy_removes_what_killed_copies_left(ref, tmp_path):
     copy_model(ref.run, models / version, version)
     assert sorted(p.name for p in models.iterdir()) == [version]
     assert load_model(models / version)[2] == version
+
+
+# Loaded at start-up by the `index build` below (sitecustomize): SIGKILL the build when it is about to write
+# history.json, i.e. after the new version directory is complete and before anything names it.
+KILL_BEFORE_PUBLISHING = """
+import os, pathlib, signal
+
+_write_text = pathlib.Path.write_text
+
+
+def _die_before_history(self, *args, **kwargs):
+    if self.name.startswith(".history.json.tmp"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _write_text(self, *args, **kwargs)
+
+
+pathlib.Path.write_text = _die_before_history
+"""
+
+
+def test_index_build_killed_before_publishing_leaves_no_unpublished_version(ref, tmp_path):
+    """A build killed between writing `versions/<v>` and publishing it left a complete version no history
+    names, for good (found with the kill below); the next build removes it when its builder is gone, and
+    leaves versions of live builds and versions without a recorded builder alone."""
+    import json
+    import shutil
+    import signal
+    import subprocess
+
+    from twotower.index.base import IndexConfig
+    from twotower.index.publish import build_and_publish, history
+
+    root = tmp_path / "index"
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_BEFORE_PUBLISHING)
+    env = {**chaos.job_env(), "PYTHONPATH": os.pathsep.join([str(hook), chaos.job_env()["PYTHONPATH"]])}
+    argv = ["index", "build", "--emb", str(ref.emb), "--out", str(root), "--backend", "exact"]
+    proc = subprocess.run(chaos.twotower_cmd(*argv), env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    [orphan] = [p for p in (root / "versions").iterdir()]
+    assert history(root) == [] and (orphan / "manifest.json").is_file()
+    # a version of a live build, and one without a recorded builder: not ours to remove
+    live, unknown = root / "versions" / "live-build", root / "versions" / "hand-made"
+    for d, pid in ((live, os.getppid()), (unknown, None)):
+        shutil.copytree(orphan, d)
+        manifest = json.loads((d / "manifest.json").read_text())
+        manifest.pop("builder_pid", None)
+        (d / "manifest.json").write_text(json.dumps({**manifest, **({"builder_pid": pid} if pid else {})}))
+    new = build_and_publish(ref.emb, root, IndexConfig(backend="exact"))["version"]
+    assert sorted(p.name for p in (root / "versions").iterdir()) == sorted([new, live.name, unknown.name])
+    assert history(root) == [new] and chaos.leftovers(root) == []
