@@ -6,7 +6,8 @@ measured uninterrupted duration; then the same command runs again (``train``: ``
 exists, else ``--overwrite``). Every other trial starts with the reference output already in place, so the
 kill can land while an earlier output is being replaced. After the re-run:
 
-* no leftover: no name holding ``.tmp``, ``.old`` or ``tmp-`` anywhere in the trial directory;
+* no leftover: no name holding ``.tmp``, ``.old`` or ``tmp-`` anywhere in the trial directory, and no complete
+  index version that no history names;
 * no corrupt artifact: the output loads (``SequenceData``, ``load_model``, ``load_embeddings``, the store with
   every user's state, ``load_current``);
 * the result equals the uninterrupted reference run's: prepared arrays byte for byte, final ``last`` and
@@ -329,10 +330,9 @@ def kill_trial(ref: Reference, job: str, trial: Path, point_s: float, prefill: b
         failures += CHECKS[job](ref, out)
     except Exception as exc:  # a re-run that fails, or an output that does not load: a failure of the trial
         failures.append(f"{type(exc).__name__}: {str(exc)[-500:]}")
-    if job == "index build" and (out / "versions").is_dir():
-        orphans = unpublished_versions(out)
-        note = f"unpublished complete versions: {orphans}" if orphans else ""
     left = [p for p in leftovers(trial) if p != "job.log"]
+    if job == "index build" and (out / "versions").is_dir():  # a complete version no history names is one too
+        left += [f"unpublished version {v}" for v in unpublished_versions(out)]
     return Trial(job, round(point_s, 3), rc is None, round(seconds, 2), prefill, rerun, left, failures, note)
 
 
