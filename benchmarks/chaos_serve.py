@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 from chaos_jobs import REPO, RUN_TOML, Reference, leftovers, run_job
-from serve_load import Server, _read_response, request_bodies
+from serve_load import Server, request_bodies
 
 sys.path.insert(0, str(REPO / "tests"))  # the tests' redis-server launcher
 from redis_server import RedisServer  # noqa: E402
@@ -61,13 +62,25 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
+PATH = re.compile(rb'"path":\s*"(\w+)"')
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """(status, body) of one HTTP/1.1 response with a Content-Length."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next((int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:"), 0)
+    return int(head[9:12]), await reader.readexactly(length)
+
+
 class Stream:
     """A steady request stream at ``RATE`` req/s over ``CONNS`` keep-alive connections, until :meth:`stop`
-    (or ``max_s``). Counts answers by status; a request without an answer (timeout, reset) is an error."""
+    (or ``max_s``). Counts answers by status and by the ``path`` they took (cached, cold_start, fallback); a
+    request without an answer (timeout, reset) is an error."""
 
     def __init__(self, port: int, bodies: list[bytes], max_s: float = 540.0) -> None:
         self.port, self.bodies, self.max_s = port, bodies, max_s
         self.statuses: dict[int, int] = {}
+        self.paths: dict[str, int] = {}
         self.errors = 0
         self._stop = asyncio.Event()
 
@@ -92,13 +105,16 @@ class Stream:
                         await asyncio.sleep(wait)
                     writer.write(self.bodies[i % len(self.bodies)])
                     try:
-                        status = await asyncio.wait_for(_read_response(reader), timeout=10)
+                        status, body = await asyncio.wait_for(read_response(reader), timeout=10)
                     except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                         self.errors += 1
                         writer.close()
                         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
                         continue
                     self.statuses[status] = self.statuses.get(status, 0) + 1
+                    path = PATH.search(body)
+                    if path:
+                        self.paths[path[1].decode()] = self.paths.get(path[1].decode(), 0) + 1
             finally:
                 writer.close()
 
@@ -108,7 +124,8 @@ class Stream:
         failed = self.errors + sum(n for s, n in self.statuses.items() if s != 200)
         return {"requests": self.requests, "failed_requests": failed, "no_answer": self.errors,
                 "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
-                "status_5xx": sum(n for s, n in self.statuses.items() if s >= 500)}  # fmt: skip
+                "status_5xx": sum(n for s, n in self.statuses.items() if s >= 500),
+                "paths": dict(sorted(self.paths.items()))}  # fmt: skip
 
 
 def serve_prepare(run: Path, root: Path, store: str | None = None) -> None:
@@ -187,12 +204,19 @@ def redis_restart(ref: Reference, work: Path, workers: int) -> dict:
             out["readyz_before"] = server._get("/readyz")[1].get("store")
             stream = Stream(server.port, bodies)
 
+            def paths_since(before: dict[str, int]) -> dict[str, int]:
+                return {k: v - before.get(k, 0) for k, v in sorted(stream.paths.items()) if v > before.get(k, 0)}
+
             async def fault() -> None:
                 await asyncio.sleep(3.0)
+                at_kill = dict(stream.paths)
+                out["paths_before_kill"] = paths_since({})
                 redis.proc.kill()  # SIGKILL: no shutdown, the data is gone (persistence is off)
                 redis.proc.wait()
                 await asyncio.sleep(3.0)  # served meanwhile on the fallback path
                 out["readyz_while_down"] = (await asyncio.to_thread(server._get, "/readyz"))[1].get("store")
+                out["paths_while_down"] = paths_since(at_kill)
+                at_restart = dict(stream.paths)
                 await asyncio.to_thread(redis.start)
                 t0 = time.perf_counter()
                 status = None
@@ -205,6 +229,7 @@ def redis_restart(ref: Reference, work: Path, workers: int) -> dict:
                     await asyncio.sleep(0.05)
                 out["readyz_after_restart"] = status
                 await asyncio.sleep(3.0)  # and after
+                out["paths_after_restart"] = paths_since(at_restart)
                 stream.stop()
 
             async def both() -> None:
