@@ -1,7 +1,8 @@
 """The fast part of the chaos suite (issue 17; the long one is ``python benchmarks/chaos.py``): real
 ``python -m twotower`` processes SIGKILLed at seeded random points, re-run or resumed, then checked for
-leftovers, for outputs that load, and against an uninterrupted run. Plus the leftovers of killed exports and
-model copies, which the suite found (a killed ``export`` left ``.EMB.tmp-<pid>`` for good)."""
+leftovers, for outputs that load, and against an uninterrupted run. Plus what the suite found killed jobs
+leaving for good, now removed by the next run: an export's or a model copy's temporaries (``.EMB.tmp-<pid>``),
+and a complete index version that a build killed before publishing it left unnamed."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def _trials(ref, tmp_path: Path, job: str, seed: int) -> list:
 
 @pytest.mark.parametrize("job", ["prepare", "index build"])
 def test_killed_job_rerun_leaves_nothing_and_equals_an_uninterrupted_run(ref, tmp_path, job):
-    """Two kills (the second while the reference output is being replaced): after the re-run, no temporary
+    """Two kills (the second with the reference output in place, to be replaced): after the re-run, no temporary
     name is left, the output loads, and it equals the reference (prepared arrays byte for byte; the published
     index's ids and vectors)."""
     for t in _trials(ref, tmp_path, job, seed=17):
@@ -52,7 +53,7 @@ def test_killed_job_rerun_leaves_nothing_and_equals_an_uninterrupted_run(ref, tm
 
 
 def test_train_killed_after_a_checkpoint_resumes_to_the_same_weights(ref, tmp_path):
-    """`twotower train` SIGKILLed after its first time-based checkpoint (every 0.5 s here), then `--resume`:
+    """`twotower train` SIGKILLed just after its first checkpoint (epoch ends, and every 0.5 s here), then `--resume`:
     the final last/best weights and metrics.csv (time and throughput aside) equal the uninterrupted run's."""
     t = chaos.kill_trial(ref, "train", tmp_path / "t", 0.05, prefill=False, after="checkpoints/last/state.json")
     assert t.killed and t.rerun == "--resume", t
