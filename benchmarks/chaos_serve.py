@@ -150,7 +150,7 @@ def reload_under_load(ref: Reference, work: Path, reloads: int, workers: int) ->
     server = Server(root, secrets.token_urlsafe(24), workers=str(workers))
     warmup = min(max(5, reloads // 10), reloads)
     out: dict = {"reloads": reloads, "warmup_reloads": warmup, "workers": workers, "versions": versions,
-                 "answered_unchanged": 0}  # fmt: skip
+                 "answered_unchanged": 0, "retried_busy": 0}  # fmt: skip
     refused: list = []
     try:
         stream = Stream(server.port, bodies)
@@ -163,6 +163,14 @@ def reload_under_load(ref: Reference, work: Path, reloads: int, workers: int) ->
                 target = versions[i % 2]
                 await asyncio.to_thread(rollback, root / "index", target)
                 status, body = await server.reload()
+                # with several workers, the one answering may be busy with the reload the previous one announced:
+                # 409 "already running; retry when it has finished", which is what a client should then do
+                for _ in range(50):
+                    if status != 409 or "already running" not in str(body.get("error")):
+                        break
+                    out["retried_busy"] += 1
+                    await asyncio.sleep(0.1)
+                    status, body = await server.reload()
                 if status != 200 or body.get("index_version") != target:
                     refused.append({"reload": i, "status": status, "body": body})
                 # with several workers the one answering may have switched already (the previous reload's
