@@ -8,8 +8,10 @@
 
 A build whose recall@100 against the exact search falls below the floor is refused and nothing changes.
 Older versions stay on disk, so ``rollback`` is a pointer switch. A build killed half-way leaves only
-temporary names (``versions/.<version>.tmp-<pid>-*``, ``.CURRENT.tmp-<pid>``); the next build removes
-those of processes that are gone (:func:`remove_leftovers`), never a running build's.
+temporary names (``versions/.<version>.tmp-<pid>-*``, ``.CURRENT.tmp-<pid>``), or, killed between writing
+the new version and publishing it, a complete ``versions/<version>`` that no history names (its manifest
+records the build's pid, ``builder_pid``); the next build removes those of processes that are gone
+(:func:`remove_leftovers`), never a running build's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -75,18 +79,43 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def remove_leftovers(root: str | Path) -> None:
+def remove_leftovers(root: str | Path, published: Collection[str] = ()) -> None:
     """Delete what killed builds left under ``root``: temporary version directories in ``versions/`` holding
-    only index files, and temporary pointer files (``.CURRENT.tmp-<pid>``), each only when its process is
-    gone. A live build's temporaries, and anything holding other files, are left alone."""
+    only index files, complete versions not in ``published`` (:func:`remove_unpublished`), and temporary
+    pointer files (``.CURRENT.tmp-<pid>``), each only when its process is gone. A live build's temporaries,
+    and anything holding other files, are left alone."""
     root = Path(root)
     remove_leftover_dirs(root / "versions", INDEX_FILES, what="index version", job="index build")
+    remove_unpublished(root, published)
     for name in _POINTERS:
         for path in root.glob(f".{name}.tmp-*"):
             pid = path.name.rsplit("-", 1)[-1]
             if pid.isdigit() and path.is_file() and not path.is_symlink() and not pid_alive(int(pid)):
                 log.warning("removing %s, a pointer file of an earlier index build that was killed", path)
                 path.unlink()
+
+
+def remove_unpublished(root: Path, published: Collection[str]) -> list[Path]:
+    """Delete the complete version directories of builds killed after writing them and before publishing
+    them: not in ``published``, their manifest's ``builder_pid`` gone, index files only. A version without a
+    ``builder_pid`` (older builds, hand-made copies) or of a live build is left alone; returns those deleted."""
+    removed: list[Path] = []
+    vdir = Path(root) / "versions"
+    if not vdir.is_dir():
+        return removed
+    for path in sorted(vdir.iterdir()):
+        if path.name.startswith(".") or path.name in published or not path.is_dir() or path.is_symlink():
+            continue
+        try:
+            pid = json.loads((path / "manifest.json").read_text()).get("builder_pid")
+        except (OSError, ValueError, AttributeError):  # no manifest, garbled, or not an object: not ours to judge
+            continue
+        if not isinstance(pid, int) or pid_alive(pid) or not {p.name for p in path.iterdir()} <= INDEX_FILES:
+            continue
+        log.warning("removing %s, a version an earlier index build wrote but was killed before publishing", path)
+        shutil.rmtree(path)
+        removed.append(path)
+    return removed
 
 
 def history(root: str | Path) -> list[str]:
@@ -148,7 +177,7 @@ def build_and_publish(
     if root.exists() and not root.is_dir():
         raise IndexError_(f"--out {root} is a file; an index root is a directory (choose another --out)")
     earlier = history(root)  # a corrupt history fails here, before any work
-    remove_leftovers(root)
+    remove_leftovers(root, earlier)
     ids, emb, emb_manifest = load_embeddings(emb_dir)
     qfile = Path(emb_dir) / "users_sample.npy"
     queries = np.load(qfile) if qfile.is_file() else emb[:0]
@@ -192,6 +221,7 @@ def build_and_publish(
         "recall_queries": int(len(queries)),
         "build_seconds": round(build_s, 2),
         "embeddings": {k: emb_manifest[k] for k in ("model_version", "dim", "count", "dtype", "created_at")},
+        "builder_pid": os.getpid(),  # a kill before the switch below leaves it unpublished: see remove_unpublished
     }
     index.save(root / "versions" / version, extra=extra)
     hist = earlier + [version]

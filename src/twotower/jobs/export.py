@@ -13,14 +13,15 @@ Read an export with :func:`twotower.index.embeddings.load_embeddings` (the index
 
 The directory is written under a temporary name and renamed, so readers never see half an export. An
 existing ``EMB_DIR`` is replaced only when it is empty or an earlier export (it has ``manifest.json``);
-anything else is refused before any work is done.
+anything else is refused before any work is done. An export killed half-way leaves ``.EMB_DIR.tmp-<pid>-*``
+(or, between the renames, ``.EMB_DIR.old-<pid>-*``) beside it; the next export to ``EMB_DIR`` removes those of
+processes that are gone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -34,12 +35,14 @@ from tqdm import tqdm
 from ..errors import OutputError
 from ..evaluate.evaluator import encode_requests
 from ..features import Featurizer
-from ..fsutil import file_in_the_way, swap_dir
+from ..fsutil import file_in_the_way, remove_leftovers, sibling_names, swap_dir
 from ..index.embeddings import EMB_KIND, manifest_kind
 from ..train.load import load_run
 from ..train.run import check_model_fits, load_dataset, recorded_dataset
 
 log = logging.getLogger(__name__)
+
+EXPORT_FILES = ("embeddings.npy", "ids.npy", "item_ids.parquet", "users_sample.npy", "manifest.json")
 
 
 @torch.no_grad()
@@ -64,9 +67,10 @@ def export_items(
     check_model_fits(cfg.model, data)
     feat = Featurizer(data, cfg.model)
     n, d = data.num_items, cfg.model.dim
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a killed export's temporaries: the pid in their names is gone, so this run's names never meet them
+    remove_leftovers(out.parent, EXPORT_FILES, out.name, what="export", job="export")
+    tmp, old = sibling_names(out)
     try:
         emb = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.dtype(dtype), shape=(n, d))
         t0 = time.perf_counter()
@@ -107,8 +111,9 @@ def export_items(
         check_replaceable(out)  # again: something may have been put there while we encoded
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
         raise
-    swap_dir(tmp, out, out.with_name(f".{out.name}.old-{os.getpid()}"))
+    swap_dir(tmp, out, old)
     log.info("exported %d items (%.0f items/s) -> %s", n, manifest["items_per_s"], out)
     return manifest
 

@@ -10,12 +10,11 @@ and states exist. The root's layout is described in :mod:`twotower.serve.bundle`
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from ..errors import ArtifactError
-from ..fsutil import swap_dir
+from ..fsutil import remove_leftovers, sibling_names, swap_dir
 from ..index import IndexConfig
 from ..index.publish import build_and_publish
 from ..model import ModelConfig
@@ -46,14 +45,21 @@ def copy_model(run: Path, dest: Path, version: str) -> None:
     copied = load_state_version(src)
     if copied != version:
         raise ArtifactError(f"{src} holds model version {copied}, not {version}: the run changed while it was read")
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "checkpoints" / "best").mkdir(parents=True)
-    for name in CHECKPOINT_FILES:
-        shutil.copy2(src / name, tmp / "checkpoints" / "best" / name)
-    data_path = (run / "data_path.txt").read_text().strip()
-    (tmp / "data_path.txt").write_text(data_path + "\n")
-    swap_dir(tmp, dest, dest.with_name(f".{dest.name}.old-{os.getpid()}"))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # a killed copy's temporaries (the pid in their names is gone): removed, never a running job's
+    remove_leftovers(dest.parent, ("checkpoints", "data_path.txt"), dest.name, what="model copy", job="serve-prepare")
+    tmp, old = sibling_names(dest)
+    try:
+        (tmp / "checkpoints" / "best").mkdir(parents=True)
+        for name in CHECKPOINT_FILES:
+            shutil.copy2(src / name, tmp / "checkpoints" / "best" / name)
+        data_path = (run / "data_path.txt").read_text().strip()
+        (tmp / "data_path.txt").write_text(data_path + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    swap_dir(tmp, dest, old)
 
 
 def build_artifacts(
