@@ -331,6 +331,8 @@ def main() -> int:
         print(f"{name:<30}" + "".join(f"{str(r[k]):>15}" for k in keys))
     print(f"hot swap: HTTP {swap.get('status')} in {swap.get('seconds')} s -> {swap.get('target')}")
     out = {
+        "protocol": "n/a: latency, throughput and ANN recall against exact (no user-quality figure)",
+        "seeds": [0],
         "items": int(ready.get("items", 0)),
         "index_recall": _recall(root),
         "rate": args.rate,
