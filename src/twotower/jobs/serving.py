@@ -17,23 +17,13 @@ from ..errors import ArtifactError
 from ..fsutil import remove_leftovers, sibling_names, swap_dir
 from ..index import IndexConfig
 from ..index.publish import build_and_publish
-from ..model import ModelConfig
-from ..model.checkpoint import load_model, load_state_version, resolve
+from ..model.checkpoint import load_model, load_state_version, require_online_head, resolve
 from .export import export_items
 from .refresh import refresh_states
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "state.json")
-
-
-def _refuse_unsplit(cfg: ModelConfig, where: Path) -> None:
-    # the same refusal as the service's loader (serve.bundle), before any work: jobs never import serve
-    if not cfg.online_head:
-        raise ArtifactError(
-            f"{where} is an unsplit model (model.online_head = false); the online service needs a hybrid "
-            "model: train with online_head = true (e.g. configs/ml1m_hybrid.toml)"
-        )
 
 
 def copy_model(run: Path, dest: Path, version: str) -> None:
@@ -84,7 +74,7 @@ def build_artifacts(
     if not (run / "data_path.txt").is_file():
         raise ArtifactError(f"{run} does not record its dataset (data_path.txt); is it a `twotower train` run?")
     _, cfg, version = load_model(run)
-    _refuse_unsplit(cfg, run)
+    require_online_head(cfg, run)
     root.mkdir(parents=True, exist_ok=True)
     copy_model(run, root / "models" / version, version)
     emb_dir = root / "embeddings" / version

@@ -31,20 +31,11 @@ from ..features import Featurizer
 from ..index.publish import current_version, load_current, published_versions
 from ..index.vector_index import VectorIndex
 from ..model import ModelConfig, TwoTower
-from ..model.checkpoint import load_model
+from ..model.checkpoint import load_model, require_online_head
 from .head import OnlineEncoder
 from .items import FeatureIndex, ItemTable, item_feature_columns
 
 log = logging.getLogger(__name__)
-
-
-def refuse_unsplit(cfg: ModelConfig, where: Path) -> None:
-    """ArtifactError unless the model has an online head: the service serves the hybrid split only."""
-    if not cfg.online_head:
-        raise ArtifactError(
-            f"{where} is an unsplit model (model.online_head = false); the online service needs a hybrid "
-            "model: train with online_head = true (e.g. configs/ml1m_hybrid.toml)"
-        )
 
 
 @dataclass
@@ -123,7 +114,7 @@ def load_bundle(
             "publish indexes with build_artifacts (it copies the model) or copy the run there"
         )
     model, cfg, version = load_model(model_dir)
-    refuse_unsplit(cfg, model_dir)
+    require_online_head(cfg, model_dir)
     if version != index.model_version:
         raise ArtifactError(f"{model_dir} holds model {version}, the index expects {index.model_version}; rebuild")
     if index.dim != cfg.dim:
