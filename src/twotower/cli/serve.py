@@ -53,7 +53,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Several processes: each worker builds its app from the environment, so pass the overrides through it.
     for key, value in overrides.items():
         os.environ[f"TWOTOWER_{key.upper()}"] = str(value)
-    uvicorn.run("twotower.serve.app:app_from_env", factory=True, workers=workers, **common)
+    from ..serve.workers import balanced, run_workers
+
+    if not balanced():  # no SO_REUSEPORT balancing here: uvicorn's shared socket
+        uvicorn.run("twotower.serve.app:app_from_env", factory=True, workers=workers, **common)
+        return 0
+    host, port = common.pop("host"), common.pop("port")
+    try:
+        run_workers("twotower.serve.app:app_from_env", workers, host, port, **common)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve on {host}:{port} ({exc}); pick a free port with --port") from exc
     return 0
 
 
