@@ -62,7 +62,9 @@ def test_training_path_equals_serving_path(synth_data, tmp_path, state_tokens):
         assert torch.allclose(state_train, state_serve, atol=1e-5)
         no_state = pseudo.n_events == 0  # no-state targets carry zero rows, the store's "missing" marker
         assert (state_train[no_state] == 0).all() and (state_train[~no_state].abs().sum(-1) > 0).any()
-        ctx = tr.feat.context(user, pseudo.snapshot_row, pseudo.target_row, pseudo.subject_row)
+        ctx = tr.feat.context(
+            user, pseudo.snapshot_row, pseudo.target_row, pseudo.subject_row, strict_rows=pseudo.strict
+        )
         assert (pseudo.subject_row >= 0).any() and torch.equal(ctx.events.length, pseudo.ctx_len)
         q_serve = model.encode_online(state_serve, ctx)  # everything re-featurized as a server would
     assert torch.allclose(q_train, q_serve, atol=1e-5)

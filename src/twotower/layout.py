@@ -19,6 +19,11 @@ SALT_USER, SALT_ITEM, SALT_AUTHOR, SALT_FEATURE = 1, 2, 3, 4
 SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = 0, 1, 2
 SPLITS = {"train": SPLIT_TRAIN, "valid": SPLIT_VALID, "test": SPLIT_TEST}
 
+# Evaluation protocols (every quality figure names one). ``strict``: nothing of the test event (its time,
+# item, actions, surface) reaches the user vector; the request time is the last history event's.
+# ``request_time``: the target event's timestamp (and surface) is the request's, HSTU's convention.
+PROTOCOLS = ("strict", "request_time")
+
 #: event_surface is int16: 0 = none, 1..MAX_SURFACES index the manifest's surface vocabulary.
 MAX_SURFACES = int(np.iinfo(np.int16).max)
 

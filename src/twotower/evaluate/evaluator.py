@@ -80,8 +80,13 @@ def evaluate_model(
     device: str | torch.device = "cpu",
     progress: bool = False,
     seed: int = 0,
+    protocol: str = "strict",
 ) -> dict[str, float]:
-    """Rank every item for each target of split ``which``; returns ``{"all/hr@10": …, "filtered/…": …}``."""
+    """Rank every item for each target of split ``which``; returns ``{"all/hr@10": …, "filtered/…": …}``.
+
+    ``protocol`` (``strict`` | ``request_time``, see ``twotower.layout.PROTOCOLS``): what a hybrid tower's
+    request features may take from the target event. Unsplit towers read only the history: both are the same.
+    """
     data = feat.data
     was_training = model.training
     model.eval()
@@ -89,7 +94,7 @@ def evaluate_model(
     users, rows = _select(data, scheme, which, max_users, seed)
 
     def score(u: np.ndarray, r: np.ndarray) -> torch.Tensor:
-        return encode_requests(model, feat, u, r, device=device).float() @ items.T
+        return encode_requests(model, feat, u, r, device=device, protocol=protocol).float() @ items.T
 
     out = _report(*_ranks(score, data, users, rows, batch, progress), ks)
     model.train(was_training)
@@ -104,9 +109,11 @@ def encode_requests(
     target_rows: np.ndarray,
     snapshot_rows: np.ndarray | None = None,
     device: str | torch.device = "cpu",
+    protocol: str = "strict",
 ) -> torch.Tensor:
-    """User vectors [B, D] for requests at ``target_rows`` (hybrid towers: state at ``snapshot_rows``)."""
-    hist, ctx = feat.request(users, target_rows, snapshot_rows)
+    """User vectors [B, D] for requests at ``target_rows`` (hybrid towers: state at ``snapshot_rows``), with
+    the request features of ``protocol``."""
+    hist, ctx = feat.request(users, target_rows, snapshot_rows, protocol=protocol)
     return model.encode_user(hist.to(device), None if ctx is None else ctx.to(device))
 
 

@@ -14,6 +14,7 @@ import torch
 from ..data.dataset import SequenceData
 from ..errors import ConfigError
 from ..hashing import to_buckets
+from ..layout import PROTOCOLS
 from .clock import clock_features, gap_buckets
 from .inputs import Context, ItemInputs, UserInputs
 
@@ -31,6 +32,12 @@ class FeatureConfig(Protocol):
     max_len: int  # S: history length the user tower reads
     context_len: int  # C: events since the snapshot the online head reads
     online_head: bool
+
+
+def check_protocol(protocol: str) -> None:
+    """A ConfigError unless ``protocol`` is one of :data:`~twotower.layout.PROTOCOLS`."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown evaluation protocol {protocol!r}; use one of {PROTOCOLS}", field="protocol")
 
 
 def _trim(feat: np.ndarray) -> np.ndarray:
@@ -104,17 +111,29 @@ class Featurizer:
         return self.users(user, start, target_row)
 
     def request_features(
-        self, user: np.ndarray, target_row: np.ndarray, subject_row: np.ndarray | None = None
+        self,
+        user: np.ndarray,
+        target_row: np.ndarray,
+        subject_row: np.ndarray | None = None,
+        protocol: str = "request_time",
+        strict_rows: np.ndarray | None = None,
     ) -> Context:
         """The request part of the context (no events) for requests at ``target_row`` [B].
 
-        The request's time and surface are the target event's (what the server knows when the request
-        arrives); ``subject_row`` [B] (-1 = none) names the event whose item is the request's subject.
+        ``protocol`` (see :data:`PROTOCOLS`): ``request_time`` takes the request's time and surface from the
+        target event (a live request knows when it arrives and where); ``strict`` takes nothing from it: the
+        request time is the last history event's (``since_last`` = 0) and the surface is unknown (0).
+        ``strict_rows`` bool [B] overrides ``protocol`` per row (training mixes both).
+        ``subject_row`` [B] (-1 = none) names the event whose item is the request's subject.
         """
+        check_protocol(protocol)
         d = self.data
-        ts = d.event_ts[target_row]
         has_prev = target_row > d.user_offsets[user]
-        since = np.where(has_prev, ts - d.event_ts[np.maximum(target_row - 1, 0)], 0)
+        prev_ts = np.where(has_prev, d.event_ts[np.maximum(target_row - 1, 0)], 0)
+        strict = np.full(len(user), protocol == "strict") if strict_rows is None else strict_rows.astype(bool)
+        ts = np.where(strict, prev_ts, d.event_ts[target_row])
+        since = np.where(has_prev, ts - prev_ts, 0)
+        surface = np.where(strict, 0, d.event_surface[target_row]).astype(np.int64)
         hour, weekday = clock_features(ts)
         if subject_row is None:
             subject_row = np.full(len(user), -1)
@@ -122,7 +141,7 @@ class Featurizer:
         subject = self.items(d.event_item[np.maximum(subject_row, 0)].astype(np.int64))
         return Context(
             events=None,
-            surface=torch.from_numpy(d.event_surface[target_row].astype(np.int64)),
+            surface=torch.from_numpy(surface),
             hour=torch.from_numpy(hour),
             weekday=torch.from_numpy(weekday),
             since_last=torch.from_numpy(gap_buckets(since, self.cfg.time_buckets)),
@@ -130,25 +149,37 @@ class Featurizer:
         )
 
     def context(
-        self, user: np.ndarray, snapshot_row: np.ndarray, target_row: np.ndarray, subject_row: np.ndarray | None = None
+        self,
+        user: np.ndarray,
+        snapshot_row: np.ndarray,
+        target_row: np.ndarray,
+        subject_row: np.ndarray | None = None,
+        protocol: str = "request_time",
+        strict_rows: np.ndarray | None = None,
     ) -> Context:
         """The online head's context for requests at ``target_row`` [B] on a state snapshotted at ``snapshot_row``:
         :meth:`request_features` plus the last ``context_len`` events in ``[snapshot_row, target_row)``."""
-        ctx = self.request_features(user, target_row, subject_row)
+        ctx = self.request_features(user, target_row, subject_row, protocol, strict_rows)
         start = np.maximum(snapshot_row, target_row - self.cfg.context_len)
         ctx.events = self.users(user, start, target_row, pad_to=self.cfg.context_len)
         return ctx
 
     def request(
-        self, user: np.ndarray, target_row: np.ndarray, snapshot_row: np.ndarray | None = None
+        self,
+        user: np.ndarray,
+        target_row: np.ndarray,
+        snapshot_row: np.ndarray | None = None,
+        protocol: str = "request_time",
     ) -> tuple[UserInputs, Context | None]:
         """Inputs of the user tower for requests at ``target_row`` [B]: (history, context).
 
-        Unsplit models get ``(histories_before(target_row), None)``. Hybrid models get the history before
-        ``snapshot_row`` (default: the target itself, i.e. a fresh state) for the offline encoder, and the
-        events since the snapshot as context for the online head.
+        Unsplit models get ``(histories_before(target_row), None)`` (the same under both protocols). Hybrid
+        models get the history before ``snapshot_row`` (default: the target itself, i.e. a fresh state) for the
+        offline encoder, and the events since the snapshot as context for the online head, with the request
+        features of ``protocol``.
         """
+        check_protocol(protocol)
         if not self.cfg.online_head:
             return self.histories_before(user, target_row), None
         snap = target_row if snapshot_row is None else snapshot_row
-        return self.histories_before(user, snap), self.context(user, snap, target_row)
+        return self.histories_before(user, snap), self.context(user, snap, target_row, protocol=protocol)

@@ -28,12 +28,13 @@ class PseudoBatch(Snapshots):
     [N] events before the snapshot, 0 = no state; ctx: the request features, ``events`` None: the events are
     window positions ``ctx_pos`` int64 [N, C], the first ``ctx_len`` [N] valid, whose tokens the encoder pass
     already computed), plus snapshot_row, target_row, subject_row: int64 [N] event rows (what a server would
-    be asked with; tests re-featurize them to check train/serve parity).
+    be asked with; tests re-featurize them to check train/serve parity) and ``strict``.
     """
 
     snapshot_row: np.ndarray
     target_row: np.ndarray
     subject_row: np.ndarray
+    strict: np.ndarray  # bool [N]: request features of the strict protocol (see Featurizer.request_features)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class PseudoContext:
     no_state_prob: float = 0.05
     subject_prob: float = 0.2
     seed: int = 0
+    strict_prob: float = 0.0  # requests with the strict protocol's features (time = last event's, no surface)
 
     def sample(self, user: np.ndarray, start: np.ndarray, rows: np.ndarray, key: tuple[int, ...]) -> PseudoBatch:
         """user, start: int64 [B] window owner and first event row; rows: int64 [B, S] target rows (-1 = pad)."""
@@ -58,7 +60,8 @@ class PseudoContext:
         users = user[b]
         has_prev = target > self.feat.data.user_offsets[users]
         subject = np.where(has_prev & (rng.random(len(p)) < self.subject_prob), target - 1, -1)
-        ctx = self.feat.request_features(users, target, subject)
+        strict = rng.random(len(p)) < self.strict_prob  # drawn last: the draws above are unchanged by it
+        ctx = self.feat.request_features(users, target, subject, strict_rows=strict)
         C = self.feat.cfg.context_len
         first = np.maximum(n_events, p - C)  # window position of the first context event
         ctx_len = p - first
@@ -72,4 +75,5 @@ class PseudoContext:
             snapshot,
             target,
             subject,
+            strict,
         )
