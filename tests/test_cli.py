@@ -425,3 +425,18 @@ def test_prepare_maps_a_ratings_column_to_actions_with_the_action_flag(tmp_path,
     assert "error: --action-cols / --action: action name(s) ['click'] used twice" in capsys.readouterr().err
     assert main([*argv, "--action", "a: rating > 1", "--action", "a: rating > 2"]) == 2
     assert "action 'a' is given twice" in capsys.readouterr().err
+
+
+def test_delimiter_by_name_or_escape_and_a_clear_error_otherwise(tmp_path, capsys):
+    """`--delimiter '\\t'` (what a shell passes for a typed \\t) and `--delimiter tab` read a tab-separated
+    file; a two-character delimiter is one error line, exit 2 (was a traceback from Arrow)."""
+    log = tmp_path / "ratings.inter"  # tab-separated under a name that does not say so
+    log.write_text("user_id\titem_id\ttimestamp\nu1\ti1\t1\nu1\ti2\t2\nu2\ti1\t3\nu2\ti3\t4\n")
+    for i, given in enumerate(["\\t", "tab", "TAB", "\t"]):
+        assert main(["prepare", "--log", str(log), "--delimiter", given, "--out", str(tmp_path / f"d{i}")]) == 0
+        assert json.loads((tmp_path / f"d{i}" / "manifest.json").read_text())["num_events"] == 4
+    capsys.readouterr()
+    assert main(["prepare", "--log", str(log), "--delimiter", ";;", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: delimiter ';;' is not one character") and "tab" in err
+    assert not (tmp_path / "bad").exists()

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from twotower.errors import CheckpointError
 from twotower.evaluate import evaluate_model, evaluate_popularity
 from twotower.features import Featurizer
 from twotower.train.batches import WindowBatches, plan_epoch
+from twotower.train.config import TrainConfig
 from twotower.train.load import load_run
 from twotower.train.trainer import Trainer
 
@@ -343,3 +345,31 @@ def test_metrics_rows_reach_the_disk_as_they_are_logged(tmp_path):
     f.write_text("1700000000.0,0,5,train,loss,1.5\r\n")  # rows without a header (a resume after an empty file)
     MetricsLog(tmp_path, keep_rows=0).close()
     assert f.read_text().splitlines() == ["time,epoch,step,kind,name,value"]
+
+
+def test_cosine_follows_the_time_budget_when_it_ends_first():
+    from twotower.train.params import lr_lambda
+
+    tc = TrainConfig(warmup_steps=10, min_lr_ratio=0.05)
+    used = [0.0]
+    f = lr_lambda(tc, total_steps=10_000, budget_used=lambda: used[0])
+    plain = lr_lambda(tc, total_steps=10_000)
+    assert f(5) == plain(5) == 0.6  # the warm-up is by steps either way
+    assert f(500) == plain(500) > 0.99  # budget barely used: the step cosine
+    used[0] = 0.5
+    assert f(500) == pytest.approx(0.05 + 0.95 * 0.5)  # half the budget: half-way down the cosine
+    used[0] = 1.2
+    assert f(500) == pytest.approx(0.05) and plain(500) > 0.99  # budget spent: the floor, whatever the steps
+
+
+def test_progress_lines_without_a_progress_bar(synth_data, tmp_path, caplog):
+    data = SequenceData.load(synth_data)
+    cfg = small_run_config(epochs=1, progress_every_s=1e-6, eval_every=0, time_budget_s=60.0)
+    with caplog.at_level(logging.INFO, logger="twotower.train.trainer"):
+        Trainer(data, cfg, tmp_path / "r").fit(progress=False)
+    lines = [r.getMessage() for r in caplog.records if "examples/s" in r.getMessage()]
+    assert len(lines) >= 2 and "of 60 s budget" in lines[0] and "epoch 1/1, batch" in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="twotower.train.trainer"):
+        Trainer(data, cfg, tmp_path / "r2").fit(progress=True)  # the bar says it: no log lines
+    assert not [r for r in caplog.records if "examples/s" in r.getMessage()]

@@ -15,7 +15,10 @@ TABLE_KEYS = ["hr@10", "ndcg@10", "hr@50", "hr@100", "hr@200", "mrr"]
 def declare_train(p: argparse.ArgumentParser) -> None:
     """Arguments of ``twotower train``: dataset, config, run directory, and the flags a resume may change."""
     p.add_argument("--data", required=True, help="dataset directory from `twotower prepare`")
-    p.add_argument("--config", help="RunConfig .toml/.json ([model] and [train] tables)")
+    p.add_argument(
+        "--config",
+        help="RunConfig .toml/.json ([model] and [train] tables); without it, defaults scaled to the dataset",
+    )
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.csv, config.json)")
     again = p.add_mutually_exclusive_group()
     again.add_argument(
@@ -39,11 +42,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..train.trainer import Trainer
 
     given_cfg = cfgmod.load(RunConfig, args.config) if args.config else None
+    data = load_dataset(args.data)
     # A resume trains on with the run's saved config; a given --config may only change what RESUMABLE allows.
-    cfg = resume_config(args.out, given_cfg) if args.resume else given_cfg or RunConfig()
+    if args.resume:
+        cfg = resume_config(args.out, given_cfg)
+    elif given_cfg is not None:
+        cfg = given_cfg
+    else:  # no config: defaults scaled to this dataset, each choice said
+        from ..train.auto import auto_config
+
+        cfg, reasons = auto_config(data, args.time_budget)
+        print("no --config: defaults scaled to this dataset (twotower.train.auto):")
+        for line in reasons:
+            print(f"  {line}")
     flags = {"epochs": args.epochs, "device": args.device, "time_budget_s": args.time_budget}
     cfg.train = replace_checked(cfg.train, given(flags))  # the range checks run again on the flags' values
-    data = load_dataset(args.data)
     trainer = Trainer(data, cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     summary = trainer.fit(progress=not args.no_progress)
     print(
@@ -77,6 +90,13 @@ def declare_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset directory (default: the one the run was trained on)")
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--protocol",
+        default="strict",
+        choices=["strict", "request_time"],
+        help="strict: nothing of the test event reaches the user vector (default); request_time: the target's "
+        "time and surface are the request's (HSTU's convention; differs from strict only for hybrid towers)",
+    )
     p.add_argument("--out", help="JSON path (default RUN/eval_SPLIT.json)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -95,7 +115,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     scheme = cfg.train.split
     res = {
         "model": evaluate_model(
-            model, Featurizer(data, cfg.model), scheme, args.split, device=args.device, progress=True
+            model,
+            Featurizer(data, cfg.model),
+            scheme,
+            args.split,
+            device=args.device,
+            progress=True,
+            protocol=args.protocol,
         ),
         "popularity": evaluate_popularity(data, scheme, args.split),
     }
@@ -104,12 +130,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for variant in ("filtered", "all"):
             rows[f"{name} [{variant}]"] = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith(variant)}
     print(
-        f"{args.split} split ({scheme}), {int(res['model']['num_users'])} users, full ranking of "
-        f"{data.num_items:,} items; [filtered] = the user's seen items removed; model {version}"
+        f"{args.split} split ({scheme}), protocol {args.protocol}, {int(res['model']['num_users'])} users, full "
+        f"ranking of {data.num_items:,} items; [filtered] = the user's seen items removed; model {version}"
     )
     print(format_table(rows, TABLE_KEYS))
     out = Path(args.out) if args.out else run / f"eval_{args.split}.json"
-    out.write_text(json.dumps({"model_version": version, "split": args.split, "scheme": scheme, **res}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"model_version": version, "protocol": args.protocol, "split": args.split, "scheme": scheme, **res},
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
     return 0
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 CSV_BLOCK_BYTES = 1 << 20  # Arrow's default; a streamed CSV column's type is inferred from its first block
 
@@ -37,10 +37,23 @@ def is_parquet(path: Path) -> bool:
     return path.suffix in (".parquet", ".pq")
 
 
+DELIMITER_NAMES = {"\\t": "\t", "tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
+
+
 def delimiter_for(path: Path, given: str | None) -> str:
-    """``given``, else tab for a ``.tsv`` / ``.tab`` file (compressed or not), else a comma."""
+    """``given``, else tab for a ``.tsv`` / ``.tab`` file (compressed or not), else a comma.
+
+    ``given`` may be a name (``tab``, ``comma``, ``semicolon``, ``pipe``, ``space``) or the two characters
+    ``\\t`` as a shell passes them; anything else must be one character (a ConfigError says so)."""
     if given is not None:
-        return given
+        d = DELIMITER_NAMES.get(given.lower() if len(given) > 1 else given, given)
+        if len(d) != 1:
+            raise ConfigError(
+                f"delimiter {given!r} is not one character; give one (e.g. --delimiter ';') or a name: "
+                f"{', '.join(DELIMITER_NAMES)}",
+                field="delimiter",
+            )
+        return d
     suffixes = [s for s in path.suffixes if s.lower() not in _COMPRESSED]
     return "\t" if suffixes and suffixes[-1].lower() in (".tsv", ".tab") else ","
 

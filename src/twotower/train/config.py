@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..config import check, check_float, check_int
+from ..layout import PROTOCOLS
 from ..model.config import ModelConfig
 
 NEGATIVES = ("in_batch", "uniform", "full")
@@ -53,12 +54,20 @@ class TrainConfig:
     # killed a minute after it was started (imports and data loading included) must have one to resume from.
     checkpoint_every_s: float = 30.0
     time_budget_s: float = 0.0  # stop (after a checkpoint) once training time exceeds this (0 = no limit)
+    # With a time budget the cosine ends at whichever comes first, the planned steps or the budget (a run cut
+    # by its budget then ends at the low learning rate; False: the cosine over the planned steps only).
+    lr_follows_budget: bool = True
+    progress_every_s: float = 30.0  # a progress line on the log this often when the progress bar is off
     log_every: int = 20
     # Hybrid towers (model.online_head): pseudo-context augmentation, see train/pseudo.py.
     max_lag: int = 64  # snapshot drawn 0..max_lag events before each target
     no_state_prob: float = 0.05  # drop the state (cold-start / fallback path)
     subject_prob: float = 0.2  # the previous event's item as the request's subject item
     holdout_users: float = 0.0  # fraction of users kept out of training entirely (cold-start evaluation)
+    # Share of training requests with the ``strict`` protocol's request features (time = the last event's,
+    # surface unknown), so a strict evaluation and a request whose time is unknown are in the training data.
+    strict_request_prob: float = 0.5
+    eval_protocol: str = "strict"  # protocol of the validation that picks the best checkpoint
 
     def __post_init__(self) -> None:
         """Range checks; every failure is a ConfigError naming the field, the value and what is allowed."""
@@ -75,6 +84,7 @@ class TrainConfig:
             f"use one of {EMBEDDING_OPTIMIZERS}",
         )
         check(self.logq in LOGQ, "logq", self.logq, f"use one of {LOGQ}")
+        check(self.eval_protocol in PROTOCOLS, "eval_protocol", self.eval_protocol, f"use one of {PROTOCOLS}")
         check(self.split in ("loo", "time"), "split", self.split, "use 'loo' (leave-last-out) or 'time'")
         check(DEVICE.fullmatch(self.device) is not None, "device", self.device, "use cpu, cuda, cuda:N or mps")
         for name in ("epochs", "batch_tokens", "num_uniform", "patience", "log_every"):
@@ -84,9 +94,9 @@ class TrainConfig:
         check_int(self, "max_lag", 0)
         for name in ("lr", "embedding_lr", "temperature"):
             check_float(self, name, 0.0, lo_open=True)
-        for name in ("weight_decay", "grad_clip", "time_budget_s", "checkpoint_every_s"):
+        for name in ("weight_decay", "grad_clip", "time_budget_s", "checkpoint_every_s", "progress_every_s"):
             check_float(self, name, 0.0)
-        for name in ("min_lr_ratio", "no_state_prob", "subject_prob"):
+        for name in ("min_lr_ratio", "no_state_prob", "subject_prob", "strict_request_prob"):
             check_float(self, name, 0.0, 1.0)
         check_float(self, "logq_alpha", 0.0, 1.0, lo_open=True)
         check_float(self, "holdout_users", 0.0, 1.0, hi_open=True)

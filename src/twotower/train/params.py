@@ -66,23 +66,37 @@ def param_groups(model: nn.Module, cfg: TrainConfig, task: nn.Module | None = No
     return groups
 
 
-def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+def lr_lambda(
+    cfg: TrainConfig, total_steps: int, budget_used: Callable[[], float] | None = None
+) -> Callable[[int], float]:
     """Learning-rate multiplier at ``step``: linear warm-up over ``warmup_steps``, then cosine down to
-    ``min_lr_ratio`` at ``total_steps``."""
+    ``min_lr_ratio`` at ``total_steps``.
+
+    ``budget_used`` (the fraction of the time budget spent, 0..1) makes the cosine follow whichever ends first,
+    the steps or the time budget: a run cut by its budget still ends at the low learning rate (where a cosine
+    over the planned epochs would stop in its middle, at a high one). Without a budget it is the step cosine.
+    """
 
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         t = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        if budget_used is not None:
+            t = max(t, min(1.0, budget_used()))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     return f
 
 
 def build_optimizer(
-    model: nn.Module, task: nn.Module, cfg: TrainConfig, total_steps: int
+    model: nn.Module,
+    task: nn.Module,
+    cfg: TrainConfig,
+    total_steps: int,
+    budget_used: Callable[[], float] | None = None,
 ) -> tuple[AdamWRowWiseAdagrad, torch.optim.lr_scheduler.LambdaLR]:
-    """(optimizer, per-step scheduler) for ``model`` and the ``task``'s trainable parameters."""
+    """(optimizer, per-step scheduler) for ``model`` and the ``task``'s trainable parameters
+    (``budget_used``: see :func:`lr_lambda`)."""
     # A list of betas survives the JSON round trip of the checkpoint's param groups.
     opt = AdamWRowWiseAdagrad(param_groups(model, cfg, task), lr=cfg.lr, betas=[0.9, 0.98])
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps, budget_used))

@@ -41,6 +41,7 @@ RESUMABLE = (
     "train.checkpoint_every",
     "train.checkpoint_every_s",
     "train.log_every",
+    "train.progress_every_s",
     "train.device",
     "train.amp",
     "train.num_workers",

@@ -82,13 +82,18 @@ class Trainer:
         self.windows = training_windows(data, tc.split, mc.max_len, tc.holdout_users)  # int64 [W, 3]
         run.check_examples(data, self.windows, tc)
         self.pseudo = (
-            PseudoContext(self.feat, tc.max_lag, tc.no_state_prob, tc.subject_prob, tc.seed) if mc.online_head else None
+            PseudoContext(self.feat, tc.max_lag, tc.no_state_prob, tc.subject_prob, tc.seed, tc.strict_request_prob)
+            if mc.online_head
+            else None
         )
         self.lengths = self.windows[:, 2] - self.windows[:, 1]
         self.steps_per_epoch = len(plan_epoch(self.lengths, tc.batch_tokens, tc.seed, 0))
         self.total_steps = self.steps_per_epoch * tc.epochs
         self.task = build_task(tc, data).to(self.device)
-        self.opt, self.sched = build_optimizer(self.model, self.task, tc, self.total_steps)
+        by_budget = bool(tc.time_budget_s) and tc.lr_follows_budget
+        self.opt, self.sched = build_optimizer(
+            self.model, self.task, tc, self.total_steps, self._budget_used if by_budget else None
+        )
         self.state = {
             "epoch": 0,
             "batch": 0,  # batches of the current epoch done
@@ -105,6 +110,7 @@ class Trainer:
         }
         self.metrics: MetricsLog | None = None
         self._saved_at = 0.0  # clock() at the last save of `last`
+        self._said_at = 0.0  # time.monotonic() at the last progress line
         if resume:
             self._restore(self.out / "checkpoints" / "last")
         elif overwrite:
@@ -112,6 +118,11 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         cfgmod.save(cfg, self.out / "config.json")
         (self.out / "data_path.txt").write_text(str(Path(data.root).resolve()) + "\n")
+
+    def _budget_used(self) -> float:
+        """The fraction of the time budget spent so far (the learning-rate schedule reads it)."""
+        state = getattr(self, "state", None)  # the scheduler's first call comes before the state exists
+        return state["train_seconds"] / self.cfg.train.time_budget_s if state else 0.0
 
     # --- one step ----------------------------------------------------------------------------------------
     def loss(
@@ -151,7 +162,7 @@ class Trainer:
         """Train until ``epochs``, the time budget or early stopping; returns the run summary."""
         tc, st = self.cfg.train, self.state
         self.metrics = MetricsLog(self.out, st["metrics_rows"], st["step"])
-        self._saved_at = self.clock()
+        self._saved_at, self._said_at = self.clock(), time.monotonic()
         self.model.train()
         try:
             while st["epoch"] < tc.epochs and not st["done"]:
@@ -175,10 +186,11 @@ class Trainer:
                     dynamic_ncols=True,
                 )
                 t_epoch, n_epoch = time.perf_counter(), 0
+                t0 = time.perf_counter()  # training time = batch preparation + step (checkpoints excluded)
                 for inputs, rows, pseudo in bar:
-                    t0 = time.perf_counter()
                     stats = self.step(inputs, rows, pseudo)
-                    st["train_seconds"] += time.perf_counter() - t0
+                    t1 = time.perf_counter()
+                    st["train_seconds"] += t1 - t0
                     st["examples"] += stats["targets"]
                     st["batch"] += 1
                     st["step"] += 1
@@ -189,8 +201,11 @@ class Trainer:
                         for name, value in (("loss", stats["loss"]), ("grad_norm", stats["grad_norm"])):
                             self.metrics.scalar(epoch, st["step"], "train", name, value)
                         self.metrics.scalar(epoch, st["step"], "train", "examples_per_s", round(rate, 1))
+                    if not progress:
+                        self._progress_line(epoch, stats["loss"], rate)
                     if self._checkpoint_due():
                         self.save("last")
+                    t0 = time.perf_counter()
                     if stop_after_steps is not None and st["step"] >= stop_after_steps:
                         raise StopTraining
                     if tc.time_budget_s and st["train_seconds"] > tc.time_budget_s:
@@ -216,6 +231,27 @@ class Trainer:
         (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
+    def _progress_line(self, epoch: int, loss: float, rate: float) -> None:
+        """Without a progress bar: one log line every ``progress_every_s`` seconds (a long run is never silent)."""
+        tc, st = self.cfg.train, self.state
+        now = time.monotonic()  # wall time, not ``self.clock`` (whose reads pace the checkpoints)
+        if not tc.progress_every_s or now - self._said_at < tc.progress_every_s:
+            return
+        self._said_at = now
+        budget = f" of {tc.time_budget_s:.0f} s budget" if tc.time_budget_s else ""
+        log.info(
+            "epoch %d/%d, batch %d/%d: loss %.3f, %s examples/s, trained %.0f s%s, lr %.2e",
+            epoch + 1,
+            tc.epochs,
+            st["batch"],
+            self.steps_per_epoch,
+            loss,
+            f"{rate:,.0f}",
+            st["train_seconds"],
+            budget,
+            self.opt.param_groups[0]["lr"],
+        )
+
     def _checkpoint_due(self) -> bool:
         """A mid-epoch checkpoint every ``checkpoint_every`` steps and/or ``checkpoint_every_s`` seconds."""
         tc = self.cfg.train
@@ -235,6 +271,7 @@ class Trainer:
             max_users=tc.eval_users or None,
             device=self.device,
             seed=tc.seed,
+            protocol=tc.eval_protocol,
         )
         for name, value in m.items():
             self.metrics.scalar(epoch, st["step"], "valid", name, value)

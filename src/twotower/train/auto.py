@@ -1,0 +1,140 @@
+"""Defaults scaled to the dataset: what ``twotower train`` uses when no ``--config`` is given.
+
+The one hand-tuned configuration (``configs/ml1m.toml``) fits MovieLens-1M: 6k users, 3.7k items, a median
+history of ~100 events. A user's log differs in every one of those, so the defaults are rules over the
+dataset's shape rather than constants, each with the reason it exists (printed with the run and saved in
+``auto_config.json`` beside it):
+
+* **history length** ``max_len``: the 90th percentile of the training histories, rounded up to a multiple of
+  8, within [16, 200] — longer windows only pad, shorter ones cut what most users have;
+* **hash buckets**: items, users and features each get ~4x their count (rounded up to a power of two), so
+  collisions stay rare without tables that dwarf the data;
+* **regularisation**: dropout 0.2 where items are well observed (>= 40 training events per item), up to 0.5
+  where they are sparse (Amazon-like logs, < 10 per item), as SASRec's authors set it per dataset;
+* **negatives**: in-batch + uniform (the uniform sample covers the catalogue's tail that in-batch
+  popularity misses); logQ correction only once the catalogue is large against a batch (> 4x the targets
+  of a batch), where in-batch negatives stop covering it;
+* **batch and schedule**: ~4k targets per batch (fewer on small logs, so an epoch still has >= 40 steps),
+  warm-up 5 % of the first epoch's steps (at most 100), a cosine that ends with the time budget
+  (``lr_follows_budget``), early stopping on validation NDCG@10 (``patience`` 5) and validation on at most
+  2,000 users so it costs a few seconds.
+
+The hybrid split (``online_head``) is on: the model the service serves is the model these defaults train.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.dataset import SequenceData
+from ..layout import SPLIT_TRAIN
+from ..model.config import ModelConfig
+from .config import RunConfig, TrainConfig
+
+DEFAULT_TIME_BUDGET_S = 600.0  # training seconds when neither a config nor --time-budget says otherwise
+
+
+@dataclass
+class DataShape:
+    """The statistics the rules read (training split only: validation and test stay unseen)."""
+
+    users: int
+    items: int
+    train_events: int
+    history_p50: float
+    history_p90: float
+    features: int  # distinct hashed feature tokens of items and users (an upper bound for the buckets)
+
+    @property
+    def events_per_item(self) -> float:
+        return self.train_events / max(1, self.items)
+
+
+def data_shape(data: SequenceData, split: str = "loo") -> DataShape:
+    """Measure ``data``'s training split."""
+    train = data.split(split) == SPLIT_TRAIN
+    per_user = np.bincount(data.user_of_event()[train], minlength=data.num_users)
+    per_user = per_user[per_user > 0]
+    feats = np.unique(np.concatenate([data.item_feat_hash.ravel(), data.user_feat_hash.ravel()]))
+    return DataShape(
+        users=int(data.num_users),
+        items=int(data.num_items),
+        train_events=int(train.sum()),
+        history_p50=float(np.percentile(per_user, 50)) if len(per_user) else 0.0,
+        history_p90=float(np.percentile(per_user, 90)) if len(per_user) else 0.0,
+        features=int((feats != 0).sum()),
+    )
+
+
+def _buckets(count: int, lo: int, hi: int) -> int:
+    """~4x ``count`` rounded up to a power of two, within [lo, hi]."""
+    return int(min(hi, max(lo, 1 << math.ceil(math.log2(max(1, 4 * count))))))
+
+
+def auto_config(
+    data: SequenceData, time_budget_s: float | None = None, split: str = "loo"
+) -> tuple[RunConfig, list[str]]:
+    """A :class:`RunConfig` for ``data`` by the rules of the module docstring, and one line per choice."""
+    s = data_shape(data, split)
+    why: list[str] = []
+    max_len = int(min(200, max(16, 8 * math.ceil(s.history_p90 / 8))))
+    why.append(f"max_len {max_len}: 90 % of training histories have <= {s.history_p90:.0f} events")
+    if s.events_per_item >= 40:
+        dropout = 0.2
+    elif s.events_per_item >= 10:
+        dropout = 0.3
+    else:
+        dropout = 0.5
+    why.append(f"dropout {dropout}: {s.events_per_item:.1f} training events per item")
+    model = ModelConfig(
+        dim=64,
+        num_hashes=2,
+        item_buckets=_buckets(s.items, 1 << 10, 1 << 22),
+        author_buckets=_buckets(s.items, 1 << 8, 1 << 20),
+        user_buckets=_buckets(s.users, 1 << 10, 1 << 22),
+        feature_buckets=_buckets(s.features, 1 << 8, 1 << 20),
+        max_len=max_len,
+        num_layers=2,
+        num_heads=2,
+        dropout=dropout,
+        positions="learned+time",
+        online_head=True,
+        state_tokens=1,
+        context_len=16,
+    )
+    why.append(
+        f"buckets: items {model.item_buckets:,}, users {model.user_buckets:,}, features {model.feature_buckets:,} "
+        f"(~4x {s.items:,} items, {s.users:,} users, {s.features:,} feature tokens)"
+    )
+    # Targets per batch: ~4k, fewer on a small log so that an epoch keeps >= 40 optimizer steps.
+    batch_tokens = int(min(4096, max(512, 2 ** math.floor(math.log2(max(512, s.train_events // 40))))))
+    steps = max(1, s.train_events // batch_tokens)
+    why.append(f"batch_tokens {batch_tokens}: ~{steps} steps per epoch over {s.train_events:,} training events")
+    logq = "streaming" if s.items > 4 * batch_tokens else "none"
+    why.append(
+        f"logq {logq}: {s.items:,} items against {batch_tokens:,} in-batch candidates"
+        + (" (in-batch negatives no longer cover the catalogue)" if logq != "none" else " (they cover it)")
+    )
+    budget = DEFAULT_TIME_BUDGET_S if time_budget_s is None else float(time_budget_s)
+    train = TrainConfig(
+        epochs=200,
+        batch_tokens=batch_tokens,
+        lr=3e-3,
+        warmup_steps=int(min(100, max(10, steps // 20))),
+        temperature=0.05,
+        negatives=["in_batch", "uniform"],
+        num_uniform=int(min(1024, s.items)),
+        logq=logq,
+        split=split,
+        patience=5,
+        eval_users=min(2000, s.users),
+        time_budget_s=budget,
+        lr_follows_budget=True,
+        max_lag=64,
+        no_state_prob=0.05,
+    )
+    why.append(f"schedule: cosine over the {budget:.0f} s time budget, early stop after 5 validations without gain")
+    return RunConfig(model=model, train=train), why
