@@ -24,7 +24,7 @@ from .config import ModelConfig
 from .item_tower import ItemTower
 from .layers import Embeddings
 from .online import OnlineHead
-from .user_encoder import UserEncoder
+from .user_encoder import UserEncoder, gather_rows
 
 # State-dict names of checkpoints written before the model was split into parts (old prefix -> new prefix).
 # Applied on every ``load_state_dict``, so those checkpoints keep loading (and keep their model version: the
@@ -151,7 +151,7 @@ class TwoTower(nn.Module):
         if snapshots is not None:
             b = snapshots.batch
             state = self.user_encoder.states_at(raw, b, snapshots.n_events)  # [T, T_state, D]
-            tokens = ev[b[:, None], snapshots.ctx_pos]  # [T, C, D]: the context events' tokens
+            tokens = gather_rows(ev, b[:, None], snapshots.ctx_pos)  # [T, C, D]: the context events' tokens
             return self._online(state, snapshots.ctx, tokens, snapshots.ctx_len), rows[rows >= 0]
         seq = F.normalize(raw, dim=-1)
         B, S = rows.shape

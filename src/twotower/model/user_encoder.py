@@ -17,6 +17,18 @@ from .config import ModelConfig
 from .layers import Block, Embeddings
 
 
+def gather_rows(x: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """``x[row, col]`` for x [B, L, D] and broadcastable int64 index tensors -> [*idx, D].
+
+    Through ``index_select`` on the flattened [B * L, D]: the same values, but its backward is an
+    ``index_add_`` where advanced indexing's is an accumulating ``index_put_`` (a sort first), which took
+    ~18 ms of a ~260 ms hybrid training step on 2 CPU cores.
+    """
+    B, L, D = x.shape
+    flat = (row * L + col).reshape(-1)
+    return x.reshape(B * L, D).index_select(0, flat).view(*torch.broadcast_shapes(row.shape, col.shape), D)
+
+
 class UserEncoder(nn.Module):
     """History -> encoder outputs [B, L, D] before normalisation, L = S (+1 with the user token)."""
 
@@ -103,5 +115,5 @@ class UserEncoder(nn.Module):
         last = n_events + off - 1  # [N] output index after n_events events
         pos = last[:, None] - torch.arange(T - 1, -1, -1, device=raw.device)[None, :]  # [N, T]
         ok = pos >= off  # an output index >= off has seen at least one event
-        out = raw[batch[:, None], pos.clamp_min(0)]
+        out = gather_rows(raw, batch[:, None], pos.clamp_min(0))
         return out * ok[..., None].to(out.dtype)
