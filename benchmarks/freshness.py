@@ -65,11 +65,12 @@ def metrics(q: torch.Tensor, items: torch.Tensor, data: SequenceData, users, row
 
 @torch.no_grad()
 def vectors(
-    model, feat, users, rows, snap=None, hide_context=False, no_state=False, dtype=None, overlap=False
+    model, feat, users, rows, snap=None, hide_context=False, no_state=False, dtype=None
 ) -> torch.Tensor:
     """User vectors [U, D] for requests at ``rows``, the state snapshotted at ``snap`` (None = fresh).
 
-    ``overlap``: a fresh state AND the last C events as context (events the state already holds).
+    The context holds only events after the snapshot, as the service's does (it drops sent events the state
+    already holds); there is no "(a+)" row of a fresh state plus those events again.
     """
     out = []
     data = feat.data
@@ -77,8 +78,6 @@ def vectors(
         u, r = users[lo : lo + 512], rows[lo : lo + 512]
         s = r if snap is None else snap[lo : lo + 512]
         hist, ctx = feat.request(u, r, s)
-        if overlap:
-            ctx = feat.context(u, np.maximum(data.user_offsets[u], r - model.cfg.context_len), r)
         state = model.encode_state(hist)
         if no_state:
             state = torch.zeros_like(state)
@@ -181,7 +180,6 @@ def main() -> None:
     print(f"model {version}; {len(wu)} warm test users, {int(held.sum())} held out (cold start)")
     print(f"{'':<34}{'HR@10':>8}{'NDCG@10':>9}{'Recall@100':>11}{'users':>7}")
     row("(a) fresh: encoder at request", vectors(model, feat, wu, wr), wu, wr)
-    row("(a+) fresh + last C events again", vectors(model, feat, wu, wr, overlap=True), wu, wr)
     for d, s in snaps.items():
         has_state = float((s > data.user_offsets[wu]).mean())
         events = wr - s
