@@ -64,9 +64,7 @@ def metrics(q: torch.Tensor, items: torch.Tensor, data: SequenceData, users, row
 
 
 @torch.no_grad()
-def vectors(
-    model, feat, users, rows, snap=None, hide_context=False, no_state=False, dtype=None
-) -> torch.Tensor:
+def vectors(model, feat, users, rows, snap=None, hide_context=False, no_state=False, dtype=None) -> torch.Tensor:
     """User vectors [U, D] for requests at ``rows``, the state snapshotted at ``snap`` (None = fresh).
 
     The context holds only events after the snapshot, as the service's does (it drops sent events the state

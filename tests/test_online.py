@@ -163,3 +163,27 @@ def test_stale_state_plus_context_beats_stale_state_alone(tmp_path):
         ctx.events.history.item.zero_()
         stale_only = hr(model.encode_user(hist, ctx))
     assert hybrid > 0.8 and hybrid > stale_only + 0.3
+
+
+def test_head_on_a_sample_of_targets_equals_the_full_head_there(synth_data, tmp_path):
+    """``head_fraction`` < 1: the head's queries are the full head's at the sampled positions (the other draws
+    do not move), and the encoder's own queries cover every position; the joint loss trains."""
+    data = SequenceData.load(synth_data)
+    full = Trainer(data, hybrid_config(subject_prob=0.5), tmp_path / "full")
+    part = Trainer(data, hybrid_config(subject_prob=0.5, head_fraction=0.3, encoder_loss_weight=1.0), tmp_path / "p")
+    part.model.load_state_dict(full.model.state_dict())
+    batch = plan_epoch(full.lengths, 256, 0, 0)[:1]
+    inputs, rows, p_full = WindowBatches(full.feat, full.windows, batch, full.pseudo, epoch=0)[0]
+    _, _, p_part = WindowBatches(part.feat, part.windows, batch, part.pseudo, epoch=0)[0]
+    assert p_part.position is not None and 0.15 < len(p_part.target_row) / len(p_full.target_row) < 0.45
+    with torch.no_grad():
+        q_full, r_full = full.model.eval().training_queries(inputs, rows, p_full)
+        (q_head, r_head), (q_enc, r_enc) = part.model.eval().hybrid_training_queries(inputs, rows, p_part)
+    S = rows.shape[1]
+    index = {(int(b), int(p)): i for i, (b, p) in enumerate(zip(*np.nonzero(rows.numpy() >= 0)))}
+    keep = torch.tensor([index[(int(b), int(p))] for b, p in zip(p_part.batch, p_part.position)])
+    assert torch.equal(r_head, r_full[keep]) and torch.equal(r_head, torch.from_numpy(p_part.target_row))
+    torch.testing.assert_close(q_head, q_full[keep])
+    assert torch.equal(r_enc, r_full) and q_enc.shape == q_full.shape and S > 1
+    stats = part.step(inputs, rows, p_part)  # the joint loss: head + encoder
+    assert np.isfinite(stats["loss"]) and stats["targets"] == len(r_full)

@@ -93,7 +93,8 @@ class Snapshots:
     ``batch[n]`` (``n_events = 0``: no state) plus the events at window positions ``ctx_pos[n, :ctx_len[n]]``.
 
     batch: int64 [N]; n_events: int64 [N]; ctx: :class:`Context` of [N, ·] whose ``events`` is None (their
-    tokens come from the window pass); ctx_pos: int64 [N, C]; ctx_len: int64 [N].
+    tokens come from the window pass); ctx_pos: int64 [N, C]; ctx_len: int64 [N]; position: int64 [N] the
+    window position of each target, or None when the targets are every valid position (row-major).
     """
 
     batch: torch.Tensor
@@ -101,6 +102,7 @@ class Snapshots:
     ctx: Context
     ctx_pos: torch.Tensor
     ctx_len: torch.Tensor
+    position: torch.Tensor | None
 
     def to(self, device: torch.device | str) -> Snapshots:
         return Snapshots(
@@ -109,4 +111,5 @@ class Snapshots:
             self.ctx.to(device),
             self.ctx_pos.to(device),
             self.ctx_len.to(device),
+            None if self.position is None else self.position.to(device),
         )

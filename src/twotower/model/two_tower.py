@@ -149,10 +149,32 @@ class TwoTower(nn.Module):
             return self._last_event_queries(inputs, rows)
         raw, ev = self.user_encoder(inputs, self.embed)  # [B, L, D], [B, S, D]
         if snapshots is not None:
-            b = snapshots.batch
-            state = self.user_encoder.states_at(raw, b, snapshots.n_events)  # [T, T_state, D]
-            tokens = gather_rows(ev, b[:, None], snapshots.ctx_pos)  # [T, C, D]: the context events' tokens
-            return self._online(state, snapshots.ctx, tokens, snapshots.ctx_len), rows[rows >= 0]
+            return self._head_queries(raw, ev, rows, snapshots)
+        return self._encoder_queries(raw, rows)
+
+    def hybrid_training_queries(
+        self, inputs: UserInputs, rows: torch.Tensor, snapshots: Snapshots
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """One encoder pass, two sets of queries: the online head's at ``snapshots`` (as served) and the
+        encoder's own at every position (the unsplit tower's). Each is (queries [T, D], target rows int64 [T]).
+
+        The encoder's queries give the offline encoder a direct training signal at every position, at the
+        cost of one normalisation; the head's may then run on a sample of the targets (``Snapshots.position``).
+        """
+        raw, ev = self.user_encoder(inputs, self.embed)
+        return self._head_queries(raw, ev, rows, snapshots), self._encoder_queries(raw, rows)
+
+    def _head_queries(
+        self, raw: torch.Tensor, ev: torch.Tensor, rows: torch.Tensor, snapshots: Snapshots
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b = snapshots.batch
+        state = self.user_encoder.states_at(raw, b, snapshots.n_events)  # [T, T_state, D]
+        tokens = gather_rows(ev, b[:, None], snapshots.ctx_pos)  # [T, C, D]: the context events' tokens
+        target = rows[rows >= 0] if snapshots.position is None else rows[b, snapshots.position]
+        return self._online(state, snapshots.ctx, tokens, snapshots.ctx_len), target
+
+    def _encoder_queries(self, raw: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unsplit tower's query at every valid window position (the output that has seen history < j)."""
         seq = F.normalize(raw, dim=-1)
         B, S = rows.shape
         j = torch.arange(S, device=rows.device)

@@ -20,6 +20,9 @@ dataset's shape rather than constants, each with the reason it exists (printed w
   2,000 users so it costs a few seconds.
 
 The hybrid split (``online_head``) is on: the model the service serves is the model these defaults train.
+Its encoder also trains on its own loss at every position (``encoder_loss_weight``), the online head on a
+quarter of the targets (``head_fraction``), a quarter of those with a fresh state and no context
+(``fresh_prob``): the hybrid then trains at close to the unsplit tower's pace.
 """
 
 from __future__ import annotations
@@ -135,6 +138,9 @@ def auto_config(
         lr_follows_budget=True,
         max_lag=64,
         no_state_prob=0.05,
+        encoder_loss_weight=1.0,
+        head_fraction=0.25,
+        fresh_prob=0.25,
     )
     why.append(f"schedule: cosine over the {budget:.0f} s time budget, early stop after 5 validations without gain")
     return RunConfig(model=model, train=train), why

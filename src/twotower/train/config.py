@@ -67,6 +67,14 @@ class TrainConfig:
     # Share of training requests with the ``strict`` protocol's request features (time = the last event's,
     # surface unknown), so a strict evaluation and a request whose time is unknown are in the training data.
     strict_request_prob: float = 0.5
+    # Hybrid towers: weight of the encoder's own loss (its unsplit query at every position; 0 = off) and the
+    # share of targets the online head trains on. The encoder then learns at the unsplit tower's pace and the
+    # head, ~60 % of a step's cost at 1.0, runs on a sample.
+    encoder_loss_weight: float = 0.0
+    head_fraction: float = 1.0
+    # Share of head targets drawn with a fresh state and no context (lag 0): the serving case right after a
+    # refresh and the strict protocol's; the U{0..max_lag} draw alone gives it 1 in max_lag + 1.
+    fresh_prob: float = 0.0
     eval_protocol: str = "strict"  # protocol of the validation that picks the best checkpoint
 
     def __post_init__(self) -> None:
@@ -96,7 +104,9 @@ class TrainConfig:
             check_float(self, name, 0.0, lo_open=True)
         for name in ("weight_decay", "grad_clip", "time_budget_s", "checkpoint_every_s", "progress_every_s"):
             check_float(self, name, 0.0)
-        for name in ("min_lr_ratio", "no_state_prob", "subject_prob", "strict_request_prob"):
+        check_float(self, "encoder_loss_weight", 0.0)
+        check_float(self, "head_fraction", 0.0, 1.0, lo_open=True)
+        for name in ("min_lr_ratio", "no_state_prob", "subject_prob", "strict_request_prob", "fresh_prob"):
             check_float(self, name, 0.0, 1.0)
         check_float(self, "logq_alpha", 0.0, 1.0, lo_open=True)
         check_float(self, "holdout_users", 0.0, 1.0, hi_open=True)

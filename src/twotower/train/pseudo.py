@@ -47,6 +47,8 @@ class PseudoContext:
     subject_prob: float = 0.2
     seed: int = 0
     strict_prob: float = 0.0  # requests with the strict protocol's features (time = last event's, no surface)
+    head_fraction: float = 1.0  # share of the targets the online head trains on (a random sample)
+    fresh_prob: float = 0.0  # extra share of lag-0 snapshots: a fresh state and no context (a strict request)
 
     def sample(self, user: np.ndarray, start: np.ndarray, rows: np.ndarray, key: tuple[int, ...]) -> PseudoBatch:
         """user, start: int64 [B] window owner and first event row; rows: int64 [B, S] target rows (-1 = pad)."""
@@ -54,13 +56,22 @@ class PseudoContext:
         b, p = np.nonzero(rows >= 0)
         target = rows[b, p]
         lag = rng.integers(0, np.minimum(self.max_lag, p) + 1)
+        u_state, u_subject, u_strict = rng.random(len(p)), rng.random(len(p)), rng.random(len(p))
+        if self.fresh_prob > 0:  # drawn after the others: they do not move
+            lag = np.where(rng.random(len(p)) < self.fresh_prob, 0, lag)
         n_events = p - lag
-        has_state = (n_events >= 1) & (rng.random(len(p)) >= self.no_state_prob)
+        has_state = (n_events >= 1) & (u_state >= self.no_state_prob)
         snapshot = start[b] + n_events
         users = user[b]
         has_prev = target > self.feat.data.user_offsets[users]
-        subject = np.where(has_prev & (rng.random(len(p)) < self.subject_prob), target - 1, -1)
-        strict = rng.random(len(p)) < self.strict_prob  # drawn last: the draws above are unchanged by it
+        subject = np.where(has_prev & (u_subject < self.subject_prob), target - 1, -1)
+        strict = u_strict < self.strict_prob
+        position = None
+        if self.head_fraction < 1.0:  # the head trains on a sample of the targets (the encoder on all)
+            keep = np.flatnonzero(rng.random(len(p)) < self.head_fraction)
+            b, p, target, n_events, has_state = b[keep], p[keep], target[keep], n_events[keep], has_state[keep]
+            snapshot, users, subject, strict = snapshot[keep], users[keep], subject[keep], strict[keep]
+            position = torch.from_numpy(p)
         ctx = self.feat.request_features(users, target, subject, strict_rows=strict)
         C = self.feat.cfg.context_len
         first = np.maximum(n_events, p - C)  # window position of the first context event
@@ -72,6 +83,7 @@ class PseudoContext:
             ctx,
             torch.from_numpy(ctx_pos),
             torch.from_numpy(ctx_len),
+            position,
             snapshot,
             target,
             subject,

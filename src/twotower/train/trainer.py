@@ -82,7 +82,16 @@ class Trainer:
         self.windows = training_windows(data, tc.split, mc.max_len, tc.holdout_users)  # int64 [W, 3]
         run.check_examples(data, self.windows, tc)
         self.pseudo = (
-            PseudoContext(self.feat, tc.max_lag, tc.no_state_prob, tc.subject_prob, tc.seed, tc.strict_request_prob)
+            PseudoContext(
+                self.feat,
+                tc.max_lag,
+                tc.no_state_prob,
+                tc.subject_prob,
+                tc.seed,
+                tc.strict_request_prob,
+                tc.head_fraction,
+                tc.fresh_prob,
+            )
             if mc.online_head
             else None
         )
@@ -132,6 +141,15 @@ class Trainer:
         dev = self.device
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp and dev.type == "cuda"):
             snapshots = None if pseudo is None else pseudo.to(dev)
+            weight = self.cfg.train.encoder_loss_weight
+            if snapshots is not None and weight > 0:  # hybrid + the encoder's own loss, from one encoder pass
+                (qh, rh), (qe, re) = self.model.hybrid_training_queries(inputs.to(dev), rows.to(dev), snapshots)
+                head_targets = targets_of(self.data, rh, self._encode_items, dev)
+                enc_targets = targets_of(self.data, re, self._encode_items, dev)
+                head, enc = self.task(qh, head_targets), self.task(qe, enc_targets)
+                loss = head.loss + weight * enc.loss
+                terms = {**head.terms, "head": head.loss.detach(), "encoder": enc.loss.detach()}
+                return TaskOutput(loss, head.candidates + enc.candidates, terms), enc_targets
             queries, target_rows = self.model.training_queries(inputs.to(dev), rows.to(dev), snapshots)  # [T, D]
             targets = targets_of(self.data, target_rows, self._encode_items, dev)
             return self.task(queries, targets), targets
