@@ -14,6 +14,7 @@ from twotower.features import Featurizer
 from twotower.train.batches import WindowBatches, plan_epoch
 from twotower.train.config import TrainConfig
 from twotower.train.load import load_run
+from twotower.train.metrics_log import MetricsLog
 from twotower.train.trainer import Trainer
 
 
@@ -373,3 +374,21 @@ def test_progress_lines_without_a_progress_bar(synth_data, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="twotower.train.trainer"):
         Trainer(data, cfg, tmp_path / "r2").fit(progress=True)  # the bar says it: no log lines
     assert not [r for r in caplog.records if "examples/s" in r.getMessage()]
+
+
+def test_early_stopping_waits_for_half_the_budget_when_the_cosine_follows_it(synth_data, tmp_path):
+    data = SequenceData.load(synth_data)
+    cfg = small_run_config(epochs=3, patience=1, time_budget_s=1e6)  # a budget that never binds
+    tr = Trainer(data, cfg, tmp_path / "r")
+    tr.state["best"] = 2.0  # no evaluation can improve on it
+    tr.metrics = MetricsLog(tmp_path / "r", 0, 0)
+    tr._validate(0, 1.0)
+    assert not tr.state["done"] and tr.state["bad_evals"] == 0  # 0 % of the budget: does not count
+    tr.state["train_seconds"] = 0.6e6
+    tr._validate(1, 1.0)
+    assert tr.state["done"] and tr.state["stop_reason"] == "early_stop"
+    cfg.train.lr_follows_budget = False  # a step cosine: every evaluation counts, as before
+    tr2 = Trainer(data, cfg, tmp_path / "r2")
+    tr2.state["best"], tr2.metrics = 2.0, MetricsLog(tmp_path / "r2", 0, 0)
+    tr2._validate(0, 1.0)
+    assert tr2.state["done"]
