@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -305,3 +306,37 @@ def test_serve_prepare_cli_passes_the_index_knobs(art, tmp_path):
     assert main([*argv, "--hnsw-m", "8", "--hnsw-ef-search", "40", "--recall-floor", "0"]) == 0
     manifest = json.loads((root / "index" / "versions" / current_version(root / "index") / "manifest.json").read_text())
     assert (manifest["config"]["hnsw_m"], manifest["config"]["hnsw_ef_search"]) == (8, 40)
+
+
+def _freshness_benchmark():
+    """benchmarks/freshness.py as a module (its ``vectors`` is what the benchmark scores)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "freshness.py"
+    spec = importlib.util.spec_from_file_location("freshness_benchmark", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("protocol", ["request_time", "strict"])
+def test_served_vectors_equal_the_freshness_benchmarks(art, client, protocol):
+    """Served = measured: the vectors ``benchmarks/freshness.py`` scores for (stale state + events since) are
+    the service's for the same requests, under both protocols (strict: the request's time is the last event's
+    and it names no surface)."""
+    svc = client.app.state.service
+    bundle = svc.retriever.bundle
+    data = SequenceData.load(art.data)
+    feat = Featurizer(data, bundle.model_config)
+    users, targets = data.eval_targets("loo", "test")
+    snaps = snapshot_rows(data, users, art.as_of)
+    pick = np.flatnonzero(targets > snaps)[:24]
+    u, s, t = users[pick], snaps[pick], targets[pick]
+    bodies = [dataset_request(data, *x) for x in zip(u, s, t)]
+    if protocol == "strict":
+        for b, row in zip(bodies, t):
+            b["context"]["timestamp"], b["context"]["surface"] = int(data.event_ts[row - 1]), None
+    parsed = [parse_request(RetrieveRequest.model_validate(b), bundle) for b in bodies]
+    q_serve, _ = svc.retriever.user_vectors(bundle, parsed)
+    q_bench = _freshness_benchmark().vectors(bundle.model, feat, u, t, s, protocol=protocol).numpy()
+    np.testing.assert_allclose(q_serve, q_bench, atol=1e-5)
