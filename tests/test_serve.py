@@ -78,18 +78,23 @@ def snapshot_rows(data: SequenceData, users: np.ndarray, as_of: int) -> np.ndarr
     return np.array([a + int((data.event_ts[a:b] < as_of).sum()) for a, b in zip(lo, hi)])
 
 
-def test_service_vector_and_topk_equal_the_featurizer_path(art, client):
-    """Raw JSON (item id strings, action names, timestamps) + the stored state == Featurizer rows -> model."""
+def stale_requests(art, client, n: int = 24):
+    """(service, bundle, data, featurizer, (user, snapshot row, target row)) for ``n`` test users with events
+    since the refresh job's snapshot (``art.as_of``)."""
     svc = client.app.state.service
     bundle = svc.retriever.bundle
     data = SequenceData.load(art.data)
-    feat = Featurizer(data, bundle.model_config)
     users, targets = data.eval_targets("loo", "test")
     snaps = snapshot_rows(data, users, art.as_of)
-    pick = np.flatnonzero(targets > snaps)[:24]  # users with events since the snapshot
-    has_state = snaps[pick] > data.user_offsets[users[pick]]
-    assert has_state.any() and (targets[pick] - snaps[pick] > bundle.model_config.context_len).any()
-    u, s, t = users[pick], snaps[pick], targets[pick]
+    pick = np.flatnonzero(targets > snaps)[:n]
+    return svc, bundle, data, Featurizer(data, bundle.model_config), (users[pick], snaps[pick], targets[pick])
+
+
+def test_service_vector_and_topk_equal_the_featurizer_path(art, client):
+    """Raw JSON (item id strings, action names, timestamps) + the stored state == Featurizer rows -> model."""
+    svc, bundle, data, feat, (u, s, t) = stale_requests(art, client)
+    has_state = s > data.user_offsets[u]
+    assert has_state.any() and (t - s > bundle.model_config.context_len).any()
     # clients may resend events the state already holds (two before the snapshot): ignored except as exclusions
     first = np.maximum(s - 2, data.user_offsets[u])
     bodies = [dataset_request(data, *x, first=f) for *x, f in zip(u, s, t, first)]
@@ -324,14 +329,7 @@ def test_served_vectors_equal_the_freshness_benchmarks(art, client, protocol):
     """Served = measured: the vectors ``benchmarks/freshness.py`` scores for (stale state + events since) are
     the service's for the same requests, under both protocols (strict: the request's time is the last event's
     and it names no surface)."""
-    svc = client.app.state.service
-    bundle = svc.retriever.bundle
-    data = SequenceData.load(art.data)
-    feat = Featurizer(data, bundle.model_config)
-    users, targets = data.eval_targets("loo", "test")
-    snaps = snapshot_rows(data, users, art.as_of)
-    pick = np.flatnonzero(targets > snaps)[:24]
-    u, s, t = users[pick], snaps[pick], targets[pick]
+    svc, bundle, data, feat, (u, s, t) = stale_requests(art, client)
     bodies = [dataset_request(data, *x) for x in zip(u, s, t)]
     if protocol == "strict":
         for b, row in zip(bodies, t):
