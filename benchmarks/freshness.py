@@ -88,8 +88,7 @@ def vectors(
             ctx.events.length.zero_()
             ctx.events.history.item.zero_()
             has = s > data.user_offsets[u]
-            # the request's time: the target's (request_time) or the last history event's (strict)
-            t_req = data.event_ts[r] if protocol == "request_time" else data.event_ts[np.maximum(r - 1, 0)]
+            t_req = feat.request_time(u, r, protocol)  # the request's time under the protocol
             since = np.where(has, t_req - data.event_ts[np.maximum(s - 1, 0)], 0)
             ctx.since_last = torch.from_numpy(gap_buckets(since, model.cfg.time_buckets))
         out.append(model.encode_online(state, ctx))

@@ -126,12 +126,9 @@ class Featurizer:
         ``strict_rows`` bool [B] overrides ``protocol`` per row (training mixes both).
         ``subject_row`` [B] (-1 = none) names the event whose item is the request's subject.
         """
-        check_protocol(protocol)
         d = self.data
-        has_prev = target_row > d.user_offsets[user]
-        prev_ts = np.where(has_prev, d.event_ts[np.maximum(target_row - 1, 0)], 0)
-        strict = np.full(len(user), protocol == "strict") if strict_rows is None else strict_rows.astype(bool)
-        ts = np.where(strict, prev_ts, d.event_ts[target_row])
+        strict = self._strict_rows(len(user), protocol, strict_rows)
+        ts, prev_ts, has_prev = self._times(user, target_row, strict)
         since = np.where(has_prev, ts - prev_ts, 0)
         surface = np.where(strict, 0, d.event_surface[target_row]).astype(np.int64)
         hour, weekday = clock_features(ts)
@@ -147,6 +144,26 @@ class Featurizer:
             since_last=torch.from_numpy(gap_buckets(since, self.cfg.time_buckets)),
             subject=ItemInputs(subject.item * keep, subject.author * keep, subject.feat * keep),
         )
+
+    def request_time(self, user: np.ndarray, target_row: np.ndarray, protocol: str = "request_time") -> np.ndarray:
+        """The request timestamps int64 [B] :meth:`request_features` uses: the target event's (``request_time``)
+        or the last history event's (``strict``; 0 for a user without one)."""
+        return self._times(user, target_row, self._strict_rows(len(user), protocol, None))[0]
+
+    def _times(
+        self, user: np.ndarray, target_row: np.ndarray, strict: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(request time, the last history event's time (0: none), has a history event), each [B]."""
+        d = self.data
+        has_prev = target_row > d.user_offsets[user]
+        prev_ts = np.where(has_prev, d.event_ts[np.maximum(target_row - 1, 0)], 0)
+        return np.where(strict, prev_ts, d.event_ts[target_row]), prev_ts, has_prev
+
+    @staticmethod
+    def _strict_rows(n: int, protocol: str, strict_rows: np.ndarray | None) -> np.ndarray:
+        """bool [n]: which requests follow the strict protocol (``strict_rows`` overrides ``protocol``)."""
+        check_protocol(protocol)
+        return np.full(n, protocol == "strict") if strict_rows is None else strict_rows.astype(bool)
 
     def context(
         self,
