@@ -2,8 +2,8 @@
 
 The one hand-tuned configuration (``configs/ml1m.toml``) fits MovieLens-1M: 6k users, 3.7k items, a median
 history of ~100 events. A user's log differs in every one of those, so the defaults are rules over the
-dataset's shape rather than constants, each with the reason it exists (printed with the run and saved in
-``auto_config.json`` beside it):
+dataset's shape rather than constants, each with the reason it exists (``twotower train`` prints the reasons;
+the chosen config is saved as the run's ``config.json`` like any other):
 
 * **history length** ``max_len``: the 90th percentile of the training histories, rounded up to a multiple of
   8, within [16, 200] — longer windows only pad, shorter ones cut what most users have;
@@ -16,7 +16,8 @@ dataset's shape rather than constants, each with the reason it exists (printed w
   of a batch), where in-batch negatives stop covering it;
 * **batch and schedule**: ~4k targets per batch (fewer on small logs, so an epoch still has >= 40 steps),
   warm-up 5 % of the first epoch's steps (at most 100), a cosine that ends with the time budget
-  (``lr_follows_budget``), early stopping on validation NDCG@10 (``patience`` 5) and validation on at most
+  (``lr_follows_budget``), early stopping on validation NDCG@10 (``patience`` 5, counted once half the budget
+  is spent) and validation on at most
   2,000 users so it costs a few seconds.
 
 The hybrid split (``online_head``) is on: the model the service serves is the model these defaults train.
@@ -142,5 +143,8 @@ def auto_config(
         head_fraction=0.25,
         fresh_prob=0.25,
     )
-    why.append(f"schedule: cosine over the {budget:.0f} s time budget, early stop after 5 validations without gain")
+    why.append(
+        f"schedule: cosine over the {budget:.0f} s time budget; early stop after 5 validations without gain, "
+        "counted once half the budget is spent"
+    )
     return RunConfig(model=model, train=train), why
