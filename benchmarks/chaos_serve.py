@@ -120,6 +120,15 @@ class Stream:
 
         await asyncio.gather(*(conn() for _ in range(CONNS)))
 
+    def run_beside(self, job) -> dict:
+        """Run the stream and the coroutine function ``job`` (which calls :meth:`stop`) together; the result."""
+
+        async def both() -> None:
+            await asyncio.gather(self.run(), job())
+
+        asyncio.run(both())
+        return self.result()
+
     def result(self) -> dict:
         failed = self.errors + sum(n for s, n in self.statuses.items() if s != 200)
         return {"requests": self.requests, "failed_requests": failed, "no_answer": self.errors,
@@ -184,11 +193,7 @@ def reload_under_load(ref: Reference, work: Path, reloads: int, workers: int) ->
             out["rss_end_kib"] = tree_rss_kib(server.proc.pid)
             stream.stop()
 
-        async def both() -> None:
-            await asyncio.gather(stream.run(), reloader())
-
-        asyncio.run(both())
-        out.update(stream.result())
+        out.update(stream.run_beside(reloader))
     finally:
         server.stop()
     out["refused_reloads"] = refused[:5]
@@ -240,11 +245,7 @@ def redis_restart(ref: Reference, work: Path, workers: int) -> dict:
                 out["paths_after_restart"] = paths_since(at_restart)
                 stream.stop()
 
-            async def both() -> None:
-                await asyncio.gather(stream.run(), fault())
-
-            asyncio.run(both())
-            out.update(stream.result())
+            out.update(stream.run_beside(fault))
         finally:
             server.stop()
     return out
