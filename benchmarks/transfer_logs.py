@@ -41,6 +41,8 @@ LOGS: dict[str, str] = {
     "ml-1m-users20": "MovieLens-1M, a 20 % random sample of its users with all their events (seed 0)",
     "ml-1m-short": f"MovieLens-1M with each user's history cut to their first {SHORT_EVENTS} events (short sequences)",
     "synth-large": "synthetic Zipf log: 5k users, ~20k items, 150k events (large long-tailed catalogue)",
+    # Tuning only, never a checked log: the defaults' choices are made on this log's validation split.
+    "ml-1m-last30": f"MovieLens-1M with each user's history cut to their last {SHORT_EVENTS} events (the dev log)",
 }
 
 TAB_TSV = pacsv.WriteOptions(delimiter="\t", quoting_style="none", quoting_header="none")
@@ -100,14 +102,17 @@ def sample_users(events: pa.Table, fraction: float, seed: int) -> pa.Table:
     return events.filter(pc.is_in(events.column("user_id:token"), pa.array(chosen, pa.string())))
 
 
-def first_events(events: pa.Table, k: int) -> pa.Table:
-    """Each user's first ``k`` events by time (ties keep log order), in log order."""
+def first_events(events: pa.Table, k: int, last: bool = False) -> pa.Table:
+    """Each user's first (``last``: last) ``k`` events by time (ties keep log order), in log order."""
     user = pc.dictionary_encode(events.column("user_id:token")).combine_chunks().indices.to_numpy()
     ts = events.column("timestamp:float").to_numpy()
     order = np.lexsort((ts, user))  # stable: equal (user, time) keep log order, as the loader sorts them
     su = user[order]
     starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]])
-    rank = np.arange(len(su)) - np.repeat(starts, np.diff(np.r_[starts, len(su)]))
+    sizes = np.diff(np.r_[starts, len(su)])
+    rank = np.arange(len(su)) - np.repeat(starts, sizes)
+    if last:
+        rank = np.repeat(sizes, sizes) - 1 - rank
     keep = np.sort(order[rank < k])
     return events.take(pa.array(keep))
 
@@ -139,16 +144,15 @@ def make_log(name: str, root: Path) -> tuple[Path, PrepareConfig, Path | None, P
             "release_year:token", "class:token_seq", ["age:token", "gender:token", "occupation:token"]
         )
         return d / "ml-100k.inter", cfg, d / "ml-100k.item", d / "ml-100k.user"
-    if name in ("ml-1m-users20", "ml-1m-short"):
+    if name in ("ml-1m-users20", "ml-1m-short", "ml-1m-last30"):
         d = wheel_dir("ml-1m")
         log = root / "log.tsv"
         if not log.is_file():
             events = read_inter(d / "ml-1m.inter")
-            cut = (
-                sample_users(events, USER_FRACTION, SEED)
-                if name == "ml-1m-users20"
-                else first_events(events, SHORT_EVENTS)
-            )
+            if name == "ml-1m-users20":
+                cut = sample_users(events, USER_FRACTION, SEED)
+            else:
+                cut = first_events(events, SHORT_EVENTS, last=name == "ml-1m-last30")
             write_atomic(cut, log)
         cfg = movielens_config("release_year:float", "genre:token", ["age:float", "gender:token", "occupation:float"])
         return log, cfg, d / "ml-1m.item", d / "ml-1m.user"

@@ -22,7 +22,7 @@ def test_shape_is_measured_on_the_training_split_only(synth_data):
 def test_rules_follow_the_shape(synth_data, monkeypatch):
     data = SequenceData.load(synth_data)
     cfg, why = auto_config(data, time_budget_s=42)
-    assert isinstance(cfg, RunConfig) and cfg.train.time_budget_s == 42 and cfg.model.online_head
+    assert isinstance(cfg, RunConfig) and cfg.train.time_budget_s == 42 and not cfg.model.online_head
     assert len(why) >= 5 and any("max_len" in line for line in why)
     base = data_shape(data)
     shapes = {
@@ -54,4 +54,4 @@ def test_train_without_a_config_states_its_choices(synth_data, tmp_path, capsys)
     text = capsys.readouterr().out
     assert "no --config: defaults scaled to this dataset" in text and "max_len" in text
     saved = (out / "config.json").read_text()
-    assert '"online_head": true' in saved and '"time_budget_s": 2.0' in saved
+    assert '"online_head": false' in saved and '"time_budget_s": 2.0' in saved

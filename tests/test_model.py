@@ -149,3 +149,26 @@ def test_checkpoints_with_pre_split_key_names_load_with_their_version(setup, tmp
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == version
+
+
+@pytest.mark.parametrize(("similarity", "tied"), [("cosine", True), ("dot", False), ("dot", True)])
+def test_scoring_variants_keep_prefix_equivalence(setup, similarity, tied):
+    """Dot scores and tied inputs: one causal pass still equals the served user vector on every prefix;
+    dot vectors are raw (not unit); a tied model's user vector moves with the item tower."""
+    data, cfg, _, feat = setup
+    cfg.similarity, cfg.tied_input = similarity, tied
+    torch.manual_seed(0)
+    model = TwoTower(cfg).eval()
+    u = np.array([3, 4])
+    start = data.user_offsets[u]
+    with torch.no_grad():
+        seq = model.user_vectors(model.user_encoder(feat.users(u, start, start + 8), model.embed, model._item_vec())[0])
+        for j in range(1, 9):
+            assert torch.allclose(seq[:, j], model.encode_user(feat.users(u, start, start + j)), atol=1e-5), j
+        items = model.encode_items(feat.items(np.arange(10)))
+        unit = torch.allclose(items.norm(dim=-1), torch.ones(10), atol=1e-4)
+        assert unit == (similarity == "cosine")
+        before = model.encode_user(feat.users(u, start, start + 8))
+        model.item_tower.mlp[0].weight.mul_(2.0)
+        moved = not torch.allclose(before, model.encode_user(feat.users(u, start, start + 8)), atol=1e-6)
+    assert moved == tied

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from twotower.train.frequency import StreamingFrequency
-from twotower.train.negatives import InBatchNegatives, MixedNegatives, UniformNegatives
+from twotower.train.negatives import FullCorpus, InBatchNegatives, MixedNegatives, UniformNegatives
 from twotower.train.task import RetrievalTask, Targets
 
 
@@ -50,6 +50,16 @@ def test_fused_and_reference_paths_agree():
     torch.testing.assert_close(fused(q, t).loss, reference(q, t).loss)
     # without an in-batch source the candidates need not hold the positives: never fused
     assert not RetrievalTask(MixedNegatives([UniformNegatives(50, 8)])).fused
+
+
+def test_the_full_softmax_is_fused_and_equals_the_exact_cross_entropy():
+    """Every item is a candidate: the fused path runs and equals a plain softmax over the whole table."""
+    q, t = batch(5)
+    full, reference = (RetrievalTask(MixedNegatives([FullCorpus(50)]), fused=f, logq=False) for f in (True, False))
+    assert full.fused and not reference.fused
+    exact = F.cross_entropy(q @ t.encode_items(torch.arange(50)).T / full.tau(), t.items)
+    torch.testing.assert_close(full(q, t).loss, exact)
+    torch.testing.assert_close(reference(q, t).loss, exact)
 
 
 def test_a_part_adds_its_loss_without_touching_the_rest():

@@ -98,7 +98,7 @@ def export_items(
             "dim": d,
             "count": n,
             "dtype": dtype,
-            "normalized": True,
+            "normalized": cfg.model.similarity == "cosine",  # dot: raw vectors, the norm is part of the score
             "metric": "inner_product",
             "items_per_s": round(n / max(secs, 1e-9), 1),
             "encode_seconds": round(secs, 3),

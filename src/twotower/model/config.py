@@ -8,6 +8,7 @@ from ..config import check, check_float, check_int
 
 POSITIONS = ("none", "learned", "time", "learned+time")
 POOLINGS = ("mean", "last")
+SIMILARITIES = ("cosine", "dot")
 
 
 @dataclass
@@ -32,6 +33,12 @@ class ModelConfig:
     positions: str = "learned"  # none | learned | time | learned+time (time = log2 gap buckets)
     pooling: str = "last"  # last | mean (masked mean over the visible prefix, as in the Phoenix seed)
     user_token: bool = True  # prepend the hashed user id (+ user features) token
+    # Score: cosine (unit user and item vectors, / temperature) or dot (raw vectors, as SASRec / MF: an item's
+    # norm can carry its popularity, which a cosine cannot express). The index scores by inner product either way.
+    similarity: str = "cosine"
+    # A history token also gets its item's candidate vector (the item tower's output), as SASRec ties its input
+    # and output item embeddings: "like this item" becomes a direct path from history to score.
+    tied_input: bool = False
     time_buckets: int = 32
     # Hybrid split (seed 001): offline encoder -> cached state; online head over (state, real-time context).
     online_head: bool = False  # False = the unsplit tower (encode_user runs the encoder at request time)
@@ -52,6 +59,7 @@ class ModelConfig:
         for name in ("dropout", "attn_dropout"):
             check_float(self, name, 0.0, 1.0, hi_open=True)
         check(self.positions in POSITIONS, "positions", self.positions, f"use one of {POSITIONS}")
+        check(self.similarity in SIMILARITIES, "similarity", self.similarity, f"use one of {SIMILARITIES}")
         check(self.pooling in POOLINGS, "pooling", self.pooling, f"use one of {POOLINGS}")
         check(self.dim % self.num_heads == 0, "dim", self.dim, f"it must be divisible by num_heads ({self.num_heads})")
         check(

@@ -22,6 +22,8 @@ class ItemTower(nn.Module):
         super().__init__()
         D = cfg.dim
         self.mlp = nn.Sequential(nn.Linear(item_dim, 2 * D), nn.SiLU(), nn.Linear(2 * D, D))
+        self.unit = cfg.similarity == "cosine"
 
     def forward(self, item_features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.mlp(item_features), dim=-1)
+        v = self.mlp(item_features)
+        return F.normalize(v, dim=-1) if self.unit else v

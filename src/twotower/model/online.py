@@ -31,6 +31,7 @@ class OnlineHead(nn.Module):
         super().__init__()
         D = cfg.dim
         self.heads = cfg.head_heads
+        self.unit = cfg.similarity == "cosine"  # unit output vectors (cosine) or raw (dot)
         self.state_proj = nn.Linear(D, D)
         with torch.no_grad():  # start as a pass-through of the cached state
             self.state_proj.weight.copy_(torch.eye(D))
@@ -80,4 +81,4 @@ class OnlineHead(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
         a = self.attn_out(a.reshape(B, D))
         u = s + self.mlp(self.ln_mlp(torch.cat([s, a, request], dim=-1)))
-        return F.normalize(u, dim=-1)
+        return F.normalize(u, dim=-1) if self.unit else u

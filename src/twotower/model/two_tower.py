@@ -84,6 +84,14 @@ class TwoTower(nn.Module):
         return self.item_tower(self.embed.items(items))
 
     # --- user tower --------------------------------------------------------------------------------------
+    def _item_vec(self) -> ItemTower | None:
+        """The item tower when history tokens take their items' candidate vectors (``tied_input``)."""
+        return self.item_tower if self.cfg.tied_input else None
+
+    def user_vectors(self, raw: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs [..., D] -> the user vectors scored against items: unit (cosine) or raw (dot)."""
+        return F.normalize(raw, dim=-1) if self.cfg.similarity == "cosine" else raw
+
     def encode_user(self, u: UserInputs, ctx: Context | None = None) -> torch.Tensor:
         """User tower -> unit vectors [B, D].
 
@@ -91,7 +99,7 @@ class TwoTower(nn.Module):
         history, then the online head over ``ctx`` (required: the request's time, surface and recent events).
         """
         if self.head is None:
-            seq = F.normalize(self.user_encoder(u, self.embed)[0], dim=-1)  # [B, L, D]
+            seq = self.user_vectors(self.user_encoder(u, self.embed, self._item_vec())[0])  # [B, L, D]
             last = (u.length + self.user_encoder.offset - 1).clamp_min(0)
             return seq[torch.arange(seq.shape[0], device=seq.device), last]
         if ctx is None:
@@ -100,7 +108,7 @@ class TwoTower(nn.Module):
 
     def encode_state(self, u: UserInputs) -> torch.Tensor:
         """Offline encoder: the whole history -> the state cached in the feature store, [B, T, D]."""
-        raw = self.user_encoder(u, self.embed)[0]
+        raw = self.user_encoder(u, self.embed, self._item_vec())[0]
         return self.user_encoder.states_at(raw, torch.arange(raw.shape[0], device=raw.device), u.length)
 
     def encode_online(self, state: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -123,7 +131,7 @@ class TwoTower(nn.Module):
 
     def event_tokens(self, ev: UserInputs) -> torch.Tensor:
         """Tokens [B, C, D] of events: the online head's context (the serving head's trace calls it)."""
-        return self.user_encoder.event_tokens(ev, self.embed)
+        return self.user_encoder.event_tokens(ev, self.embed, self._item_vec())
 
     def _online(self, state: torch.Tensor, ctx: Context, tokens: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """The head over state [B, T, D], context event ``tokens`` [B, C, D] (``length`` int64 [B] valid)."""
@@ -147,7 +155,7 @@ class TwoTower(nn.Module):
         """
         if not self.cfg.causal:
             return self._last_event_queries(inputs, rows)
-        raw, ev = self.user_encoder(inputs, self.embed)  # [B, L, D], [B, S, D]
+        raw, ev = self.user_encoder(inputs, self.embed, self._item_vec())  # [B, L, D], [B, S, D]
         if snapshots is not None:
             return self._head_queries(raw, ev, rows, snapshots)
         return self._encoder_queries(raw, rows)
@@ -161,7 +169,7 @@ class TwoTower(nn.Module):
         The encoder's queries give the offline encoder a direct training signal at every position, at the
         cost of one normalisation; the head's may then run on a sample of the targets (``Snapshots.position``).
         """
-        raw, ev = self.user_encoder(inputs, self.embed)
+        raw, ev = self.user_encoder(inputs, self.embed, self._item_vec())
         return self._head_queries(raw, ev, rows, snapshots), self._encoder_queries(raw, rows)
 
     def _head_queries(
@@ -175,7 +183,7 @@ class TwoTower(nn.Module):
 
     def _encoder_queries(self, raw: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The unsplit tower's query at every valid window position (the output that has seen history < j)."""
-        seq = F.normalize(raw, dim=-1)
+        seq = self.user_vectors(raw)
         B, S = rows.shape
         j = torch.arange(S, device=rows.device)
         valid = rows >= 0

@@ -9,6 +9,8 @@ seen tokens ``0..j`` only, so one pass over a training window yields the user ve
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -61,27 +63,35 @@ class UserEncoder(nn.Module):
         """Output index of the first history event's prefix: 1 with the user token in front, else 0."""
         return 1 if self.cfg.user_token else 0
 
-    def event_tokens(self, ev: UserInputs, embed: Embeddings) -> torch.Tensor:
+    def event_tokens(
+        self, ev: UserInputs, embed: Embeddings, item_vec: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """History tokens [B, S, D] of ``ev``'s history/actions/surface/gap (its user fields are not read).
 
-        Shared by the encoder (the history) and the online head (the events since the snapshot).
+        Shared by the encoder (the history) and the online head (the events since the snapshot). ``item_vec``
+        (``tied_input``): the item tower, item features [..., 2HD + D] -> [..., D], added to each token.
         """
         valid = ev.history.item[..., 0] > 0  # [B, S]; masks come from the ids, 0 = padding
         # Signed actions (seed 003): (2a - 1) @ W, zeroed where there is no event.
         signed = (2.0 * ev.actions - 1.0) * valid[..., None]
         act = self.action_proj(signed) if self.cfg.num_actions else signed.new_zeros(*valid.shape, self.cfg.dim)
-        h = self.hist_proj(torch.cat([embed.items(ev.history), act, self.surface_emb(ev.surface)], dim=-1))
+        feats = embed.items(ev.history)
+        h = self.hist_proj(torch.cat([feats, act, self.surface_emb(ev.surface)], dim=-1))
+        if item_vec is not None:
+            h = h + item_vec(feats) * valid[..., None]
         if self.gap_emb is not None:
             h = h + self.gap_emb(ev.gap)
         return h
 
-    def forward(self, u: UserInputs, embed: Embeddings) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, u: UserInputs, embed: Embeddings, item_vec: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(encoder outputs [B, L, D], the history tokens [B, S, D] they were computed from).
 
         Output ``j`` summarises tokens ``0..j``; with the user token, output ``j`` has seen history ``< j``.
         Per-prefix outputs are only meaningful for causal models (bidirectional ones see the whole sequence).
         """
-        ev = self.event_tokens(u, embed)
+        ev = self.event_tokens(u, embed, item_vec)
         x = ev
         if self.cfg.user_token:
             ut = self.user_proj(embed.users(u.user, u.user_feat))

@@ -102,5 +102,6 @@ class MixedNegatives(NegativeSource):
 
     @property
     def covers_positives(self) -> bool:
-        """Whether every batch's candidates hold all its positives (an in-batch source is among them)."""
-        return any(isinstance(s, InBatchNegatives) for s in self.sources)
+        """Whether every batch's candidates hold all its positives (an in-batch or full-corpus source is among
+        them): the task can then take the fused one-column-per-item loss."""
+        return any(isinstance(s, (InBatchNegatives, FullCorpus)) for s in self.sources)
