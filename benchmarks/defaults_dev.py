@@ -112,12 +112,18 @@ def main() -> int:
             f"{name:<16} " + " ".join(f"{k.split('/')[1]} {mean[k]:.4f}" for k in KEYS) + f"  {json.dumps(overrides)}",
             flush=True,
         )
-    result["summary"] = {
-        name.replace("-", "_"): v["valid_mean"]["filtered/ndcg@10"] for name, v in result["variants"].items()
-    }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2) + "\n")
+        _write(out_path, result)  # after every variant: a crash later loses nothing finished
     return 0
+
+
+def _write(path: Path, result: dict) -> None:
+    """``result`` with its summary (valid NDCG@10 per variant), written atomically."""
+    summary = result.setdefault("summary", {})
+    summary.update({n.replace("-", "_"): v["valid_mean"]["filtered/ndcg@10"] for n, v in result["variants"].items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,18 @@ def test_train_without_a_config_states_its_choices(synth_data, tmp_path, capsys)
     assert "no --config: defaults scaled to this dataset" in text and "max_len" in text
     saved = (out / "config.json").read_text()
     assert '"online_head": false' in saved and '"time_budget_s": 2.0' in saved
+
+
+def test_hybrid_flag_trains_the_servable_split(synth_data, tmp_path, capsys):
+    """``--hybrid`` (no config) gives the hybrid split the service loads; with --config it is refused."""
+    data = SequenceData.load(synth_data)
+    cfg, why = auto_config(data, hybrid=True)
+    assert cfg.model.online_head and cfg.model.user_token and cfg.train.encoder_loss_weight == 1.0
+    assert any("hybrid" in line for line in why)
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(synth_data), "--out", str(out), "--no-progress", "--time-budget", "2",
+                 "--epochs", "1", "--hybrid"])  # fmt: skip
+    assert code == 0 and '"online_head": true' in (out / "config.json").read_text()
+    code = main(["train", "--data", str(synth_data), "--out", str(tmp_path / "r2"), "--hybrid",
+                 "--config", str(out / "config.json")])  # fmt: skip
+    assert code == 2 and "--hybrid" in capsys.readouterr().err

@@ -151,12 +151,14 @@ def test_checkpoints_with_pre_split_key_names_load_with_their_version(setup, tmp
     assert out.stdout.strip() == version
 
 
-@pytest.mark.parametrize(("similarity", "tied"), [("cosine", True), ("dot", False), ("dot", True)])
-def test_scoring_variants_keep_prefix_equivalence(setup, similarity, tied):
+@pytest.mark.parametrize(
+    ("similarity", "tied", "tower"), [("cosine", True, "mlp"), ("dot", False, "mlp"), ("dot", True, "linear")]
+)
+def test_scoring_variants_keep_prefix_equivalence(setup, similarity, tied, tower):
     """Dot scores and tied inputs: one causal pass still equals the served user vector on every prefix;
     dot vectors are raw (not unit); a tied model's user vector moves with the item tower."""
     data, cfg, _, feat = setup
-    cfg.similarity, cfg.tied_input = similarity, tied
+    cfg.similarity, cfg.tied_input, cfg.item_tower = similarity, tied, tower
     torch.manual_seed(0)
     model = TwoTower(cfg).eval()
     u = np.array([3, 4])

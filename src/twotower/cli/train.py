@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import UsageError
 from .options import given, replace_checked
 
 #: Metrics ``twotower evaluate`` prints, in this order.
@@ -30,6 +31,12 @@ def declare_train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--time-budget", type=float, help="stop after this many seconds of training, resumes included (0 = none)"
     )
+    p.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="without --config: train the hybrid split (cached state + online head), the model the online "
+        "service serves; the default is the unsplit tower (offline evaluation, export, index)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train, on_interrupt=interrupted)
 
@@ -41,6 +48,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..train.run import load_dataset, resume_config
     from ..train.trainer import Trainer
 
+    if args.hybrid and (args.config or args.resume):
+        raise UsageError("--hybrid picks the no-config defaults' tower: with --config or --resume, set "
+                         "model.online_head in the config instead")  # fmt: skip
     given_cfg = cfgmod.load(RunConfig, args.config) if args.config else None
     data = load_dataset(args.data)
     # A resume trains on with the run's saved config; a given --config may only change what RESUMABLE allows.
@@ -51,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:  # no config: defaults scaled to this dataset, each choice said
         from ..train.auto import auto_config
 
-        cfg, reasons = auto_config(data, args.time_budget)
+        cfg, reasons = auto_config(data, args.time_budget, hybrid=args.hybrid)
         print("no --config: defaults scaled to this dataset (twotower.train.auto):")
         for line in reasons:
             print(f"  {line}")

@@ -163,5 +163,5 @@ def require_online_head(cfg: ModelConfig, where: Path) -> None:
     if not cfg.online_head:
         raise ArtifactError(
             f"{where} is an unsplit model (model.online_head = false); the online service needs a hybrid "
-            "model: train with online_head = true (e.g. configs/ml1m_hybrid.toml)"
+            "model: train with online_head = true (e.g. configs/ml1m_hybrid.toml), or with no config add --hybrid"
         )

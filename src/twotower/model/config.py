@@ -9,6 +9,7 @@ from ..config import check, check_float, check_int
 POSITIONS = ("none", "learned", "time", "learned+time")
 POOLINGS = ("mean", "last")
 SIMILARITIES = ("cosine", "dot")
+ITEM_TOWERS = ("mlp", "linear")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ModelConfig:
     # A history token also gets its item's candidate vector (the item tower's output), as SASRec ties its input
     # and output item embeddings: "like this item" becomes a direct path from history to score.
     tied_input: bool = False
+    item_tower: str = "mlp"  # mlp: Linear(2D) -> SiLU -> Linear(D) (seed 003); linear: one Linear(D)
     time_buckets: int = 32
     # Hybrid split (seed 001): offline encoder -> cached state; online head over (state, real-time context).
     online_head: bool = False  # False = the unsplit tower (encode_user runs the encoder at request time)
@@ -59,6 +61,7 @@ class ModelConfig:
         for name in ("dropout", "attn_dropout"):
             check_float(self, name, 0.0, 1.0, hi_open=True)
         check(self.positions in POSITIONS, "positions", self.positions, f"use one of {POSITIONS}")
+        check(self.item_tower in ITEM_TOWERS, "item_tower", self.item_tower, f"use one of {ITEM_TOWERS}")
         check(self.similarity in SIMILARITIES, "similarity", self.similarity, f"use one of {SIMILARITIES}")
         check(self.pooling in POOLINGS, "pooling", self.pooling, f"use one of {POOLINGS}")
         check(self.dim % self.num_heads == 0, "dim", self.dim, f"it must be divisible by num_heads ({self.num_heads})")

@@ -2,7 +2,8 @@
 
 Seed 003 §3: the item's hash and feature embeddings (shared with the user tower, see
 :class:`~twotower.model.layers.Embeddings`) go through ``Linear(2D) -> SiLU -> Linear(D)`` and are
-L2-normalised, so the retrieval score is a cosine. It has no dropout: the vectors it makes at training time
+L2-normalised, so the retrieval score is a cosine (``item_tower = "linear"``: one projection instead of the
+MLP; ``similarity = "dot"``: no normalisation). It has no dropout: the vectors it makes at training time
 are the ones exported for the index.
 """
 
@@ -21,7 +22,10 @@ class ItemTower(nn.Module):
     def __init__(self, cfg: ModelConfig, item_dim: int):
         super().__init__()
         D = cfg.dim
-        self.mlp = nn.Sequential(nn.Linear(item_dim, 2 * D), nn.SiLU(), nn.Linear(2 * D, D))
+        if cfg.item_tower == "mlp":
+            self.mlp = nn.Sequential(nn.Linear(item_dim, 2 * D), nn.SiLU(), nn.Linear(2 * D, D))
+        else:  # linear: the item's vector is a projection of its embeddings, as close to an id table as hashing gets
+            self.mlp = nn.Sequential(nn.Linear(item_dim, D))
         self.unit = cfg.similarity == "cosine"
 
     def forward(self, item_features: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,10 @@ the chosen config is saved as the run's ``config.json`` like any other):
   warm-up 5 % of the first epoch's steps (at most 100), a cosine that ends with the time budget
   (``lr_follows_budget``), early stopping on validation NDCG@10 (``patience`` 5, counted once half the budget
   is spent) and validation on at most 2,000 users so it costs a few seconds;
-* **the tower**: the unsplit one (the service runs the encoder over the user's history per request), cosine
-  scores at temperature 0.1, no user-id token (a user's id is one more table row to fit from a few dozen
-  events; the history says more).
+* **the tower**: the unsplit one, cosine scores at temperature 0.1, no user-id token (a user's id is one more
+  table row to fit from a few dozen events; the history says more). It serves offline: ``evaluate``,
+  ``export`` and the index. The online service serves the hybrid split only: ``twotower train --hybrid``
+  (``auto_config(hybrid=True)``) trains it with the recipe these defaults had before the dev-log selection.
 
 How the constant choices were made: ``benchmarks/defaults_dev.py`` scores variants on the **validation** split
 of a dev log (``ml-1m-last30``: each ML-1M user's last 30 events), never a log the transfer benchmark checks
@@ -28,8 +29,7 @@ and never a test split. At 120 s on 2 cores (NDCG@10, strict, one seed): the hyb
 unsplit 0.1008 (the hybrid trained 18k examples/s against the unsplit tower's 27k, 13 epochs against 19);
 temperature 0.05 / 0.1 / 0.2: 0.1008 / 0.1083 / 0.0915; without the user token 0.1115; 2k-target
 batches 0.1159 against 4k. Not taken: dot-product scores (0.0907), the full softmax (0.0761), tied input
-tokens (0.1083), dropout 0.3 (0.1058), learning rate 1e-3 (0.0925). The hybrid split stays a config choice
-(``model.online_head``, e.g. ``configs/ml1m_hybrid.toml``) for logs where the state must be cached. One seed
+tokens (0.1083), dropout 0.3 (0.1058), learning rate 1e-3 (0.0925). One seed
 per variant: differences under ~0.005 are within what a seed moves, so only the hybrid, the temperature and the
 batch size are clear wins; the user token's removal is a tie kept because it is the simpler model.
 """
@@ -87,9 +87,15 @@ def _buckets(count: int, lo: int, hi: int) -> int:
 
 
 def auto_config(
-    data: SequenceData, time_budget_s: float | None = None, split: str = "loo"
+    data: SequenceData, time_budget_s: float | None = None, split: str = "loo", hybrid: bool = False
 ) -> tuple[RunConfig, list[str]]:
-    """A :class:`RunConfig` for ``data`` by the rules of the module docstring, and one line per choice."""
+    """A :class:`RunConfig` for ``data`` by the rules of the module docstring, and one line per choice.
+
+    ``hybrid`` (``twotower train --hybrid``): the hybrid split the online service serves, with the recipe the
+    defaults had before the dev-log selection (the user token, temperature 0.05, 4k-target batches, the encoder's
+    own loss, the head on a quarter of the targets), only the history length, buckets, dropout and logQ rules
+    shared with the unsplit defaults.
+    """
     s = data_shape(data, split)
     why: list[str] = []
     max_len = int(min(200, max(16, 8 * math.ceil(s.history_p90 / 8))))
@@ -113,15 +119,16 @@ def auto_config(
         num_heads=2,
         dropout=dropout,
         positions="learned+time",
-        user_token=False,
-        online_head=False,
+        user_token=hybrid,
+        online_head=hybrid,
     )
     why.append(
         f"buckets: items {model.item_buckets:,}, users {model.user_buckets:,}, features {model.feature_buckets:,} "
         f"(~4x {s.items:,} items, {s.users:,} users, {s.features:,} feature tokens)"
     )
-    # Targets per batch: ~2k, fewer on a small log so that an epoch keeps >= 80 optimizer steps.
-    batch_tokens = int(min(2048, max(256, 2 ** math.floor(math.log2(max(256, s.train_events // 80))))))
+    # Targets per batch: ~2k, fewer on a small log so that an epoch keeps >= 80 optimizer steps (hybrid: ~4k, >= 40).
+    most, min_steps = (4096, 40) if hybrid else (2048, 80)
+    batch_tokens = int(min(most, max(256, 2 ** math.floor(math.log2(max(256, s.train_events // min_steps))))))
     steps = max(1, s.train_events // batch_tokens)
     why.append(f"batch_tokens {batch_tokens}: ~{steps} steps per epoch over {s.train_events:,} training events")
     logq = "streaming" if s.items > 4 * batch_tokens else "none"
@@ -135,7 +142,7 @@ def auto_config(
         batch_tokens=batch_tokens,
         lr=3e-3,
         warmup_steps=int(min(100, max(10, steps // 20))),
-        temperature=0.1,
+        temperature=0.05 if hybrid else 0.1,
         negatives=["in_batch", "uniform"],
         num_uniform=int(min(1024, s.items)),
         logq=logq,
@@ -145,9 +152,13 @@ def auto_config(
         time_budget_s=budget,
         lr_follows_budget=True,
     )
+    if hybrid:  # the encoder learns from its own loss at every position; the head trains on a quarter of targets
+        train.encoder_loss_weight, train.head_fraction, train.fresh_prob = 1.0, 0.25, 0.25
     why.append(
-        "tower: unsplit (the service encodes the history per request), cosine scores at temperature 0.1, no "
-        "user-id token (see benchmarks/defaults_dev.py)"
+        "tower: the hybrid split (--hybrid: cached state + online head, servable), temperature 0.05, user token"
+        if hybrid
+        else "tower: unsplit (offline evaluation, export, index; the online service needs --hybrid), cosine at "
+        "temperature 0.1, no user-id token (chosen on a dev log's validation: benchmarks/defaults_dev.py)"
     )
     why.append(
         f"schedule: cosine over the {budget:.0f} s time budget; early stop after 5 validations without gain, "
