@@ -61,7 +61,7 @@ def test_hybrid_flag_trains_the_servable_split(synth_data, tmp_path, capsys):
     """``--hybrid`` (no config) gives the hybrid split the service loads; with --config it is refused."""
     data = SequenceData.load(synth_data)
     cfg, why = auto_config(data, hybrid=True)
-    assert cfg.model.online_head and cfg.model.user_token and cfg.train.encoder_loss_weight == 1.0
+    assert cfg.model.online_head and cfg.train.encoder_loss_weight == 1.0 and cfg.train.head_fraction == 0.25
     assert any("hybrid" in line for line in why)
     out = tmp_path / "run"
     code = main(["train", "--data", str(synth_data), "--out", str(out), "--no-progress", "--time-budget", "2",
