@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sasrec_peer  # noqa: E402
 import transfer_logs  # noqa: E402
+from transfer import write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("filtered/hr@10", "filtered/ndcg@10", "filtered/hr@100")
@@ -112,18 +113,12 @@ def main() -> int:
             f"{name:<16} " + " ".join(f"{k.split('/')[1]} {mean[k]:.4f}" for k in KEYS) + f"  {json.dumps(overrides)}",
             flush=True,
         )
-        _write(out_path, result)  # after every variant: a crash later loses nothing finished
+        # After every variant, with the summary (valid NDCG@10 per variant): a crash later loses nothing finished.
+        summary = result.setdefault("summary", {})
+        for n, v in result["variants"].items():
+            summary[n.replace("-", "_")] = v["valid_mean"]["filtered/ndcg@10"]
+        write_json(out_path, result)
     return 0
-
-
-def _write(path: Path, result: dict) -> None:
-    """``result`` with its summary (valid NDCG@10 per variant), written atomically."""
-    summary = result.setdefault("summary", {})
-    summary.update({n.replace("-", "_"): v["valid_mean"]["filtered/ndcg@10"] for n, v in result["variants"].items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

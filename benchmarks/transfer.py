@@ -111,12 +111,12 @@ def main() -> int:
             entry["twotower"].append(run_twotower(root, args.budget, seed, cache / name / f"run-seed{seed}"))
             logging.info("%s seed %d: plain SASRec peer, %.0f s budget", name, seed, args.budget)
             entry["peer"].append(sasrec_peer.run_sasrec(root, args.budget, seed=seed, progress=False))
-            _write(out_path, result)  # partial results survive a crash
+            write_json(out_path, result)  # partial results survive a crash
         entry["twotower_test"] = mean_std(entry["twotower"])
         entry["peer_test"] = mean_std(entry["peer"])
     result["wall_seconds"] = round(time.perf_counter() - t_all, 1)
     result["summary"] = summarize(result["logs"])
-    _write(out_path, result)
+    write_json(out_path, result)
     print_table(result)
     print(f"wrote {out_path}")
     return 0
@@ -156,7 +156,8 @@ def print_table(result: dict) -> None:
     print(json.dumps(result.get("summary", {}), indent=2))
 
 
-def _write(path: Path, result: dict) -> None:
+def write_json(path: Path, result: dict) -> None:
+    """``result`` as indented JSON at ``path``, written atomically (a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")

@@ -10,10 +10,10 @@ are the ones exported for the index.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .layers import score_vectors
 
 
 class ItemTower(nn.Module):
@@ -26,8 +26,7 @@ class ItemTower(nn.Module):
             self.mlp = nn.Sequential(nn.Linear(item_dim, 2 * D), nn.SiLU(), nn.Linear(2 * D, D))
         else:  # linear: the item's vector is a projection of its embeddings, as close to an id table as hashing gets
             self.mlp = nn.Sequential(nn.Linear(item_dim, D))
-        self.unit = cfg.similarity == "cosine"
+        self.similarity = cfg.similarity
 
     def forward(self, item_features: torch.Tensor) -> torch.Tensor:
-        v = self.mlp(item_features)
-        return F.normalize(v, dim=-1) if self.unit else v
+        return score_vectors(self.mlp(item_features), self.similarity)

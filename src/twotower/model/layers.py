@@ -15,6 +15,13 @@ from ..features.inputs import ItemInputs
 from .config import ModelConfig
 
 
+def score_vectors(x: torch.Tensor, similarity: str) -> torch.Tensor:
+    """Tower outputs [..., D] -> the vectors whose inner product is the score: unit (``cosine``) or raw (``dot``).
+
+    The one rule for both towers and the online head, so a user and an item vector never disagree on it."""
+    return F.normalize(x, dim=-1) if similarity == "cosine" else x
+
+
 def padded_table(buckets: int, dim: int) -> nn.Embedding:
     """Embedding table with N(0, 0.02) rows and row 0 (padding) fixed at zero."""
     table = nn.Embedding(buckets, dim, padding_idx=0)

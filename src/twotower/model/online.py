@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .layers import score_vectors
 
 
 class OnlineHead(nn.Module):
@@ -31,7 +32,7 @@ class OnlineHead(nn.Module):
         super().__init__()
         D = cfg.dim
         self.heads = cfg.head_heads
-        self.unit = cfg.similarity == "cosine"  # unit output vectors (cosine) or raw (dot)
+        self.similarity = cfg.similarity
         self.state_proj = nn.Linear(D, D)
         with torch.no_grad():  # start as a pass-through of the cached state
             self.state_proj.weight.copy_(torch.eye(D))
@@ -81,4 +82,4 @@ class OnlineHead(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
         a = self.attn_out(a.reshape(B, D))
         u = s + self.mlp(self.ln_mlp(torch.cat([s, a, request], dim=-1)))
-        return F.normalize(u, dim=-1) if self.unit else u
+        return score_vectors(u, self.similarity)

@@ -16,13 +16,12 @@ encoder's state and run only the small online head per request. No index lives i
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..features.inputs import Context, ItemInputs, Snapshots, UserInputs
 from .config import ModelConfig
 from .item_tower import ItemTower
-from .layers import Embeddings
+from .layers import Embeddings, score_vectors
 from .online import OnlineHead
 from .user_encoder import UserEncoder, gather_rows
 
@@ -90,7 +89,7 @@ class TwoTower(nn.Module):
 
     def user_vectors(self, raw: torch.Tensor) -> torch.Tensor:
         """Encoder outputs [..., D] -> the user vectors scored against items: unit (cosine) or raw (dot)."""
-        return F.normalize(raw, dim=-1) if self.cfg.similarity == "cosine" else raw
+        return score_vectors(raw, self.cfg.similarity)
 
     def encode_user(self, u: UserInputs, ctx: Context | None = None) -> torch.Tensor:
         """User tower -> unit vectors [B, D].
