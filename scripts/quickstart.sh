@@ -31,20 +31,16 @@ for _ in range(240):  # wait until the artifacts are loaded
         break
     except OSError:
         time.sleep(0.5)
-body = {
-    "user_id": "1",
-    "context": {
-        "recent_events": [
-            {"item_id": "Toy Story (1995)", "actions": ["rated", "liked", "loved"], "timestamp": 978824330},
-            {"item_id": "Aladdin (1992)", "actions": ["rated", "liked"], "timestamp": 978824351},
-        ],
-        "timestamp": 978824400,
-    },
-    "k": 5,
-}
-print("POST /v1/retrieve", json.dumps(body))
-req = urllib.request.Request(base + "/v1/retrieve", json.dumps(body).encode(), {"content-type": "application/json"})
-print(json.dumps(json.load(urllib.request.urlopen(req, timeout=10)), indent=2))
+events = [
+    {"item_id": "Toy Story (1995)", "actions": ["rated", "liked", "loved"], "timestamp": 978824330},
+    {"item_id": "Aladdin (1992)", "actions": ["rated", "liked"], "timestamp": 978824351},
+]
+# user 1 has a cached vector; "new-user" has none: the model encodes the two events it sends
+for body in ({"user_id": "1", "k": 5}, {"user_id": "new-user", "context": {"recent_events": events}, "k": 5}):
+    print("POST /v1/retrieve", json.dumps(body))
+    req = urllib.request.Request(base + "/v1/retrieve", json.dumps(body).encode(), {"content-type": "application/json"})
+    got = json.load(urllib.request.urlopen(req, timeout=10))
+    print(f"  path {got['path']}, model {got['model_version']}:", "; ".join(x["item_id"] for x in got["items"]))
 PY
 python - "$WORK/run/eval_test.json" "$((SECONDS - START))" <<'PY'
 import json, sys

@@ -263,16 +263,72 @@ def test_store_url_errors_hide_the_password(url):
     assert "hunter2" not in str(info.value) and ":***@" in str(info.value)
 
 
-def test_unsplit_model_is_refused_with_the_fix(synth_data, tmp_path):
+def test_an_unsplit_tower_serves_its_offline_vectors(synth_data, tmp_path):
+    """An unsplit run is servable: a user with a cached vector gets the exact top-k of the offline user vector
+    (sent events after the snapshot are excluded and counted, not folded in); a user without one, the encoder
+    over the events sent; a user with neither, the average user of the export's sample."""
     from conftest import small_run_config
 
+    from twotower.serve.unsplit import average_user
     from twotower.train.trainer import Trainer
 
+    data = SequenceData.load(synth_data)
     cfg = small_run_config(epochs=1, eval_users=0)
-    Trainer(SequenceData.load(synth_data), cfg, tmp_path / "run").fit(progress=False)
-    with pytest.raises(ArtifactError, match="online_head = true"):
-        build_artifacts(tmp_path / "run", tmp_path / "root")
-    with pytest.raises(Exception, match="serve-prepare"):
+    cfg.model.user_token, cfg.model.positions = False, "learned+time"  # a new user is its events, gaps included
+    Trainer(data, cfg, tmp_path / "run").fit(progress=False)
+    as_of = int(np.median(data.event_ts))
+    build_artifacts(tmp_path / "run", tmp_path / "root", backend="exact", as_of=as_of)
+    users, targets = data.eval_targets("loo", "test")
+    snaps = snapshot_rows(data, users, as_of)
+    n_before = snaps - data.user_offsets[users]
+    pick = (n_before > 0) & (n_before <= cfg.model.max_len) & (targets > snaps)
+    u, s, t = users[pick][:12], snaps[pick][:12], targets[pick][:12]
+    assert len(u) >= 8
+    with TestClient(create_app(settings(tmp_path / "root"))) as c:
+        svc = c.app.state.service
+        bundle = svc.retriever.bundle
+        feat = Featurizer(data, bundle.model_config)
+        with torch.no_grad():
+            q_ref = bundle.model.encode_user(feat.histories_before(u, s)).numpy()  # what `evaluate` scores
+        ids, emb, _ = load_embeddings(tmp_path / "root" / "embeddings" / bundle.model_version)
+        oracle = VectorIndex.build(ids, emb, IndexConfig(backend="exact"))
+        item_ids = data.item_ids().astype(str)
+
+        # cached: the offline vector, whatever the request sends after the snapshot
+        bodies = [dataset_request(data, *x) for x in zip(u, s, t)]
+        parsed = [parse_request(RetrieveRequest.model_validate(b), bundle) for b in bodies]
+        q_serve, paths = svc.retriever.user_vectors(bundle, parsed)
+        assert paths == ["cached"] * len(u)
+        np.testing.assert_allclose(q_serve, q_ref, atol=1e-6)
+        before = metric(c, "twotower_unfolded_events_total")
+        for b, body in enumerate(bodies[:6]):
+            seen = np.unique(data.event_item[s[b] : t[b]].astype(np.int64))
+            want_s, want_i = oracle.search(q_ref[b : b + 1], 10, exclude=[seen])
+            got = c.post("/v1/retrieve", json=body).json()
+            assert got["path"] == "cached"
+            assert [x["item_id"] for x in got["items"]] == list(item_ids[want_i[0]])
+            np.testing.assert_allclose([x["score"] for x in got["items"]], want_s[0], atol=1e-5)
+        assert metric(c, "twotower_unfolded_events_total") == before + int((t - s)[:6].sum())
+
+        # no cached vector: the events sent are the history (here: each user's history before the snapshot)
+        cold = [
+            dataset_request(data, x, int(data.user_offsets[x]), y, first=int(data.user_offsets[x]))
+            for x, y in zip(u, s)
+        ]
+        for body in cold:
+            body["user_id"] = "new-" + body["user_id"]
+        parsed = [parse_request(RetrieveRequest.model_validate(b), bundle) for b in cold]
+        q_cold, paths = svc.retriever.user_vectors(bundle, parsed)
+        assert paths == ["cold_start"] * len(u)
+        np.testing.assert_allclose(q_cold, q_ref, atol=1e-5)
+
+        # nothing at all: the average user, for a new user and when the user's only state is another version's
+        avg = average_user(tmp_path / "root" / "embeddings" / bundle.model_version, 16, "cosine").numpy()
+        want_s, want_i = oracle.search(avg[None], 5)
+        got = c.post("/v1/retrieve", json={"user_id": "nobody", "k": 5}).json()
+        assert got["path"] == "cold_start" and [x["item_id"] for x in got["items"]] == list(item_ids[want_i[0]])
+    (tmp_path / "root" / "embeddings" / bundle.model_version / "users_sample.npy").unlink()
+    with pytest.raises(ArtifactError, match="users_sample.npy is missing.*serve-prepare"):
         load_bundle(tmp_path / "root")
 
 

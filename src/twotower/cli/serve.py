@@ -68,7 +68,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def declare_serve_prepare(p: argparse.ArgumentParser) -> None:
     """Arguments of ``twotower serve-prepare``: the run, the root, the store, and the index flags."""
-    p.add_argument("--run", required=True, help="run directory of a hybrid model (model.online_head = true)")
+    p.add_argument(
+        "--run", required=True, help="run directory of a trained model (hybrid: fresh events; unsplit: cached vectors)"
+    )
     p.add_argument("--artifacts", required=True, help="artifact root to create or add a version to")
     p.add_argument("--store", help="feature store URL (default sqlite:///ARTIFACTS/states.db)")
     add_index_knobs(p)
@@ -98,7 +100,7 @@ def cmd_serve_prepare(args: argparse.Namespace) -> int:
 
 def declare_refresh_states(p: argparse.ArgumentParser) -> None:
     """Arguments of ``twotower refresh-states``."""
-    p.add_argument("--run", required=True, help="run directory of a hybrid model (model.online_head = true)")
+    p.add_argument("--run", required=True, help="run directory (hybrid: the encoder states; unsplit: the user vectors)")
     p.add_argument("--store", required=True, help="sqlite:///states.db | redis://host:6379/0")
     p.add_argument("--as-of", help="history cut-off: unix seconds or ISO date (default: after the last event)")
     p.add_argument("--since", help="only users whose last event is at or after this time")

@@ -34,8 +34,8 @@ def declare_train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hybrid",
         action="store_true",
-        help="without --config: train the hybrid split (cached state + online head), the model the online "
-        "service serves; the default is the unsplit tower (offline evaluation, export, index)",
+        help="without --config: train the hybrid split (cached state + online head), whose served vectors take "
+        "the events a request sends; the default unsplit tower serves the user vectors the refresh job cached",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train, on_interrupt=interrupted)

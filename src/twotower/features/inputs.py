@@ -55,6 +55,11 @@ class UserInputs:
             self.length.to(device),
         )
 
+    def __getitem__(self, idx: int | slice | torch.Tensor) -> UserInputs:
+        """The users ``idx`` selects (every field indexed on its batch dimension)."""
+        return UserInputs(self.user[idx], self.user_feat[idx], self.history[idx], self.actions[idx],
+                          self.surface[idx], self.gap[idx], self.length[idx])  # fmt: skip
+
 
 @dataclass
 class Context:

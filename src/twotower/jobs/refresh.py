@@ -1,10 +1,11 @@
 """The refresh job: run the offline encoder for users with new activity and write their states to the store.
 
-A daily (or hourly) job in the hybrid split (seed 001). As of time ``as_of`` a user's history is every event
-with timestamp < ``as_of``; the user is *stale* when that history ends later than the state the store holds
-for this model version (or no state exists). Only stale users are encoded, in a fixed order, and each batch
-is one atomic ``put_many``. A killed job therefore resumes for free: running it again recomputes the stale
-set, which no longer contains the users of finished batches, and nothing is encoded twice.
+A daily (or hourly) job in the hybrid split (seed 001); for an unsplit tower it caches the user vector. As
+of time ``as_of`` a user's history is every event with timestamp < ``as_of``; the user is *stale* when that
+history ends later than the state the store holds for this model version (or no state exists). Only stale
+users are encoded, in a fixed order, and each batch is one atomic ``put_many``. A killed job therefore
+resumes for free: running it again recomputes the stale set, which no longer contains the users of finished
+batches, and nothing is encoded twice.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def refresh_states(
     progress: bool = True,
     stop_after_batches: int | None = None,
 ) -> RefreshReport:
-    """Encode the stale users of ``run``'s hybrid model as of ``as_of`` (default: after the last event).
+    """Encode the stale users of ``run``'s model as of ``as_of`` (default: after the last event): the hybrid
+    tower's encoder state, or the unsplit tower's user vector (``TwoTower.encode_state``).
 
     ``since``: consider only users whose last event before ``as_of`` is at or after ``since`` (the daily
     job's "users with new activity"); others are not even looked up in the store. ``batch``: users per encoder
@@ -83,11 +85,6 @@ def refresh_states(
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise RefreshError(f"batch must be a whole number of users >= 1 (e.g. --batch 512), got {batch!r}")
     model, model_cfg, version = load_model(run, device=device)
-    if model.head is None:
-        raise RefreshError(
-            f"{run} is an unsplit model (model.online_head = false): it has no cached state to refresh; "
-            "train with online_head = true (e.g. configs/ml1m_hybrid.toml)"
-        )
     if data_dir is None:
         rec = Path(run) / "data_path.txt"
         if not rec.is_file():

@@ -17,7 +17,7 @@ from ..errors import ArtifactError
 from ..fsutil import remove_leftovers, sibling_names, swap_dir
 from ..index import IndexConfig
 from ..index.publish import build_and_publish
-from ..model.checkpoint import load_model, load_state_version, require_online_head, resolve
+from ..model.checkpoint import load_model, load_state_version, resolve
 from .export import export_items
 from .refresh import refresh_states
 
@@ -62,7 +62,7 @@ def build_artifacts(
     as_of: int | None = None,
     progress: bool = False,
 ) -> dict:
-    """Assemble (or add a model version to) an artifact root from a trained hybrid run.
+    """Assemble (or add a model version to) an artifact root from a trained run (hybrid or unsplit).
 
     Steps: copy the checkpoint to ``models/<v>``, export item embeddings, write the users' states into the
     store (``store_url``, default ``sqlite:///ROOT/states.db``) as of ``as_of`` (default: after the last
@@ -73,8 +73,7 @@ def build_artifacts(
     run, root = Path(run), Path(root)
     if not (run / "data_path.txt").is_file():
         raise ArtifactError(f"{run} does not record its dataset (data_path.txt); is it a `twotower train` run?")
-    _, cfg, version = load_model(run)
-    require_online_head(cfg, run)
+    _, _, version = load_model(run)
     root.mkdir(parents=True, exist_ok=True)
     copy_model(run, root / "models" / version, version)
     emb_dir = root / "embeddings" / version

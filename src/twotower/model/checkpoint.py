@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .. import config as cfgmod
-from ..errors import ArtifactError, CheckpointError
+from ..errors import CheckpointError
 from .config import ModelConfig
 from .two_tower import TwoTower
 
@@ -155,13 +155,3 @@ def load_model(run_or_ckpt: str | Path, which: str = "best", device: str = "cpu"
         raise CheckpointError(f"checkpoint {path}: config.json has no [model] table; retrain or restore it")
     cfg = cfgmod.from_dict(ModelConfig, config["model"], where=f"{path}/config.json [model]")
     return build_model(weights, cfg, path, device), cfg, state["model_version"]
-
-
-def require_online_head(cfg: ModelConfig, where: Path) -> None:
-    """ArtifactError unless the model has an online head: the service serves the hybrid split only (checked by
-    ``serve-prepare`` before any work and by the service's loader)."""
-    if not cfg.online_head:
-        raise ArtifactError(
-            f"{where} is an unsplit model (model.online_head = false); the online service needs a hybrid "
-            "model: train with online_head = true (e.g. configs/ml1m_hybrid.toml), or with no config add --hybrid"
-        )

@@ -48,6 +48,12 @@ class ModelConfig:
     context_len: int = 16  # C: at most this many events since the snapshot reach the online head
     head_heads: int = 2  # attention heads of the head's context layer
 
+    @property
+    def cached_state_shape(self) -> tuple[int, int]:
+        """(T, D) of one user's row in the feature store: the encoder's last ``state_tokens`` outputs for a
+        hybrid tower, the user vector itself (T = 1) for an unsplit one."""
+        return (self.state_tokens if self.online_head else 1), self.dim
+
     def __post_init__(self) -> None:
         """Range checks; every failure is a ConfigError naming the field, the value and what is allowed."""
         for name in ("dim", "num_hashes", "max_len", "num_heads", "ffn_mult", "time_buckets"):

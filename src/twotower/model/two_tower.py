@@ -6,10 +6,12 @@ callers need:
 * :meth:`~TwoTower.encode_items` — candidate tower, for training negatives, the export and evaluation;
 * :meth:`~TwoTower.encode_user` — a user with (hybrid) or without (unsplit) the request context;
 * :meth:`~TwoTower.encode_state` / :meth:`~TwoTower.encode_online` — the hybrid split: the offline state the
-  refresh job caches in the feature store, and the online head the service runs over it;
+  refresh job caches in the feature store, and the online head the service runs over it (an unsplit tower's
+  cached state is its user vector);
 * :meth:`~TwoTower.training_queries` — every training target of a window batch in one pass.
 
-Unsplit towers run the whole encoder at request time. Hybrid towers (``online_head``, seed 001) cache the
+Unsplit towers serve the user vector the refresh job cached (or run the encoder over the events a request
+sends, for a user with no cached vector). Hybrid towers (``online_head``, seed 001) cache the
 encoder's state and run only the small online head per request. No index lives in here.
 """
 
@@ -106,7 +108,10 @@ class TwoTower(nn.Module):
         return self.encode_online(self.encode_state(u), ctx)
 
     def encode_state(self, u: UserInputs) -> torch.Tensor:
-        """Offline encoder: the whole history -> the state cached in the feature store, [B, T, D]."""
+        """Offline encoder: the whole history -> the state cached in the feature store, [B, T, D]
+        (``cfg.cached_state_shape``: an unsplit tower caches its user vector, [B, 1, D])."""
+        if self.head is None:
+            return self.encode_user(u)[:, None]
         raw = self.user_encoder(u, self.embed, self._item_vec())[0]
         return self.user_encoder.states_at(raw, torch.arange(raw.shape[0], device=raw.device), u.length)
 

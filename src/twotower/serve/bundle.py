@@ -5,7 +5,8 @@ The artifact root the service serves from (assembled by :func:`twotower.jobs.ser
 
     models/<model_version>/checkpoints/best/   model.safetensors + config.json + state.json (no optimizer)
     models/<model_version>/data_path.txt       the prepared dataset (item id strings and hash tables)
-    embeddings/<model_version>/                the candidate tower over the corpus (``twotower export``)
+    embeddings/<model_version>/                the candidate tower over the corpus (``twotower export``); an
+                                               unsplit model's no-history vector comes from its users_sample
     index/                                     index root: versions/<v>/, CURRENT, history.json
     states.db                                  SQLite feature store (default; Redis via TWOTOWER_STORE_URL)
     data/                                      optional: a dataset that overrides data_path.txt
@@ -31,9 +32,10 @@ from ..features import Featurizer
 from ..index.publish import current_version, load_current, published_versions
 from ..index.vector_index import VectorIndex
 from ..model import ModelConfig, TwoTower
-from ..model.checkpoint import load_model, require_online_head
+from ..model.checkpoint import load_model
 from .head import OnlineEncoder
 from .items import FeatureIndex, ItemTable, item_feature_columns
+from .unsplit import UnsplitEncoder, average_user
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +52,19 @@ class Bundle:
     items: ItemTable
     actions: dict[str, int]  # action name -> bit
     surfaces: dict[str, int]  # surface name -> embedding index (0 = none/unknown)
-    encoder: OnlineEncoder  # the online head as served (traced graph, or eager)
+    encoder: OnlineEncoder | UnsplitEncoder  # the online head as served (traced or eager), or the unsplit rule
 
     @property
     def state_shape(self) -> tuple[int, int]:
         """(T, D) of one user's cached state: state tokens x embedding dim."""
-        return self.model_config.state_tokens, self.model_config.dim
+        return self.model_config.cached_state_shape
+
+    @property
+    def context_len(self) -> int:
+        """At most this many sent events reach the user vector: the head's ``context_len`` (hybrid), or the
+        encoder's ``max_len`` (unsplit: they are the whole history of a user without a cached vector)."""
+        cfg = self.model_config
+        return cfg.context_len if cfg.online_head else cfg.max_len
 
 
 def _dataset_dir(root: Path, model_dir: Path) -> Path:
@@ -114,7 +123,6 @@ def load_bundle(
             "publish indexes with build_artifacts (it copies the model) or copy the run there"
         )
     model, cfg, version = load_model(model_dir)
-    require_online_head(cfg, model_dir)
     if version != index.model_version:
         raise ArtifactError(f"{model_dir} holds model {version}, the index expects {index.model_version}; rebuild")
     if index.dim != cfg.dim:
@@ -142,8 +150,11 @@ def load_bundle(
     actions = {name: i for i, name in enumerate(data.manifest.get("actions", [])[: max(cfg.num_actions, 0)])}
     surfaces = {name: i + 1 for i, name in enumerate(data.manifest.get("surfaces", [])) if i < cfg.num_surfaces}
     model.requires_grad_(False)
-    like = previous.encoder if previous is not None else None
-    encoder = OnlineEncoder(model, table.feat.shape[1], trace=trace_head, like=like)
+    if cfg.online_head:
+        like = previous.encoder if previous is not None and isinstance(previous.encoder, OnlineEncoder) else None
+        encoder: OnlineEncoder | UnsplitEncoder = OnlineEncoder(model, table.feat.shape[1], trace_head, like)
+    else:
+        encoder = UnsplitEncoder(model, average_user(root / "embeddings" / version, cfg.dim, cfg.similarity))
     return Bundle(model, cfg, version, index, index_version, table, actions, surfaces, encoder)
 
 

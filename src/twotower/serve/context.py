@@ -5,7 +5,8 @@ must build the identical tensors from item id strings, action names and timestam
 something it never saw (train/serve skew). The rules, mirrored from the Featurizer:
 
 * events the state already encodes (``timestamp < snapshot_ts`` of a found state) are dropped;
-* the rest are sorted by timestamp (stable) and the last ``context_len`` kept;
+* the rest are sorted by timestamp (stable) and the last ``context_len`` kept (an unsplit tower's
+  ``max_len``: ``Bundle.context_len``);
 * the gap of an event is its timestamp minus the previous event's: the previous sent event, or for the
   first one the state's ``last_event_ts`` (0 without a state); all gaps before the cut at ``context_len``;
 * ``since_last`` = request time - the last known event (sent or in the state), bucket 0 when there is none;
@@ -107,7 +108,7 @@ def build_context(
     """The head's context for ``B`` parsed requests given the store's answer (``found`` bool [B],
     ``snapshot_ts``/``last_event_ts`` int64 [B]); see the module docstring for the rules."""
     cfg = bundle.model_config
-    B, C, H = len(reqs), cfg.context_len, cfg.num_hashes
+    B, C, H = len(reqs), bundle.context_len, cfg.num_hashes
     table = bundle.items
     F = table.feat.shape[1]
     counts = np.fromiter((len(r.items) for r in reqs), np.int64, B)

@@ -110,10 +110,15 @@ class Retriever:
         ]
 
     def user_vectors(self, bundle: Bundle, reqs: list[ParsedRequest]) -> tuple[np.ndarray, list[str]]:
-        """One store read and one forward of the online head: (unit user vectors float32 [B, D], path of each)."""
+        """One store read and one forward of the online head (or, unsplit, the cached vectors: ``.unsplit``):
+        (user vectors float32 [B, D], path of each)."""
         found = self.lookup(bundle, [r.user_id for r in reqs])
         ctx = build_context(bundle, reqs, found.found, found.snapshot_ts, found.last_event_ts)
         q = bundle.encoder(torch.from_numpy(found.states), ctx).numpy()  # [B, D]
+        if not bundle.model_config.online_head:  # an unsplit vector cannot take the events after its snapshot
+            unfolded = int(ctx.events.length[torch.from_numpy(found.found)].sum())
+            if unfolded:
+                self.metrics.unfolded.inc(unfolded)
         return q, found.paths()
 
     def lookup(self, bundle: Bundle, user_ids: list[str]) -> Lookup:

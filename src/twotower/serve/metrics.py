@@ -44,6 +44,12 @@ class Metrics:
             "twotower_http_request_seconds", "HTTP latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.paths = Counter("twotower_retrieve_path", "retrievals by path", ["path"], registry=r)
+        self.unfolded = Counter(
+            "twotower_unfolded_events",
+            "events sent after a cached unsplit user vector's snapshot: excluded from the answer, not folded into "
+            "the vector (the hybrid split folds them in)",
+            registry=r,
+        )
         self.store_errors = Counter("twotower_store_errors", "feature-store lookups that failed", registry=r)
         self.batch_size = Histogram(
             "twotower_micro_batch_size", "requests per engine call", buckets=BATCH_BUCKETS, registry=r
