@@ -35,12 +35,17 @@ SEED = 0
 USER_FRACTION = 0.2  # ml-1m-users20: share of ML-1M's users kept (all their events)
 SHORT_EVENTS = 30  # ml-1m-short: each user's first events kept
 SYNTH = {"users": 5_000, "items": 30_000, "events": 150_000}  # ~20k items reached, ~80 % with < 5 events
+# synth-seq: a mid-size catalogue where order carries the signal (each event, with probability 0.5, follows one
+# of its predecessor's 4 fixed successors); popularity and an order-blind model cannot see that
+SYNTH_SEQ = {"users": 8_000, "items": 10_000, "events": 200_000, "successor_prob": 0.5}
 
 LOGS: dict[str, str] = {
     "ml-100k": "MovieLens-100k: 943 users, ~1.7k items, 100k ratings (a smaller log of the same domain)",
     "ml-1m-users20": "MovieLens-1M, a 20 % random sample of its users with all their events (seed 0)",
     "ml-1m-short": f"MovieLens-1M with each user's history cut to their first {SHORT_EVENTS} events (short sequences)",
     "synth-large": "synthetic Zipf log: 5k users, ~20k items, 150k events (large long-tailed catalogue)",
+    "synth-seq": "synthetic sequential log: 8k users, 10k items, 200k events; half the events follow the previous "
+    "item's successors",
     # Tuning only, never a checked log: the defaults' choices are made on this log's validation split.
     "ml-1m-last30": f"MovieLens-1M with each user's history cut to their last {SHORT_EVENTS} events (the dev log)",
 }
@@ -160,6 +165,13 @@ def make_log(name: str, root: Path) -> tuple[Path, PrepareConfig, Path | None, P
         log = root / "log.parquet"
         if not log.is_file():
             generate(SYNTH["users"], SYNTH["items"], SYNTH["events"], log, seed=SEED, progress=False)
+        return log, PrepareConfig(log=LogSchema(actions=["click", "like"], surface="surface")), None, None
+    if name == "synth-seq":
+        log = root / "log.parquet"
+        if not log.is_file():
+            p = SYNTH_SEQ
+            generate(p["users"], p["items"], p["events"], log, seed=SEED, successor_prob=p["successor_prob"],
+                     progress=False)  # fmt: skip
         return log, PrepareConfig(log=LogSchema(actions=["click", "like"], surface="surface")), None, None
     raise KeyError(f"unknown log {name!r}; one of {sorted(LOGS)}")
 

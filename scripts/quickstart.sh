@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up and runs the main job end to end on MovieLens-1M:
-#   prepare -> train (hybrid tower) -> evaluate -> serving artifacts (embeddings, feature store, HNSW index)
-#   -> start the service, answer one request, stop it, and print the command that serves it.
+#   prepare -> train (no config: the defaults read from the data) -> evaluate -> serving artifacts (embeddings,
+#   the users' vectors in the feature store, HNSW index) -> start the service, answer two requests (a user with a
+#   cached vector, a new user with two events), stop it, and print the command that serves it.
 # Usage: bash scripts/quickstart.sh [WORK_DIR]   (about 11 minutes on 2 CPU cores, setup included)
 set -euo pipefail
 START=$SECONDS
@@ -11,7 +12,8 @@ bash scripts/setup.sh
 WORK=${1:-runs/quickstart}
 mkdir -p "$WORK"
 twotower prepare --dataset ml-1m --out "$WORK/data"
-twotower train --data "$WORK/data" --config configs/ml1m_quick.toml --out "$WORK/run" --overwrite --no-progress
+# no --config: the defaults scaled to the data (the unsplit tower); a progress line every 30 s
+twotower train --data "$WORK/data" --out "$WORK/run" --overwrite --time-budget 450 --no-progress
 twotower evaluate --run "$WORK/run" --protocol strict   # strict: nothing of the test event reaches the user
 twotower serve-prepare --run "$WORK/run" --artifacts "$WORK/serve" --backend hnsw --no-progress
 

@@ -145,6 +145,7 @@ def test_paths_cached_cold_start_and_version_mismatch(art, client):
     got = {uid: client.post("/v1/retrieve", json={"user_id": uid, "k": 5}).json()
            for uid in (cached_user, "never-seen-user", "skewed-user")}  # fmt: skip
     assert [g["path"] for g in got.values()] == ["cached", "cold_start", "fallback"]
+    assert client.get("/readyz").json()["tower"] == "hybrid"
     assert all(len(g["items"]) == 5 for g in got.values())
     for p in ("cached", "cold_start", "fallback"):
         assert metric(client, "twotower_retrieve_path_total", path=p) == before[p] + 1
@@ -327,6 +328,7 @@ def test_an_unsplit_tower_serves_its_offline_vectors(synth_data, tmp_path):
         want_s, want_i = oracle.search(avg[None], 5)
         got = c.post("/v1/retrieve", json={"user_id": "nobody", "k": 5}).json()
         assert got["path"] == "cold_start" and [x["item_id"] for x in got["items"]] == list(item_ids[want_i[0]])
+        assert c.get("/readyz").json()["tower"] == "unsplit"
     (tmp_path / "root" / "embeddings" / bundle.model_version / "users_sample.npy").unlink()
     with pytest.raises(ArtifactError, match="users_sample.npy is missing.*serve-prepare"):
         load_bundle(tmp_path / "root")

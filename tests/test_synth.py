@@ -1,3 +1,5 @@
+from collections import Counter
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -57,3 +59,32 @@ def test_synth_tsv_reads_back(tmp_path):
     assert (tmp_path / "log.tsv").read_text().startswith("user_id\titem_id\ttimestamp\tclick\tlike\tsurface\n")
     cfg = PrepareConfig(log=LogSchema(actions=["click", "like"], surface="surface"))
     assert prepare_files(tmp_path / "log.tsv", tmp_path / "d", cfg)["num_events"] == 100
+
+
+def test_successor_prob_gives_a_sequence_and_leaves_the_default_log_as_it_was(tmp_path):
+    from twotower.data.synth import SUCCESSORS
+
+    generate(200, 1000, 6000, tmp_path / "plain.parquet", seed=4, topics=10, progress=False)
+    generate(200, 1000, 6000, tmp_path / "seq.parquet", seed=4, topics=10, successor_prob=0.7, progress=False)
+    plain, seq = (pq.read_table(tmp_path / f"{n}.parquet") for n in ("plain", "seq"))
+    assert plain["user_id"].equals(seq["user_id"]) and plain["timestamp"].equals(seq["timestamp"])  # items change
+
+    def next_item_share(table) -> float:
+        """How often a user's next item is one of the SUCCESSORS most frequent followers of the item before."""
+        order = np.lexsort((table["timestamp"].to_numpy(), table["user_id"].to_numpy()))
+        users, items = table["user_id"].to_numpy()[order], table["item_id"].to_numpy()[order]
+        keep = users[:-1] == users[1:]
+        pairs = list(zip(items[:-1][keep], items[1:][keep]))
+        followers: dict = {}
+        for pair, _ in Counter(pairs).most_common():
+            top = followers.setdefault(pair[0], set())
+            if len(top) < SUCCESSORS:
+                top.add(pair[1])
+        return float(np.mean([b in followers[a] for a, b in pairs]))
+
+    assert next_item_share(seq) > next_item_share(plain) + 0.2
+    generate(20, 30, 100, tmp_path / "again.parquet", seed=4, progress=False)  # the default path is unchanged:
+    generate(20, 30, 100, tmp_path / "again2.parquet", seed=4, successor_prob=0.0, progress=False)
+    assert pq.read_table(tmp_path / "again.parquet").equals(pq.read_table(tmp_path / "again2.parquet"))
+    with pytest.raises(DataError, match="successor_prob"):
+        generate(20, 30, 100, tmp_path / "bad.parquet", successor_prob=1.5, progress=False)

@@ -2,6 +2,9 @@
 
 Each user has a favourite topic (item ``i`` belongs to topic ``i mod T``); a ``topic_affinity`` share of
 their events is drawn from that topic, the rest from the global Zipf law, so there is structure to learn.
+With ``successor_prob`` > 0 the order matters too: every item has ``SUCCESSORS`` fixed successors in its topic
+and each event after a user's first is, with that probability, a successor of the user's previous event
+(a sequence a next-item model can learn and popularity cannot).
 Generated and written chunk by chunk (Parquet, TSV or CSV by the file suffix): memory stays bounded.
 """
 
@@ -19,12 +22,32 @@ from tqdm import tqdm
 from ..errors import DataError
 
 T0 = 1_600_000_000  # 2020-09-13, the synthetic log's first second
+SUCCESSORS = 4  # successors per item when successor_prob > 0
 
 
 def _zipf_sampler(n: int, a: float, rng: np.random.Generator):
     cdf = np.cumsum(1.0 / np.arange(1, n + 1) ** a)
     cdf /= cdf[-1]
     return lambda size: np.minimum(np.searchsorted(cdf, rng.random(size)), n - 1)
+
+
+def _successors(items: int, topics: int, per_topic: int, zipf_a: float, rng: np.random.Generator) -> np.ndarray:
+    """int64 [items, SUCCESSORS]: each item's successors, drawn from its own topic by the topic's Zipf law."""
+    draw = _zipf_sampler(per_topic, zipf_a, rng)
+    topic = np.arange(items) % topics
+    return np.minimum(draw(items * SUCCESSORS).reshape(items, SUCCESSORS) * topics + topic[:, None], items - 1)
+
+
+def _follow_successors(
+    it: np.ndarray, counts: np.ndarray, successors: np.ndarray, prob: float, rng: np.random.Generator
+) -> None:
+    """In place: event ``j > 0`` of each user (``it`` user-major, ``counts`` events per user) becomes, with
+    probability ``prob``, a random successor of event ``j - 1``'s item. One vectorised step per position."""
+    start = np.cumsum(counts) - counts
+    for j in range(1, int(counts.max(initial=0))):
+        rows = start[counts > j] + j  # event j of every user that has one
+        take = rows[rng.random(len(rows)) < prob]
+        it[take] = successors[it[take - 1], rng.integers(0, SUCCESSORS, len(take))]
 
 
 def generate(
@@ -39,6 +62,7 @@ def generate(
     days: int = 180,
     chunk_users: int = 200_000,
     progress: bool = True,
+    successor_prob: float = 0.0,
 ) -> dict:
     """Write a log with columns ``user_id, item_id, timestamp, click, like, surface``; return counts.
 
@@ -52,6 +76,8 @@ def generate(
     out = Path(out)
     if out.is_dir():
         raise DataError(f"--out {out} is a directory; give a file name ending in .parquet, .csv or .tsv")
+    if not 0.0 <= successor_prob <= 1.0:
+        raise DataError(f"successor_prob must be within [0, 1], got {successor_prob}")
     rng = np.random.default_rng(seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     activity = rng.pareto(1.5, users) + 1.0  # power-law activity
@@ -60,6 +86,9 @@ def generate(
     global_item = _zipf_sampler(items, zipf_a, rng)
     per_topic = max(1, items // topics)
     topic_item = _zipf_sampler(per_topic, zipf_a, rng)
+    # a separate stream: with successor_prob = 0 the log is byte-identical to what it always was
+    seq_rng = np.random.default_rng([seed, 1])
+    successors = _successors(items, topics, per_topic, zipf_a, seq_rng) if successor_prob > 0 else None
     span = days * 86400
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     parquet = out.suffix in (".parquet", ".pq")
@@ -82,6 +111,8 @@ def generate(
             on_topic = rng.random(n) < topic_affinity
             t = user_topic[u[on_topic]]
             it[on_topic] = np.minimum(topic_item(int(on_topic.sum())) * topics + t, items - 1)
+            if successors is not None:
+                _follow_successors(it, counts, successors, successor_prob, seq_rng)
             gaps = rng.exponential(1.0, n) * np.repeat(span / np.maximum(counts, 1) / 4, counts)
             csum = np.cumsum(gaps)
             first = np.minimum(np.cumsum(counts) - counts, n - 1)  # a user with no events may start at n

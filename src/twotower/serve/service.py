@@ -252,7 +252,7 @@ class Service:
         (``result``, ``error``, versions, ``at``); ``last_reload_error``: the error of the newer of that and
         this worker's own last reload (a failure to follow another worker's reload shows on this worker).
         ``index_fallback``: ``{"wanted", "serving", "error"}`` while an older version serves because CURRENT's
-        does not load."""
+        does not load. ``tower``: "hybrid" (fresh events reach the user vector) or "unsplit" (cached vectors)."""
         r = self.retriever
         if r is None:
             return None
@@ -268,7 +268,8 @@ class Service:
         shared = last is not None and last["at_s"] >= self._reloaded_at
         error = last.get("error") if shared else self.last_reload_error
         fallback = self.index_fallback
+        tower = "hybrid" if b.model_config.online_head else "unsplit"
         return {"status": "ready", "model_version": b.model_version, "index_version": b.index_version,
-                "items": len(b.index), "store": store, "store_error": r.health.error,
+                "tower": tower, "items": len(b.index), "store": store, "store_error": r.health.error,
                 "last_reload_error": error, "last_reload": last,
                 "index_fallback": vars(fallback).copy() if fallback is not None else None}  # fmt: skip
