@@ -32,7 +32,7 @@ import sasrec_peer  # noqa: E402
 import transfer_logs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_LOGS = ["ml-100k", "ml-1m-short", "synth-large"]
+DEFAULT_LOGS = ["ml-100k", "ml-1m-short", "synth-large", "synth-seq"]
 KEYS = ("filtered/hr@10", "filtered/ndcg@10", "filtered/hr@100", "all/hr@10", "all/ndcg@10")
 
 
