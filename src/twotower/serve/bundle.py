@@ -56,7 +56,8 @@ class Bundle:
 
     @property
     def state_shape(self) -> tuple[int, int]:
-        """(T, D) of one user's cached state: state tokens x embedding dim."""
+        """(T, D) of one user's cached state (``ModelConfig.cached_state_shape``): the hybrid's state tokens x
+        dim, or the unsplit tower's user vector (T = 1)."""
         return self.model_config.cached_state_shape
 
     @property
