@@ -440,3 +440,25 @@ def test_delimiter_by_name_or_escape_and_a_clear_error_otherwise(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith("error: delimiter ';;' is not one character") and "tab" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_mine_negatives_then_train_with_them_from_the_command_line(trained, synth_data, tmp_path, capsys):
+    """`mine-negatives` writes a versioned directory; `train --hard-negatives --loss` trains with it (a config
+    given), records the version; on --resume the flags are refused; a finished OUT is refused without
+    --overwrite."""
+    cfg_file, run = trained
+    mined = tmp_path / "mined"
+    args = ["mine-negatives", "--run", str(run), "--out", str(mined), "--from", "3", "--to", "20", "--count", "4"]
+    assert main([*args, "--no-progress"]) == 0
+    assert "mined" in capsys.readouterr().out
+    assert main([*args, "--no-progress"]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--no-progress", "--count", "40"]) == 2  # the window holds 18 ranks: a clear refusal
+    assert "count" in capsys.readouterr().err
+    out = tmp_path / "r"
+    extra = ["--config", str(cfg_file), "--hard-negatives", str(mined), "--hard-start", "0.5", "--loss", "bpr"]
+    assert train(synth_data, out, *extra) == 0
+    saved = json.loads((out / "config.json").read_text())["train"]
+    manifest = json.loads((mined / "manifest.json").read_text())
+    assert saved["hard_negatives_model"] == manifest["model_version"] and saved["loss"] == "bpr"
+    assert train(synth_data, out, "--resume", "--loss", "softmax") == 2
+    assert "--resume" in capsys.readouterr().err

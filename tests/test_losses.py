@@ -89,3 +89,61 @@ def test_logq_rescues_popularity_bias():
     b = sampled_softmax_loss(q, items[pos_ids], pos_ids, items, neg_ids, 1.0)
     assert a.item() != b.item()
     assert d == n
+
+
+# --- the loss family (twotower.train.objectives) against per-pair loops -----------------------------------
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def slow_pairwise(objective, q, pos, pos_ids, neg, neg_ids, tau, lq_pos, lq_neg, margin=1.0):
+    """Each query's loss from its corrected positive logit and its negatives' (accidental hits skipped)."""
+    losses = []
+    for i in range(len(q)):
+        sp = float(q[i] @ pos[i]) / tau - float(lq_pos[i])
+        sn = [
+            float(q[i] @ neg[j]) / tau - float(lq_neg[j]) for j in range(len(neg)) if int(neg_ids[j]) != int(pos_ids[i])
+        ]
+        if objective == "bpr":
+            losses.append(sum(-math.log(_sigmoid(sp - s)) for s in sn) / len(sn))
+        elif objective == "hinge":
+            losses.append(sum(max(0.0, margin - sp + s) for s in sn) / len(sn))
+        else:  # nce
+            losses.append(-math.log(_sigmoid(sp)) - sum(math.log(1.0 - _sigmoid(s)) for s in sn))
+    return sum(losses) / len(losses)
+
+
+def test_each_objective_matches_its_slow_reference_and_the_fused_path():
+    q, items = unit(9, 8, seed=11), unit(12, 8, seed=12)
+    cand_ids = torch.tensor([0, 2, 3, 5, 8, 11])
+    pos_ids = torch.tensor([2, 2, 3, 11, 0, 5, 8, 8, 3])
+    labels = torch.searchsorted(cand_ids, pos_ids)
+    log_q = torch.rand(len(cand_ids), dtype=torch.float64).log()
+    args = (q, items[pos_ids], pos_ids, items[cand_ids], cand_ids, 0.2, log_q[labels], log_q)
+    values = {}
+    for objective in ("bpr", "hinge", "nce"):
+        got = sampled_softmax_loss(*args, objective=objective, margin=1.5)
+        want = slow_pairwise(objective, *args, margin=1.5)
+        assert abs(float(got) - want) < 1e-9, objective
+        fused = candidate_softmax_loss(q, items[cand_ids], labels, 0.2, log_q, objective=objective, margin=1.5)
+        assert abs(float(fused) - want) < 1e-9, objective
+        values[objective] = want
+    assert len(set(values.values())) == 3  # three different functions
+    # the softmax objective is the old cross-entropy, on both paths
+    soft = sampled_softmax_loss(*args, objective="softmax")
+    assert abs(float(soft) - slow_reference(*args)) < 1e-9
+
+
+def test_objectives_order_a_better_positive_as_lower_loss():
+    """Raising the positive's score lowers every objective; the hinge is zero once the margin is met."""
+    q = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    neg = torch.tensor([[0.0, 1.0], [0.6, 0.8]], dtype=torch.float64)
+    ids = torch.tensor([1, 2])
+    for objective in ("softmax", "bpr", "hinge", "nce"):
+        near = sampled_softmax_loss(q, neg[1:], torch.tensor([0]), neg, ids, 1.0, objective=objective, margin=0.5)
+        far = sampled_softmax_loss(q, q, torch.tensor([0]), neg, ids, 1.0, objective=objective, margin=0.5)
+        assert float(far) < float(near), objective
+    met = sampled_softmax_loss(q, q, torch.tensor([0]), neg, ids, 1.0, objective="hinge", margin=0.3)
+    assert float(met) == 0.0  # 1 - 0.6 = 0.4 > 0.3 for both negatives

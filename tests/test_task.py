@@ -80,3 +80,24 @@ def test_a_learned_temperature_is_kept_in_range():
         task.log_tau.fill_(5.0)
     task.observe(batch()[1])
     assert abs(float(task.tau()) - 1.0) < 1e-6
+
+
+def test_the_loss_objective_comes_from_the_config_and_trains_through_the_task():
+    """``train.loss`` picks the objective; each gives a finite loss with a gradient on the queries, the fused
+    and reference paths agree for it, and an unknown name is a ConfigError naming the choices."""
+    import pytest
+
+    from twotower.errors import ConfigError
+    from twotower.train.config import TrainConfig
+
+    for objective in ("bpr", "hinge", "nce"):
+        q, t = batch(7)
+        q = q.clone().requires_grad_(True)
+        fused, reference = make_task(objective=objective), make_task(objective=objective, fused=False)
+        loss = fused(q, t).loss
+        loss.backward()
+        assert torch.isfinite(loss) and q.grad is not None and q.grad.abs().sum() > 0
+        torch.testing.assert_close(loss.detach(), reference(q.detach(), t).loss)
+    assert TrainConfig(loss="bpr").loss == "bpr"
+    with pytest.raises(ConfigError, match="softmax"):
+        TrainConfig(loss="listnet")

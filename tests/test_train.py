@@ -376,7 +376,7 @@ def test_progress_lines_without_a_progress_bar(synth_data, tmp_path, caplog):
     assert not [r for r in caplog.records if "examples/s" in r.getMessage()]
 
 
-def test_early_stopping_waits_for_half_the_budget_when_the_cosine_follows_it(synth_data, tmp_path):
+def test_early_stopping_waits_for_its_share_of_the_budget_when_the_cosine_follows_it(synth_data, tmp_path):
     data = SequenceData.load(synth_data)
     cfg = small_run_config(epochs=3, patience=1, time_budget_s=1e6)  # a budget that never binds
     tr = Trainer(data, cfg, tmp_path / "r")
@@ -387,6 +387,15 @@ def test_early_stopping_waits_for_half_the_budget_when_the_cosine_follows_it(syn
     tr.state["train_seconds"] = 0.6e6
     tr._validate(1, 1.0)
     assert tr.state["done"] and tr.state["stop_reason"] == "early_stop"
+    cfg.train.patience_from = 0.8  # the no-config default: 60 % of the budget does not count yet, 85 % does
+    tr3 = Trainer(data, cfg, tmp_path / "r3")
+    tr3.state["best"], tr3.metrics = 2.0, MetricsLog(tmp_path / "r3", 0, 0)
+    tr3.state["train_seconds"] = 0.6e6
+    tr3._validate(0, 1.0)
+    assert not tr3.state["done"] and tr3.state["bad_evals"] == 0
+    tr3.state["train_seconds"] = 0.85e6
+    tr3._validate(1, 1.0)
+    assert tr3.state["done"] and tr3.state["stop_reason"] == "early_stop"
     cfg.train.lr_follows_budget = False  # a step cosine: every evaluation counts, as before
     tr2 = Trainer(data, cfg, tmp_path / "r2")
     tr2.state["best"], tr2.metrics = 2.0, MetricsLog(tmp_path / "r2", 0, 0)

@@ -37,6 +37,9 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train", "declare_train", "train the two towers on a prepared dataset"),
     "evaluate": Command("train", "declare_evaluate", "full-corpus evaluation of a run beside the popularity baseline"),
     "export": Command("train", "declare_export", "encode every item with the candidate tower"),
+    "mine-negatives": Command(
+        "train", "declare_mine_negatives", "hard negatives for every training example from a run's model"
+    ),
     "index": Command("index", "declare_index", "build / publish / roll back ANN indexes"),
     "refresh-states": Command(
         "serve", "declare_refresh_states", "encode users with new activity into the feature store"

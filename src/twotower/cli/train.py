@@ -37,6 +37,16 @@ def declare_train(p: argparse.ArgumentParser) -> None:
         help="without --config: train the hybrid split (cached state + online head), whose served vectors take "
         "the events a request sends; the default unsplit tower serves the user vectors the refresh job cached",
     )
+    p.add_argument(
+        "--hard-negatives",
+        help="train.hard_negatives: a directory from `twotower mine-negatives` (per-example mined negatives)",
+    )
+    p.add_argument(
+        "--hard-start",
+        type=float,
+        help="train.hard_start: the fraction of the run (time budget, else epochs) after which they join (0..1)",
+    )
+    p.add_argument("--loss", help="train.loss: softmax (default) | bpr | hinge | nce")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train, on_interrupt=interrupted)
 
@@ -66,6 +76,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         for line in reasons:
             print(f"  {line}")
     flags = {"epochs": args.epochs, "device": args.device, "time_budget_s": args.time_budget}
+    if not args.resume:  # what a step computes: fixed once a run has started
+        flags.update(hard_negatives=args.hard_negatives, hard_start=args.hard_start, loss=args.loss)
+    elif given({"h": args.hard_negatives, "s": args.hard_start, "l": args.loss}):
+        raise UsageError("--hard-negatives, --hard-start and --loss change what a step computes: not on --resume")
     cfg.train = replace_checked(cfg.train, given(flags))  # the range checks run again on the flags' values
     trainer = Trainer(data, cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     summary = trainer.fit(progress=not args.no_progress)
@@ -184,5 +198,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(
         f"exported {m['count']:,} items x {m['dim']} ({m['dtype']}) at {m['items_per_s']:,.0f} items/s, "
         f"model {m['model_version']} -> {args.out}"
+    )
+    return 0
+
+
+def declare_mine_negatives(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``twotower mine-negatives``."""
+    p.add_argument("--run", required=True, help="a trained run: its best checkpoint scores the catalogue")
+    p.add_argument("--out", required=True, help="directory for the mined negatives (train.hard_negatives = OUT)")
+    p.add_argument("--data", help="dataset directory (default: the run's)")
+    p.add_argument("--from", dest="rank_from", type=int, default=101, help="first rank of the window (1-based)")
+    p.add_argument("--to", dest="rank_to", type=int, default=500, help="last rank of the window (inclusive)")
+    p.add_argument("--count", type=int, default=8, help="negatives drawn per training example")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace OUT's mined negatives or unfinished parts")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_mine_negatives)
+
+
+def cmd_mine_negatives(args: argparse.Namespace) -> int:
+    """Mine hard negatives for every training example of RUN's dataset (resumes an unfinished OUT)."""
+    from ..jobs.mine import mine_negatives
+    from ..train.hard_negatives import MineConfig
+    from ..train.run import load_dataset, recorded_dataset
+
+    cfg = MineConfig(rank_from=args.rank_from, rank_to=args.rank_to, count=args.count, seed=args.seed)
+    data = load_dataset(recorded_dataset(Path(args.run), args.data))
+    m = mine_negatives(args.run, args.out, cfg, data, overwrite=args.overwrite, progress=not args.no_progress)
+    print(
+        f"mined {m['examples']:,} training examples x {cfg.count} negatives from ranks {cfg.rank_from}-"
+        f"{cfg.rank_to} ({100 * m['filled']:.0f} % filled) with model {m['model_version']} in {m['seconds']:.0f} s"
+        f" -> {args.out}\ntrain with them: twotower train ... --hard-negatives {args.out} [--hard-start 0.5]"
     )
     return 0

@@ -16,6 +16,7 @@ from ..model.config import ModelConfig
 NEGATIVES = ("in_batch", "uniform", "full")
 EMBEDDING_OPTIMIZERS = ("adamw", "rowwise_adagrad")
 LOGQ = ("streaming", "exact", "none")
+LOSSES = ("softmax", "bpr", "hinge", "nce")  # twotower.train.objectives
 DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 
 
@@ -39,6 +40,14 @@ class TrainConfig:
     logq: str = "streaming"  # streaming (Yi et al.) | exact (training counts) | none
     logq_alpha: float = 0.01
     accidental_hits: bool = True
+    loss: str = "softmax"  # softmax | bpr | hinge | nce (twotower.train.objectives), over the same logits
+    margin: float = 1.0  # the hinge loss's margin, in logit units (score / temperature - log q)
+    # Mined hard negatives (`twotower mine-negatives`): the mined directory, the model version it must have
+    # been mined with ("" = whatever it says; the run records it), and the staged schedule: they join the
+    # shared candidates once this fraction of the run (of the time budget, else of the epochs) is done.
+    hard_negatives: str = ""
+    hard_negatives_model: str = ""
+    hard_start: float = 0.0
     fused_loss: bool = True  # candidate-set softmax (same loss, one addmm); False = the reference pipeline
     split: str = "loo"
     seed: int = 0
@@ -49,6 +58,9 @@ class TrainConfig:
     eval_every: int = 1  # epochs
     eval_users: int = 0  # validation users per evaluation (0 = all)
     patience: int = 3  # evaluations without improvement of the primary metric before stopping
+    # With a cosine that ends at the time budget (lr_follows_budget) evaluations without gain count towards
+    # patience only once this fraction of the budget is spent (before it the rate is high and validation noisy).
+    patience_from: float = 0.5
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = none by step count)
     # Seconds between mid-epoch checkpoints: a kill loses at most this much training (0 = off). 30 s, not 60: a run
     # killed a minute after it was started (imports and data loading included) must have one to resume from.
@@ -92,6 +104,7 @@ class TrainConfig:
             f"use one of {EMBEDDING_OPTIMIZERS}",
         )
         check(self.logq in LOGQ, "logq", self.logq, f"use one of {LOGQ}")
+        check(self.loss in LOSSES, "loss", self.loss, f"use one of {LOSSES}")
         check(self.eval_protocol in PROTOCOLS, "eval_protocol", self.eval_protocol, f"use one of {PROTOCOLS}")
         check(self.split in ("loo", "time"), "split", self.split, "use 'loo' (leave-last-out) or 'time'")
         check(DEVICE.fullmatch(self.device) is not None, "device", self.device, "use cpu, cuda, cuda:N or mps")
@@ -105,6 +118,9 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip", "time_budget_s", "checkpoint_every_s", "progress_every_s"):
             check_float(self, name, 0.0)
         check_float(self, "encoder_loss_weight", 0.0)
+        check_float(self, "margin", 0.0)
+        check_float(self, "patience_from", 0.0, 1.0)
+        check_float(self, "hard_start", 0.0, 1.0)
         check_float(self, "head_fraction", 0.0, 1.0, lo_open=True)
         for name in ("min_lr_ratio", "no_state_prob", "subject_prob", "strict_request_prob", "fresh_prob"):
             check_float(self, name, 0.0, 1.0)

@@ -36,6 +36,7 @@ RESUMABLE = (
     "train.epochs",
     "train.time_budget_s",
     "train.patience",
+    "train.patience_from",
     "train.eval_every",
     "train.eval_users",
     "train.checkpoint_every",

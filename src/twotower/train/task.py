@@ -7,8 +7,9 @@ choice that turns them into a loss::
     out.loss.backward(); optimizer.step(); task.observe(targets)
 
 Pipeline (Yi et al. RecSys 2019; Yang et al. WWW 2020): sample candidates from the negative sources →
-scores / temperature → − log q (logQ correction) → accidental hits masked → softmax cross-entropy, weighted
-by the targets' event weights. When the candidates hold every positive (an in-batch source) the same loss is
+scores / temperature → − log q (logQ correction) → accidental hits masked → the objective (softmax
+cross-entropy by default; BPR, hinge or NCE from :mod:`~twotower.train.objectives`), weighted by the
+targets' event weights. When the candidates hold every positive (an in-batch source) the same loss is
 one fused ``addmm`` (:func:`~twotower.train.losses.candidate_softmax_loss`); otherwise, or with
 ``fused=False``, the reference transform pipeline (:func:`~twotower.train.losses.sampled_softmax_loss`).
 
@@ -41,8 +42,16 @@ from torch import nn
 from ..data.dataset import SequenceData
 from .config import TrainConfig
 from .frequency import ExactFrequency, StreamingFrequency
-from .losses import candidate_softmax_loss, sampled_softmax_loss
+from .hard_negatives import MinedNegatives
+from .losses import (
+    candidate_logits,
+    candidate_softmax_loss,
+    reference_logits,
+    sampled_softmax_loss,
+    with_hard_negatives,
+)
 from .negatives import FullCorpus, InBatchNegatives, MixedNegatives, NegativeSource, UniformNegatives
+from .objectives import OBJECTIVES
 
 TAU_RANGE = (0.01, 1.0)  # a learned temperature is kept in here (outside it the softmax degenerates)
 
@@ -52,12 +61,14 @@ class Targets:
     """The training targets of one batch, besides their queries.
 
     items: int64 [T] positive item ids (on the CPU, where sampling runs); weight: float [T] event weights
-    (None = all 1); encode_items: the candidate tower over item ids, int64 [M] -> unit vectors [M, D].
+    (None = all 1); encode_items: the candidate tower over item ids, int64 [M] -> unit vectors [M, D];
+    rows: int64 [T] the targets' dataset event rows (what mined negatives are keyed by; None = unknown).
     """
 
     items: torch.Tensor
     weight: torch.Tensor | None
     encode_items: Callable[[torch.Tensor], torch.Tensor]
+    rows: torch.Tensor | None = None
 
 
 @dataclass
@@ -82,8 +93,16 @@ class RetrievalTask(nn.Module):
         fused: bool = True,
         seed: int = 0,
         parts: dict[str, nn.Module] | None = None,
+        objective: str = "softmax",
+        margin: float = 1.0,
+        hard: MinedNegatives | None = None,
     ):
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; one of {sorted(OBJECTIVES)}")
+        self.objective, self.margin = objective, margin
+        # Mined hard negatives (plain data, not state) and whether the staged schedule has switched them on.
+        self.hard, self.hard_active = hard, hard is not None
         self.log_tau = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
         self.negatives = negatives
         self.logq, self.accidental_hits = logq, accidental_hits
@@ -100,7 +119,12 @@ class RetrievalTask(nn.Module):
         """queries [T, D] (unit vectors, one per target) -> the batch's loss."""
         pos = targets.items
         neg = self.negatives.sample(pos, self.generator)  # int64 [M] unique, CPU
-        loss = self._fused(queries, targets, neg) if self.fused else self._reference(queries, targets, neg)
+        if self.hard is not None and self.hard_active and targets.rows is not None:
+            loss = self._with_hard(queries, targets, neg)
+        elif self.fused:
+            loss = self._fused(queries, targets, neg)
+        else:
+            loss = self._reference(queries, targets, neg)
         terms = {"retrieval": loss}
         for name, part in self.parts.items():
             terms[name] = part(queries, targets, self)
@@ -112,7 +136,9 @@ class RetrievalTask(nn.Module):
         labels = torch.searchsorted(cand_ids, targets.items).to(q.device)
         cand = targets.encode_items(cand_ids)  # [M, D]
         log_q = self.negatives.inclusion_prob(cand_ids).log().to(q.device) if self.logq else None
-        return candidate_softmax_loss(q, cand, labels, self.tau(), log_q, targets.weight)
+        return candidate_softmax_loss(
+            q, cand, labels, self.tau(), log_q, targets.weight, objective=self.objective, margin=self.margin
+        )
 
     def _reference(self, q: torch.Tensor, targets: Targets, neg_ids: torch.Tensor) -> torch.Tensor:
         """The transform pipeline: positive column + sampled negatives, logQ on both, accidental hits masked."""
@@ -136,7 +162,57 @@ class RetrievalTask(nn.Module):
             log_q_neg,
             self.accidental_hits,
             targets.weight,
+            objective=self.objective,
+            margin=self.margin,
         )
+
+    def _with_hard(self, q: torch.Tensor, targets: Targets, neg_ids: torch.Tensor) -> torch.Tensor:
+        """The shared candidates' logits (fused or reference layout) plus each row's mined negatives.
+
+        A mined item that is the row's positive or already one of its shared columns is not a column twice.
+        Its logQ (when on) is log min(1, p_shared + p_mined): the shared sources' inclusion probability of the
+        item plus the row's draw probability from its rank window.
+        """
+        assert self.hard is not None and targets.rows is not None
+        pos = targets.items
+        hard, p_hard = self.hard.lookup(targets.rows)  # [T, H] (-1 = none), [T, H]
+        if self.fused:
+            cand_ids = neg_ids
+            labels = torch.searchsorted(cand_ids, pos).to(q.device)
+            log_q = self.negatives.inclusion_prob(cand_ids).log().to(q.device) if self.logq else None
+            base = candidate_logits(q, targets.encode_items(cand_ids), labels, self.tau(), log_q)
+            shared = cand_ids
+        else:
+            all_items, inv = torch.unique(torch.cat([pos, neg_ids]), return_inverse=True)
+            emb = targets.encode_items(all_items)
+            lq_pos = lq_neg = None
+            if self.logq:
+                lq_pos = self.negatives.inclusion_prob(pos).log().to(q.device)
+                lq_neg = self.negatives.inclusion_prob(neg_ids).log().to(q.device)
+            base = reference_logits(
+                q,
+                emb[inv[: len(pos)].to(q.device)],
+                pos.to(q.device),
+                emb[inv[len(pos) :].to(q.device)],
+                neg_ids.to(q.device),
+                self.tau(),
+                lq_pos,
+                lq_neg,
+                self.accidental_hits,
+            )
+            shared = neg_ids
+        at = torch.searchsorted(shared, hard.clamp_min(0)).clamp(max=max(len(shared) - 1, 0))
+        duplicate = shared[at] == hard if len(shared) else torch.zeros_like(hard, dtype=torch.bool)
+        usable = (hard >= 0) & ~duplicate & (hard != pos[:, None])  # [T, H]
+        safe = hard.clamp_min(0)
+        uniq, inv = torch.unique(safe.reshape(-1), return_inverse=True)
+        vecs = targets.encode_items(uniq)[inv.to(q.device)].view(*hard.shape, -1)  # [T, H, D]
+        log_q = None
+        if self.logq:
+            p = (self.negatives.inclusion_prob(safe.reshape(-1)).view(hard.shape) + p_hard).clamp(max=1.0)
+            log_q = p.clamp_min(1e-12).log().to(q.device)
+        built = with_hard_negatives(base, q, vecs, usable.to(q.device), self.tau(), log_q)
+        return built.loss(self.objective, self.margin, targets.weight)
 
     @torch.no_grad()
     def observe(self, targets: Targets) -> None:
@@ -153,9 +229,10 @@ class RetrievalTask(nn.Module):
         self.generator.set_state(state)
 
 
-def build_task(cfg: TrainConfig, data: SequenceData) -> RetrievalTask:
+def build_task(cfg: TrainConfig, data: SequenceData, hard: MinedNegatives | None = None) -> RetrievalTask:
     """The task a :class:`TrainConfig` describes: negative sources in ``cfg.negatives`` order, their logQ
-    estimator (``cfg.logq``), temperature, accidental hits, the fused path."""
+    estimator (``cfg.logq``), temperature, accidental hits, the fused path, the objective; ``hard``: mined
+    negatives (read from ``cfg.hard_negatives`` by the trainer)."""
     sources: list[NegativeSource] = []
     for name in cfg.negatives:
         if name == "in_batch":
@@ -179,6 +256,9 @@ def build_task(cfg: TrainConfig, data: SequenceData) -> RetrievalTask:
         accidental_hits=cfg.accidental_hits,
         fused=cfg.fused_loss,
         seed=cfg.seed,
+        objective=cfg.loss,
+        margin=cfg.margin,
+        hard=hard,
     )
 
 
@@ -187,7 +267,7 @@ def targets_of(data: SequenceData, rows: torch.Tensor, encode_items: Callable, d
     r = rows.cpu().numpy()
     items = torch.from_numpy(data.event_item[r].astype(np.int64))
     weight = torch.from_numpy(data.event_weight[r]).to(device)
-    return Targets(items, None if bool((weight == 1).all()) else weight, encode_items)
+    return Targets(items, None if bool((weight == 1).all()) else weight, encode_items, torch.from_numpy(r))
 
 
 def legacy_task_state(extra: dict[str, torch.Tensor], task: RetrievalTask) -> dict[str, torch.Tensor]:
