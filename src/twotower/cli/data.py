@@ -114,6 +114,16 @@ def declare_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help=".parquet, .csv or .tsv")
+    p.add_argument(
+        "--successor-prob", type=float, default=0.0, help="share of events that follow the previous item's successors"
+    )
+    p.add_argument(
+        "--family-size",
+        type=int,
+        default=1,
+        help="items in families of near-duplicates; each user engages one member (adds a `dislike` column)",
+    )
+    p.add_argument("--dislike-prob", type=float, default=0.0, help="share of events that are a disliked sibling")
     p.set_defaults(func=cmd_synth)
 
 
@@ -121,6 +131,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     """Write a synthetic log and print what was generated as one JSON line."""
     from ..data.synth import generate
 
-    info = generate(args.users, args.items, args.events, args.out, seed=args.seed)
+    info = generate(
+        args.users,
+        args.items,
+        args.events,
+        args.out,
+        seed=args.seed,
+        successor_prob=args.successor_prob,
+        family_size=args.family_size,
+        dislike_prob=args.dislike_prob,
+    )
     print(json.dumps(info))
     return 0

@@ -108,6 +108,16 @@ class SequenceData:
     def num_surfaces(self) -> int:
         return len(self.manifest.get("surfaces", []))
 
+    def action_mask(self, names: list[str]) -> np.ndarray:
+        """bool [E]: events carrying any of the actions ``names`` (``event_actions`` is a bitmask over the
+        manifest's ``actions``). An unknown name is a DataError listing the dataset's actions."""
+        have = list(self.manifest.get("actions", []))
+        unknown = [a for a in names if a not in have]
+        if unknown:
+            raise DataError(f"actions {unknown} are not in this dataset; its actions are {have}")
+        bits = sum(1 << have.index(a) for a in names)
+        return (self.event_actions.astype(np.int64) & bits) != 0
+
     def split(self, scheme: str) -> np.ndarray:
         """Per-event split labels, uint8 [E]; scheme is "loo" (leave-last-out) or "time"."""
         if scheme not in ("loo", "time"):

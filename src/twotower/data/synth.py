@@ -5,6 +5,11 @@ their events is drawn from that topic, the rest from the global Zipf law, so the
 With ``successor_prob`` > 0 the order matters too: every item has ``SUCCESSORS`` fixed successors in its topic
 and each event after a user's first is, with that probability, a successor of the user's previous event
 (a sequence a next-item model can learn and popularity cannot).
+With ``family_size`` > 1 items come in families of near-duplicates (items ``f·F .. f·F + F - 1``: one family,
+one topic) and every user has a *style*, the member they engage with; with ``dislike_prob`` an event instead
+shows the user another member of the family, which they dislike (column ``dislike`` = 1). Telling the right
+member from its siblings needs the negatives (issue 18's log): as positives the siblings look like more of
+what the user wants. A user's last two events (the validation and test targets) are never dislikes.
 Generated and written chunk by chunk (Parquet, TSV or CSV by the file suffix): memory stays bounded.
 """
 
@@ -50,6 +55,34 @@ def _follow_successors(
         it[take] = successors[it[take - 1], rng.integers(0, SUCCESSORS, len(take))]
 
 
+def _families(
+    it: np.ndarray,
+    u: np.ndarray,
+    counts: np.ndarray,
+    style: np.ndarray,
+    size: int,
+    dislike_prob: float,
+    items: int,
+    rng: np.random.Generator,
+) -> tuple[pa.Array, np.ndarray]:
+    """Each event's item becomes its family's member of the user's style; a ``dislike_prob`` share (never a
+    user's last two events) becomes another member, disliked. Returns (item id strings, dislike int8 [n])."""
+    n = len(it)
+    family = it // size
+    member = style[u]
+    last_two = np.zeros(n, bool)
+    ends = np.cumsum(counts)
+    for back in (1, 2):
+        idx = ends[counts >= back] - back
+        last_two[idx] = True
+    dislike = (rng.random(n) < dislike_prob) & ~last_two
+    other = (member + rng.integers(1, size, n)) % size  # a sibling, never the user's own member
+    member = np.where(dislike, other, member)
+    new = np.minimum(family * size + member, items - 1)
+    dislike &= new != np.minimum(family * size + style[u], items - 1)  # the clipped last family may collide
+    return pa.array(np.char.add("i", new.astype(str))), dislike.astype(np.int8)
+
+
 def generate(
     users: int,
     items: int,
@@ -63,8 +96,11 @@ def generate(
     chunk_users: int = 200_000,
     progress: bool = True,
     successor_prob: float = 0.0,
+    family_size: int = 1,
+    dislike_prob: float = 0.0,
 ) -> dict:
-    """Write a log with columns ``user_id, item_id, timestamp, click, like, surface``; return counts.
+    """Write a log with columns ``user_id, item_id, timestamp, click, like, surface`` (and ``dislike`` with
+    ``family_size`` > 1); return counts.
 
     ``out`` ending in ``.parquet`` / ``.pq`` is Parquet, ``.tsv`` / ``.tab`` tab-separated, anything else CSV.
     The file appears whole or not at all (written to a temporary sibling, then renamed).
@@ -78,6 +114,10 @@ def generate(
         raise DataError(f"--out {out} is a directory; give a file name ending in .parquet, .csv or .tsv")
     if not 0.0 <= successor_prob <= 1.0:
         raise DataError(f"successor_prob must be within [0, 1], got {successor_prob}")
+    if not 1 <= family_size <= items or not 0.0 <= dislike_prob < 1.0:
+        raise DataError(
+            f"family_size must be within [1, items] and dislike_prob within [0, 1); got {family_size}, {dislike_prob}"
+        )
     rng = np.random.default_rng(seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     activity = rng.pareto(1.5, users) + 1.0  # power-law activity
@@ -89,6 +129,8 @@ def generate(
     # a separate stream: with successor_prob = 0 the log is byte-identical to what it always was
     seq_rng = np.random.default_rng([seed, 1])
     successors = _successors(items, topics, per_topic, zipf_a, seq_rng) if successor_prob > 0 else None
+    fam_rng = np.random.default_rng([seed, 2])  # families: their own stream too
+    style = fam_rng.integers(0, family_size, users) if family_size > 1 else None
     span = days * 86400
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     parquet = out.suffix in (".parquet", ".pq")
@@ -122,16 +164,20 @@ def generate(
             click = np.ones(n, np.int8)
             like = (rng.random(n) < 0.2).astype(np.int8)
             surface = np.array(["home", "search", "related"])[rng.integers(0, 3, n)]
-            table = pa.table(
-                {
-                    "user_id": pa.array(np.char.add("u", u.astype(str))),
-                    "item_id": pa.array(np.char.add("i", it.astype(str))),
-                    "timestamp": ts,
-                    "click": click,
-                    "like": like,
-                    "surface": surface,
-                }
-            )
+            columns = {
+                "user_id": pa.array(np.char.add("u", u.astype(str))),
+                "item_id": pa.array(np.char.add("i", it.astype(str))),
+                "timestamp": ts,
+                "click": click,
+                "like": like,
+                "surface": surface,
+            }
+            if style is not None:
+                columns["item_id"], columns["dislike"] = _families(
+                    it, u, counts, style, family_size, dislike_prob, items, fam_rng
+                )
+                columns["like"] = np.where(columns["dislike"] == 1, np.int8(0), like)
+            table = pa.table(columns)
             if parquet:
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
             else:

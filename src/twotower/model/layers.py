@@ -22,6 +22,15 @@ def score_vectors(x: torch.Tensor, similarity: str) -> torch.Tensor:
     return F.normalize(x, dim=-1) if similarity == "cosine" else x
 
 
+def prefix_vectors(x: torch.Tensor, dim: int, similarity: str) -> torch.Tensor:
+    """Score vectors [..., D] -> their first ``dim`` coordinates as score vectors [..., dim] (Matryoshka:
+    unit again for ``cosine``; the normalisation of ``x`` is a scale, so this is the prefix of the raw output,
+    normalised)."""
+    if not 1 <= dim <= x.shape[-1]:
+        raise ValueError(f"a prefix of {dim} dims of {x.shape[-1]}-dim vectors: use 1..{x.shape[-1]}")
+    return score_vectors(x[..., :dim], similarity) if dim < x.shape[-1] else x
+
+
 def padded_table(buckets: int, dim: int) -> nn.Embedding:
     """Embedding table with N(0, 0.02) rows and row 0 (padding) fixed at zero."""
     table = nn.Embedding(buckets, dim, padding_idx=0)

@@ -23,7 +23,7 @@ from torch import nn
 from ..features.inputs import Context, ItemInputs, Snapshots, UserInputs
 from .config import ModelConfig
 from .item_tower import ItemTower
-from .layers import Embeddings, score_vectors
+from .layers import Embeddings, prefix_vectors, score_vectors
 from .online import OnlineHead
 from .user_encoder import UserEncoder, gather_rows
 
@@ -80,9 +80,11 @@ class TwoTower(nn.Module):
         self.register_load_state_dict_pre_hook(_legacy_keys_hook)
 
     # --- candidate tower ---------------------------------------------------------------------------------
-    def encode_items(self, items: ItemInputs) -> torch.Tensor:
-        """Candidate tower: ItemInputs of [N, ·] -> unit vectors [N, D]."""
-        return self.item_tower(self.embed.items(items))
+    def encode_items(self, items: ItemInputs, dim: int | None = None) -> torch.Tensor:
+        """Candidate tower: ItemInputs of [N, ·] -> unit vectors [N, D] (``dim``: the first ``dim``
+        coordinates, unit again: a Matryoshka prefix, [N, dim])."""
+        v = self.item_tower(self.embed.items(items))
+        return v if dim is None else prefix_vectors(v, dim, self.cfg.similarity)
 
     # --- user tower --------------------------------------------------------------------------------------
     def _item_vec(self) -> ItemTower | None:
@@ -93,8 +95,8 @@ class TwoTower(nn.Module):
         """Encoder outputs [..., D] -> the user vectors scored against items: unit (cosine) or raw (dot)."""
         return score_vectors(raw, self.cfg.similarity)
 
-    def encode_user(self, u: UserInputs, ctx: Context | None = None) -> torch.Tensor:
-        """User tower -> unit vectors [B, D].
+    def encode_user(self, u: UserInputs, ctx: Context | None = None, dim: int | None = None) -> torch.Tensor:
+        """User tower -> unit vectors [B, D] (``dim``: a Matryoshka prefix, unit again, [B, dim]).
 
         Unsplit: the output after the whole history. Hybrid (``online_head``): the encoder's state after the
         history, then the online head over ``ctx`` (required: the request's time, surface and recent events).
@@ -102,10 +104,12 @@ class TwoTower(nn.Module):
         if self.head is None:
             seq = self.user_vectors(self.user_encoder(u, self.embed, self._item_vec())[0])  # [B, L, D]
             last = (u.length + self.user_encoder.offset - 1).clamp_min(0)
-            return seq[torch.arange(seq.shape[0], device=seq.device), last]
-        if ctx is None:
+            v = seq[torch.arange(seq.shape[0], device=seq.device), last]
+        elif ctx is None:
             raise ValueError("this model has an online head: pass the request context (Featurizer.request)")
-        return self.encode_online(self.encode_state(u), ctx)
+        else:
+            v = self.encode_online(self.encode_state(u), ctx)
+        return v if dim is None else prefix_vectors(v, dim, self.cfg.similarity)
 
     def encode_state(self, u: UserInputs) -> torch.Tensor:
         """Offline encoder: the whole history -> the state cached in the feature store, [B, T, D]

@@ -48,6 +48,17 @@ class TrainConfig:
     hard_negatives: str = ""
     hard_negatives_model: str = ""
     hard_start: float = 0.0
+    # Explicit negative feedback (twotower.train.feedback): events with these actions are not training
+    # positives (unless negatives_as_positives) and are hard negatives of the same user's targets within
+    # negative_window events (0 = not used as negatives), at most negative_count per target.
+    negative_actions: list[str] = field(default_factory=list)
+    negatives_as_positives: bool = False
+    negative_window: int = 0
+    negative_count: int = 8
+    # Matryoshka: the same loss on these prefixes of both towers' vectors (each < model.dim), with these
+    # weights (empty: 1 each); the full width always takes the main loss.
+    matryoshka_dims: list[int] = field(default_factory=list)
+    matryoshka_weights: list[float] = field(default_factory=list)
     fused_loss: bool = True  # candidate-set softmax (same loss, one addmm); False = the reference pipeline
     split: str = "loo"
     seed: int = 0
@@ -121,6 +132,30 @@ class TrainConfig:
         check_float(self, "margin", 0.0)
         check_float(self, "patience_from", 0.0, 1.0)
         check_float(self, "hard_start", 0.0, 1.0)
+        check(
+            isinstance(self.negative_actions, list) and all(isinstance(a, str) for a in self.negative_actions),
+            "negative_actions",
+            self.negative_actions,
+            'give a list of action names, e.g. negative_actions = ["disliked"]',
+        )
+        check(
+            isinstance(self.matryoshka_dims, list)
+            and all(isinstance(d, int) and d >= 1 for d in self.matryoshka_dims)
+            and len(set(self.matryoshka_dims)) == len(self.matryoshka_dims),
+            "matryoshka_dims",
+            self.matryoshka_dims,
+            "give distinct prefix widths >= 1, e.g. matryoshka_dims = [16, 32]",
+        )
+        check(
+            isinstance(self.matryoshka_weights, list)
+            and len(self.matryoshka_weights) in (0, len(self.matryoshka_dims))
+            and all(isinstance(w, (int, float)) and w >= 0 for w in self.matryoshka_weights),
+            "matryoshka_weights",
+            self.matryoshka_weights,
+            "give one weight >= 0 per matryoshka_dims entry, or none (1 each)",
+        )
+        check_int(self, "negative_window", 0)
+        check_int(self, "negative_count", 1)
         check_float(self, "head_fraction", 0.0, 1.0, lo_open=True)
         for name in ("min_lr_ratio", "no_state_prob", "subject_prob", "strict_request_prob", "fresh_prob"):
             check_float(self, name, 0.0, 1.0)

@@ -33,14 +33,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..data.dataset import SequenceData
+from ..model.layers import prefix_vectors
 from .config import TrainConfig
+from .feedback import FeedbackNegatives
 from .frequency import ExactFrequency, StreamingFrequency
 from .hard_negatives import MinedNegatives
 from .losses import (
@@ -80,6 +82,22 @@ class TaskOutput:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+class _Once:
+    """``encode_items`` that encodes a given id tensor once and hands the same vectors to later calls with
+    equal ids (the full width and each Matryoshka prefix score the same candidates)."""
+
+    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor]):
+        self.encode, self.memo = encode, []
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        for seen, vecs in self.memo:
+            if seen.shape == ids.shape and torch.equal(seen, ids):
+                return vecs
+        vecs = self.encode(ids)
+        self.memo.append((ids, vecs))
+        return vecs
+
+
 class RetrievalTask(nn.Module):
     """Sampled-softmax retrieval loss with temperature, mixed negatives, logQ and accidental-hit removal."""
 
@@ -96,6 +114,9 @@ class RetrievalTask(nn.Module):
         objective: str = "softmax",
         margin: float = 1.0,
         hard: MinedNegatives | None = None,
+        feedback: FeedbackNegatives | None = None,
+        prefixes: dict[int, float] | None = None,
+        similarity: str = "cosine",
     ):
         super().__init__()
         if objective not in OBJECTIVES:
@@ -103,6 +124,10 @@ class RetrievalTask(nn.Module):
         self.objective, self.margin = objective, margin
         # Mined hard negatives (plain data, not state) and whether the staged schedule has switched them on.
         self.hard, self.hard_active = hard, hard is not None
+        self.feedback = feedback  # the user's explicit negatives near each target (always on)
+        # Matryoshka (Kusupati et al. 2022): {prefix dim: weight}; each prefix of both towers' vectors, unit
+        # again (cosine), takes the same loss over the same candidates, added with its weight.
+        self.prefixes, self.similarity = dict(prefixes or {}), similarity
         self.log_tau = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
         self.negatives = negatives
         self.logq, self.accidental_hits = logq, accidental_hits
@@ -119,13 +144,16 @@ class RetrievalTask(nn.Module):
         """queries [T, D] (unit vectors, one per target) -> the batch's loss."""
         pos = targets.items
         neg = self.negatives.sample(pos, self.generator)  # int64 [M] unique, CPU
-        if self.hard is not None and self.hard_active and targets.rows is not None:
-            loss = self._with_hard(queries, targets, neg)
-        elif self.fused:
-            loss = self._fused(queries, targets, neg)
-        else:
-            loss = self._reference(queries, targets, neg)
+        row_negatives = self._row_negatives(targets)
+        if self.prefixes:  # every prefix scores the same items: encode them once
+            targets = replace(targets, encode_items=_Once(targets.encode_items))
+        loss = self._loss(queries, targets, neg, row_negatives)
         terms = {"retrieval": loss}
+        for d, w in self.prefixes.items():  # Matryoshka: the same loss on each prefix, same candidates
+            enc = targets.encode_items
+            cut = replace(targets, encode_items=lambda ids, d=d, enc=enc: prefix_vectors(enc(ids), d, self.similarity))
+            terms[f"prefix_{d}"] = self._loss(prefix_vectors(queries, d, self.similarity), cut, neg, row_negatives)
+            loss = loss + w * terms[f"prefix_{d}"]
         for name, part in self.parts.items():
             terms[name] = part(queries, targets, self)
             loss = loss + terms[name]
@@ -166,16 +194,46 @@ class RetrievalTask(nn.Module):
             margin=self.margin,
         )
 
-    def _with_hard(self, q: torch.Tensor, targets: Targets, neg_ids: torch.Tensor) -> torch.Tensor:
-        """The shared candidates' logits (fused or reference layout) plus each row's mined negatives.
+    def _loss(
+        self,
+        q: torch.Tensor,
+        targets: Targets,
+        neg: torch.Tensor,
+        row_negatives: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """The objective over the shared candidates ``neg`` (and the rows' own negatives) for queries ``q``."""
+        if row_negatives is not None:
+            return self._with_hard(q, targets, neg, *row_negatives)
+        if self.fused:
+            return self._fused(q, targets, neg)
+        return self._reference(q, targets, neg)
 
-        A mined item that is the row's positive or already one of its shared columns is not a column twice.
-        Its logQ (when on) is log min(1, p_shared + p_mined): the shared sources' inclusion probability of the
-        item plus the row's draw probability from its rank window.
+    def _row_negatives(self, targets: Targets) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Each row's own negatives, (item ids int64 [T, H], -1 = none; inclusion probabilities [T, H]): the
+        mined ones once the staged schedule has switched them on, then the explicit-feedback ones; None when
+        there are none to add."""
+        if targets.rows is None:
+            return None
+        parts = []
+        if self.hard is not None and self.hard_active:
+            parts.append(self.hard.lookup(targets.rows))
+        if self.feedback is not None:
+            parts.append(self.feedback.lookup(targets.rows))
+        if not parts:
+            return None
+        return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+
+    def _with_hard(
+        self, q: torch.Tensor, targets: Targets, neg_ids: torch.Tensor, hard: torch.Tensor, p_hard: torch.Tensor
+    ) -> torch.Tensor:
+        """The shared candidates' logits (fused or reference layout) plus each row's own negatives ``hard``
+        [T, H] (mined, explicit feedback; -1 = none) drawn with probabilities ``p_hard`` [T, H].
+
+        An item that is the row's positive, already one of its shared columns, or an earlier column of the
+        same row is not a column twice. Its logQ (when on) is log min(1, p_shared + p_row): the shared
+        sources' inclusion probability of the item plus the row's own.
         """
-        assert self.hard is not None and targets.rows is not None
         pos = targets.items
-        hard, p_hard = self.hard.lookup(targets.rows)  # [T, H] (-1 = none), [T, H]
         if self.fused:
             cand_ids = neg_ids
             labels = torch.searchsorted(cand_ids, pos).to(q.device)
@@ -204,6 +262,13 @@ class RetrievalTask(nn.Module):
         at = torch.searchsorted(shared, hard.clamp_min(0)).clamp(max=max(len(shared) - 1, 0))
         duplicate = shared[at] == hard if len(shared) else torch.zeros_like(hard, dtype=torch.bool)
         usable = (hard >= 0) & ~duplicate & (hard != pos[:, None])  # [T, H]
+        if hard.shape[1] > 1:  # a repeat within the row (a mined item the user also disliked) counts once
+            first = torch.ones_like(usable)
+            srt, order = hard.sort(dim=1, stable=True)
+            dup = torch.zeros_like(usable)
+            dup[:, 1:] = srt[:, 1:] == srt[:, :-1]
+            first.scatter_(1, order, ~dup)
+            usable &= first
         safe = hard.clamp_min(0)
         uniq, inv = torch.unique(safe.reshape(-1), return_inverse=True)
         vecs = targets.encode_items(uniq)[inv.to(q.device)].view(*hard.shape, -1)  # [T, H, D]
@@ -229,10 +294,16 @@ class RetrievalTask(nn.Module):
         self.generator.set_state(state)
 
 
-def build_task(cfg: TrainConfig, data: SequenceData, hard: MinedNegatives | None = None) -> RetrievalTask:
+def build_task(
+    cfg: TrainConfig, data: SequenceData, hard: MinedNegatives | None = None, similarity: str = "cosine"
+) -> RetrievalTask:
     """The task a :class:`TrainConfig` describes: negative sources in ``cfg.negatives`` order, their logQ
-    estimator (``cfg.logq``), temperature, accidental hits, the fused path, the objective; ``hard``: mined
-    negatives (read from ``cfg.hard_negatives`` by the trainer)."""
+    estimator (``cfg.logq``), temperature, accidental hits, the fused path, the objective, the explicit
+    negative feedback (``cfg.negative_actions`` within ``cfg.negative_window``); ``hard``: mined negatives
+    (read from ``cfg.hard_negatives`` by the trainer)."""
+    feedback = None
+    if cfg.negative_actions and cfg.negative_window:
+        feedback = FeedbackNegatives(data, cfg.split, cfg.negative_actions, cfg.negative_window, cfg.negative_count)
     sources: list[NegativeSource] = []
     for name in cfg.negatives:
         if name == "in_batch":
@@ -259,14 +330,28 @@ def build_task(cfg: TrainConfig, data: SequenceData, hard: MinedNegatives | None
         objective=cfg.loss,
         margin=cfg.margin,
         hard=hard,
+        feedback=feedback,
+        prefixes=dict(zip(cfg.matryoshka_dims, cfg.matryoshka_weights or [1.0] * len(cfg.matryoshka_dims))),
+        similarity=similarity,
     )
 
 
-def targets_of(data: SequenceData, rows: torch.Tensor, encode_items: Callable, device: torch.device) -> Targets:
-    """:class:`Targets` of the dataset event rows ``rows`` int64 [T] (the model's training-query targets)."""
+def targets_of(
+    data: SequenceData,
+    rows: torch.Tensor,
+    encode_items: Callable,
+    device: torch.device,
+    not_positive: np.ndarray | None = None,
+) -> Targets:
+    """:class:`Targets` of the dataset event rows ``rows`` int64 [T] (the model's training-query targets).
+
+    ``not_positive``: bool [E], events that are no training positive (explicit negatives): weight 0."""
     r = rows.cpu().numpy()
     items = torch.from_numpy(data.event_item[r].astype(np.int64))
-    weight = torch.from_numpy(data.event_weight[r]).to(device)
+    w = data.event_weight[r]
+    if not_positive is not None:
+        w = np.where(not_positive[r], np.float32(0.0), w)
+    weight = torch.from_numpy(w).to(device)
     return Targets(items, None if bool((weight == 1).all()) else weight, encode_items, torch.from_numpy(r))
 
 

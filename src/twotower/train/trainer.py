@@ -35,6 +35,7 @@ from . import checkpoint as ckpt
 from . import run
 from .batches import WindowBatches, plan_epoch, training_windows
 from .config import RunConfig
+from .feedback import negative_events
 from .hard_negatives import MinedNegatives
 from .metrics_log import MetricsLog
 from .params import build_optimizer
@@ -99,7 +100,16 @@ class Trainer:
         self.lengths = self.windows[:, 2] - self.windows[:, 1]
         self.steps_per_epoch = len(plan_epoch(self.lengths, tc.batch_tokens, tc.seed, 0))
         self.total_steps = self.steps_per_epoch * tc.epochs
-        self.task = build_task(tc, data, self._mined_negatives(data)).to(self.device)
+        too_wide = [d for d in tc.matryoshka_dims if d >= mc.dim]
+        if too_wide:
+            raise ConfigError(
+                f"train.matryoshka_dims {too_wide} are not prefixes of the {mc.dim}-dim vectors (model.dim): "
+                f"use widths below {mc.dim}"
+            )
+        self.task = build_task(tc, data, self._mined_negatives(data), mc.similarity).to(self.device)
+        # explicit negatives are no training positives (weight 0) unless asked; None: every event is one
+        negative = negative_events(data, tc.negative_actions)
+        self.not_positive = negative if negative.any() and not tc.negatives_as_positives else None
         by_budget = bool(tc.time_budget_s) and tc.lr_follows_budget
         self.opt, self.sched = build_optimizer(
             self.model, self.task, tc, self.total_steps, self._budget_used if by_budget else None
@@ -168,14 +178,14 @@ class Trainer:
             weight = self.cfg.train.encoder_loss_weight
             if snapshots is not None and weight > 0:  # hybrid + the encoder's own loss, from one encoder pass
                 (qh, rh), (qe, re) = self.model.hybrid_training_queries(inputs.to(dev), rows.to(dev), snapshots)
-                head_targets = targets_of(self.data, rh, self._encode_items, dev)
-                enc_targets = targets_of(self.data, re, self._encode_items, dev)
+                head_targets = targets_of(self.data, rh, self._encode_items, dev, self.not_positive)
+                enc_targets = targets_of(self.data, re, self._encode_items, dev, self.not_positive)
                 head, enc = self.task(qh, head_targets), self.task(qe, enc_targets)
                 loss = head.loss + weight * enc.loss
                 terms = {**head.terms, "head": head.loss.detach(), "encoder": enc.loss.detach()}
                 return TaskOutput(loss, head.candidates + enc.candidates, terms), enc_targets
             queries, target_rows = self.model.training_queries(inputs.to(dev), rows.to(dev), snapshots)  # [T, D]
-            targets = targets_of(self.data, target_rows, self._encode_items, dev)
+            targets = targets_of(self.data, target_rows, self._encode_items, dev, self.not_positive)
             return self.task(queries, targets), targets
 
     def _encode_items(self, ids: torch.Tensor) -> torch.Tensor:
@@ -199,6 +209,8 @@ class Trainer:
             "targets": len(targets.items),
             "negatives": out.candidates,
             "grad_norm": float(gnorm),
+            # the loss's parts when it has several (Matryoshka prefixes, the hybrid's head and encoder)
+            "terms": {k: float(v.detach()) for k, v in out.terms.items()} if len(out.terms) > 1 else {},
         }
 
     # --- the loop ----------------------------------------------------------------------------------------
@@ -244,6 +256,8 @@ class Trainer:
                     if st["step"] % tc.log_every == 0:
                         for name, value in (("loss", stats["loss"]), ("grad_norm", stats["grad_norm"])):
                             self.metrics.scalar(epoch, st["step"], "train", name, value)
+                        for name, value in stats["terms"].items():
+                            self.metrics.scalar(epoch, st["step"], "train", f"loss/{name}", value)
                         self.metrics.scalar(epoch, st["step"], "train", "examples_per_s", round(rate, 1))
                     if not progress:
                         self._progress_line(epoch, stats["loss"], rate)
