@@ -24,6 +24,12 @@ INDEX_KNOBS = (
     ("pq_m", int, "ivfpq: sub-quantisers; must divide the dimension"),
     ("pq_bits", int, "ivfpq: bits per code; training wants about 39 x 2^bits items"),
     ("refine_factor", int, "ivfpq: PQ candidates re-scored exactly per result"),
+    (
+        "prefix_dim",
+        int,
+        "adaptive retrieval (Matryoshka models): index the first N dims, re-score at full width; 0 = off",
+    ),
+    ("shortlist", int, "adaptive retrieval: candidates per result fetched from the prefix index and re-scored"),
 )
 
 
@@ -96,8 +102,10 @@ def cmd_index_list(args: argparse.Namespace) -> int:
     cur = current_version(args.root)
     for v in history(args.root):
         m = read_manifest(Path(args.root) / "versions" / v, verify=False)
+        ad = m.get("adaptive")
+        kind = m["config"]["backend"] + (f" prefix {ad['prefix_dim']}/{ad['dim']}" if ad else "")
         print(
-            f"{'*' if v == cur else ' '} {v}  {m['config']['backend']:<8} {m['count']:>10,} items  "
+            f"{'*' if v == cur else ' '} {v}  {kind:<8} {m['count']:>10,} items  "
             f"recall@100 {m['recall']['recall@100']:.4f}  model {m['model_version']}"
         )
     return 0

@@ -37,6 +37,8 @@ _INT_BOUNDS = {
     "refine_factor": (1, None),
     "exact_block": (1, None),
     "threads": (0, None),
+    "prefix_dim": (0, None),
+    "shortlist": (1, None),
 }
 
 
@@ -61,6 +63,10 @@ class IndexConfig:
     exact_block: int = 2048  # exact backend, BLAS path: items per GEMM tile (the [B, block] tile stays in cache)
     filter_exact_below: float = 0.02  # allow-lists smaller than this fraction are searched exactly
     threads: int = 0  # FAISS OpenMP threads (0 = library default)
+    # Adaptive retrieval (Matryoshka models, twotower.index.adaptive): build the backend over the first
+    # prefix_dim coordinates and re-score shortlist x k candidates with the full vectors (0 = full width).
+    prefix_dim: int = 0
+    shortlist: int = 4
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import IndexError_, RecallTooLow
 from ..fsutil import pid_alive
 from ..fsutil import remove_leftovers as remove_leftover_dirs
+from .adaptive import AdaptiveIndex, build_index, open_index
 from .base import IndexConfig
 from .embeddings import load_embeddings
 from .storage import INDEX_FILES
@@ -186,11 +187,13 @@ def build_and_publish(
     queries = queries[:max_queries].astype(np.float32)
     t0 = time.perf_counter()
     try:
-        index = VectorIndex.build(ids, emb, config, model_version=emb_manifest["model_version"])
-    except ValueError as exc:  # NaN vectors, duplicate ids, a corpus too small for the IVF lists
+        index = build_index(ids, emb, config, emb_manifest["model_version"], emb_manifest.get("normalized", True))
+    except ValueError as exc:  # NaN vectors, duplicate ids, a corpus too small for the IVF lists, a bad prefix
         raise IndexError_(f"{emb_dir}: {exc}") from exc
     build_s = time.perf_counter() - t0
-    oracle = index if config.backend == "exact" else VectorIndex.build(ids, emb, IndexConfig(backend="exact"))
+    # the oracle is exact search at full width: an adaptive index is measured as the whole pipeline
+    plain_exact = config.backend == "exact" and not config.prefix_dim
+    oracle = index if plain_exact else VectorIndex.build(ids, emb, IndexConfig(backend="exact"))
     rec = measure_recall(index, oracle, queries)
     log.info(
         "%s over %d items: recall@10 %.4f recall@100 %.4f (build %.1fs)",
@@ -212,7 +215,8 @@ def build_and_publish(
             f"{recall_floor}; {_RECALL_KNOBS[config.backend]}, or lower --recall-floor. "
             "Nothing was published."
         )
-    version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{emb_manifest['model_version'][:8]}-{config.backend}"
+    kind = config.backend + (f"-p{config.prefix_dim}" if config.prefix_dim else "")
+    version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{emb_manifest['model_version'][:8]}-{kind}"
     while (root / "versions" / version).exists():
         version += "x"
     extra = {
@@ -243,12 +247,12 @@ def rollback(root: str | Path, to: str | None = None) -> str:
         to = hist[hist.index(cur) - 1]
     if not (root / "versions" / to).is_dir():
         raise IndexError_(f"version {to} does not exist under {root}/versions; published: {hist}")
-    VectorIndex.load(root / "versions" / to)  # refuse to switch to something that does not load
+    open_index(root / "versions" / to)  # refuse to switch to something that does not load
     _write_atomic(root / "CURRENT", to + "\n")
     return to
 
 
 def load_current(
     root: str | Path, expect_model_version: str | None = None, allow_version_mismatch: bool = False
-) -> VectorIndex:
-    return VectorIndex.load(current_path(root), expect_model_version, allow_version_mismatch)
+) -> VectorIndex | AdaptiveIndex:
+    return open_index(current_path(root), expect_model_version, allow_version_mismatch)

@@ -8,6 +8,8 @@ Layout (``N`` slots: live and tombstoned items, ``D`` dim)::
     alive.npy        bool    [N]     False = deleted (tombstone)
     vectors.npy      float32 [N, D]  unit vectors (the exact backend's data, and the completion scans')
     faiss.index      FAISS's own format, no pickle (absent for the exact backend)
+    full.npy         float16 [N, D'] full-width vectors of an adaptive index (the others then hold a prefix;
+                     :mod:`twotower.index.adaptive`), absent otherwise
 
 Writing goes through :func:`twotower.fsutil.swap_dir` like every directory writer: the new index is
 written to a temporary sibling and swapped in with two renames, so a reader sees the previous or the new
@@ -33,9 +35,10 @@ from .base import IndexConfig, read_manifest, write_manifest
 FORMAT = 1
 KIND = "twotower-index"
 ARRAY_FILES = ("ids.npy", "alive.npy", "vectors.npy")
+OPTIONAL_ARRAYS = ("full.npy",)  # an adaptive index's full-width rows
 FAISS_FILE = "faiss.index"
 #: Everything an index directory may hold: a temporary sibling holding anything else is not ours.
-INDEX_FILES = frozenset({*ARRAY_FILES, FAISS_FILE, "manifest.json"})
+INDEX_FILES = frozenset({*ARRAY_FILES, *OPTIONAL_ARRAYS, FAISS_FILE, "manifest.json"})
 
 
 def new_manifest(
@@ -64,9 +67,9 @@ def write_index_dir(path: str | Path, arrays: dict[str, np.ndarray], faiss_index
     remove_leftovers(path.parent, INDEX_FILES, path.name, what="index", job="index save")
     tmp, old = sibling_names(path)
     try:
-        for name in ARRAY_FILES:
+        files = list(ARRAY_FILES) + [n for n in OPTIONAL_ARRAYS if n.removesuffix(".npy") in arrays]
+        for name in files:
             np.save(tmp / name, arrays[name.removesuffix(".npy")])
-        files = list(ARRAY_FILES)
         if faiss_index is not None:
             faiss_backend.write(faiss_index, str(tmp / FAISS_FILE))
             files.append(FAISS_FILE)
@@ -90,7 +93,8 @@ def read_index_data(path: Path) -> tuple[dict[str, np.ndarray], Any]:
     """``({"ids", "alive", "vectors"}, faiss index or None)`` of a directory whose manifest was read (and its
     checksums verified) by :func:`read_index_manifest`. An unreadable file is an :class:`IndexError_`."""
     try:
-        arrays = {name.removesuffix(".npy"): np.load(path / name, allow_pickle=False) for name in ARRAY_FILES}
+        names = list(ARRAY_FILES) + [n for n in OPTIONAL_ARRAYS if (path / n).exists()]
+        arrays = {name.removesuffix(".npy"): np.load(path / name, allow_pickle=False) for name in names}
         faiss_index = faiss_backend.read(str(path / FAISS_FILE)) if (path / FAISS_FILE).exists() else None
     except (OSError, ValueError, RuntimeError) as exc:
         raise IndexError_(f"cannot read index {path}: {exc}; rebuild it or roll back") from exc

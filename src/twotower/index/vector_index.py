@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import from_dict
-from ..errors import ConfigError, VersionMismatch
+from ..errors import ConfigError, IndexError_, VersionMismatch
 from . import faiss_backend as fb
 from . import storage
 from .base import IndexConfig, as_queries, check_finite, normalise_exclude, pad_results
@@ -267,8 +267,19 @@ class VectorIndex:
                 f"{expect_model_version}; rebuild the index from this model's embeddings, or pass "
                 "allow_version_mismatch=True (--allow-version-mismatch) if you really mean to mix them"
             )
-        idx = cls(manifest["dim"], from_dict(IndexConfig, manifest["config"]), mv)
-        arrays, idx._faiss_index = storage.read_index_data(path)
+        if "adaptive" in manifest:
+            raise IndexError_(
+                f"{path} is an adaptive index (a prefix index re-scored at full width): open it with "
+                "twotower.index.adaptive.open_index"
+            )
+        arrays, faiss_index = storage.read_index_data(path)
+        return cls.from_stored(manifest, arrays, faiss_index)
+
+    @classmethod
+    def from_stored(cls, manifest: dict, arrays: dict[str, np.ndarray], faiss_index) -> VectorIndex:
+        """The index a verified manifest and its arrays (:mod:`twotower.index.storage`) describe."""
+        idx = cls(manifest["dim"], from_dict(IndexConfig, manifest["config"]), manifest.get("model_version"))
+        idx._faiss_index = faiss_index
         idx.ids, idx.alive, idx.vectors = arrays["ids"], arrays["alive"], arrays["vectors"]
         return idx
 

@@ -29,6 +29,7 @@ import numpy as np
 from ..data.dataset import SequenceData
 from ..errors import ArtifactError, TwotowerError
 from ..features import Featurizer
+from ..index.adaptive import AdaptiveIndex, open_index
 from ..index.publish import current_version, load_current, published_versions
 from ..index.vector_index import VectorIndex
 from ..model import ModelConfig, TwoTower
@@ -47,7 +48,7 @@ class Bundle:
     model: TwoTower
     model_config: ModelConfig
     model_version: str
-    index: VectorIndex
+    index: VectorIndex | AdaptiveIndex  # adaptive: a prefix index re-scored at full width (same search API)
     index_version: str
     items: ItemTable
     actions: dict[str, int]  # action name -> bit
@@ -116,7 +117,7 @@ def load_bundle(
     if version is None:
         index_version, index = current_version(root / "index"), load_current(root / "index")
     else:
-        index_version, index = version, VectorIndex.load(root / "index" / "versions" / version)
+        index_version, index = version, open_index(root / "index" / "versions" / version)
     model_dir = root / "models" / index.model_version
     if not (model_dir / "checkpoints").is_dir():
         raise ArtifactError(
