@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -79,17 +78,23 @@ def train_variant(data, budget: float, seed: int, out: Path, overrides: dict, sp
 
 def family_margin(work: Path, seed: int) -> dict:
     """Validation HR@10 on the family log: dislikes as positives vs as negative feedback (a small model)."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import small_run_config
-
     from twotower.data import LogSchema, SequenceData
     from twotower.data.config import PrepareConfig
     from twotower.data.prepare import prepare_files
     from twotower.data.synth import generate
     from twotower.evaluate import evaluate_model
     from twotower.features import Featurizer
+    from twotower.model import ModelConfig
+    from twotower.train.config import RunConfig, TrainConfig
     from twotower.train.load import load_run
     from twotower.train.trainer import Trainer
+
+    def small(**train) -> RunConfig:  # the test suite's small model (tests/conftest.py), 12 epochs
+        model = ModelConfig(dim=16, num_heads=2, num_layers=1, max_len=20, item_buckets=1024, author_buckets=64,
+                            user_buckets=1024, feature_buckets=64, dropout=0.1)  # fmt: skip
+        t = dict(epochs=12, batch_tokens=512, warmup_steps=5, num_uniform=32, eval_users=100, log_every=5,
+                 patience=100, lr=3e-3, eval_every=12, seed=seed)  # fmt: skip
+        return RunConfig(model=model, train=TrainConfig(**{**t, **train}))
 
     root = work / "families"
     if not (root / "data" / "manifest.json").exists():
@@ -102,7 +107,7 @@ def family_margin(work: Path, seed: int) -> dict:
     data = SequenceData.load(root / "data")
     out = {}
     for name, extra in (("base", {}), ("feedback", {"negative_actions": ["dislike"], "negative_window": 20})):
-        cfg = small_run_config(epochs=12, patience=100, lr=3e-3, eval_every=12, seed=seed, **extra)
+        cfg = small(**extra)
         Trainer(data, cfg, root / f"{name}-s{seed}", overwrite=True).fit(progress=False)
         model, rc, _ = load_run(root / f"{name}-s{seed}")
         out[name] = round(evaluate_model(model, Featurizer(data, rc.model), "loo", "valid")["filtered/hr@10"], 4)
