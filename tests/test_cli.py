@@ -462,3 +462,37 @@ def test_mine_negatives_then_train_with_them_from_the_command_line(trained, synt
     assert saved["hard_negatives_model"] == manifest["model_version"] and saved["loss"] == "bpr"
     assert train(synth_data, out, "--resume", "--loss", "softmax") == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_evaluate_writes_a_report_with_plots(trained, tmp_path, capsys):
+    """`evaluate --report`: HTML + Markdown + JSON + PNGs; its summary equals `evaluate`'s own metrics and the
+    segments cover every evaluated user."""
+    _, run = trained
+    rep = tmp_path / "rep"
+    assert main(["evaluate", "--run", str(run), "--out", str(tmp_path / "e.json"), "--report", str(rep)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    for name in ("hr_curve.png", "training.png", "segments.png"):
+        assert (rep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    html_text = (rep / "report.html").read_text()
+    assert '<img src="hr_curve.png"' in html_text and "<table>" in html_text and "strict" in html_text
+    report = json.loads((rep / "report.json").read_text())
+    plain = json.loads((tmp_path / "e.json").read_text())
+    assert report["summary"]["model"]["filtered"]["hr@10"] == pytest.approx(plain["model"]["filtered/hr@10"])
+    assert report["summary"]["popularity"]["filtered"]["ndcg@10"] == pytest.approx(
+        plain["popularity"]["filtered/ndcg@10"]
+    )
+    for by in report["segments"].values():
+        assert sum(r["users"] for r in by["model"]) == report["users"]
+    assert report["protocol"] == "strict" and report["config"]["train"]["epochs"] == 1
+
+
+def test_report_curves_and_segments_are_what_they_say():
+    from twotower.evaluate.report import history_edges, hr_curve, segments
+
+    ranks = np.array([0, 3, 9, 10, 150, 400])
+    assert hr_curve(ranks, np.array([1, 10, 200])).tolist() == [1 / 6, 3 / 6, 5 / 6]
+    key = np.array([1, 1, 5, 5, 9, 9])
+    rows = segments(ranks, key, np.array([0, 5, 10]), ["low", "high"])
+    assert [r["users"] for r in rows] == [2, 4] and rows[0]["hr@10"] == 1.0 and rows[1]["hr@10"] == 0.25
+    edges, labels = history_edges(np.array([1, 2, 3, 4, 100]))
+    assert edges[0] == 1 and edges[-1] == 101 and len(labels) == len(edges) - 1

@@ -122,6 +122,12 @@ def declare_evaluate(p: argparse.ArgumentParser) -> None:
         "time and surface are the request's (HSTU's convention; differs from strict only for hybrid towers)",
     )
     p.add_argument("--out", help="JSON path (default RUN/eval_SPLIT.json)")
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="also write an HTML + Markdown report with plots (HR@K curves, training curves, segments) to DIR",
+    )
+    p.add_argument("--index-root", help="with --report: a published index root whose recall and QPS to include")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -166,6 +172,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     )
     print(f"wrote {out}")
+    if args.report:
+        from ..evaluate.report import write_report
+
+        index_manifest = None
+        if args.index_root:
+            from ..index.base import read_manifest
+            from ..index.publish import current_path
+
+            index_manifest = read_manifest(current_path(args.index_root), verify=False)
+        feat = Featurizer(data, cfg.model)
+        write_report(args.report, model, feat, scheme, args.split, args.protocol, run, index_manifest, version)
+        print(f"wrote {Path(args.report) / 'report.html'} (and report.md, report.json, the plots)")
     return 0
 
 

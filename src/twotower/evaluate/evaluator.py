@@ -87,6 +87,25 @@ def evaluate_model(
     ``protocol`` (``strict`` | ``request_time``, see ``twotower.layout.PROTOCOLS``): what a hybrid tower's
     request features may take from the target event. Unsplit towers read only the history: both are the same.
     """
+    _, _, all_r, filt_r = model_ranks(model, feat, scheme, which, max_users, batch, device, progress, seed, protocol)
+    return _report(all_r, filt_r, ks)
+
+
+@torch.no_grad()
+def model_ranks(
+    model: TwoTower,
+    feat: Featurizer,
+    scheme: str = "loo",
+    which: str = "test",
+    max_users: int | None = None,
+    batch: int = 512,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    seed: int = 0,
+    protocol: str = "strict",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(users [U], target rows [U], 0-based ranks over all items [U], ranks with seen items removed [U]) of
+    every evaluated target: what :func:`evaluate_model` summarises (and the report splits by segment)."""
     data = feat.data
     was_training = model.training
     model.eval()
@@ -96,9 +115,9 @@ def evaluate_model(
     def score(u: np.ndarray, r: np.ndarray) -> torch.Tensor:
         return encode_requests(model, feat, u, r, device=device, protocol=protocol).float() @ items.T
 
-    out = _report(*_ranks(score, data, users, rows, batch, progress), ks)
+    all_r, filt_r = _ranks(score, data, users, rows, batch, progress)
     model.train(was_training)
-    return out
+    return users, rows, all_r, filt_r
 
 
 @torch.no_grad()
@@ -139,6 +158,16 @@ def evaluate_popularity(
     seed: int = 0,
 ) -> dict[str, float]:
     """Most-popular baseline (training counts), ranked by the same code as the model."""
+    _, _, all_r, filt_r = popularity_ranks(data, scheme, which, max_users, seed)
+    return _report(all_r, filt_r, ks)
+
+
+@torch.no_grad()
+def popularity_ranks(
+    data: SequenceData, scheme: str = "loo", which: str = "test", max_users: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`model_ranks` of the most-popular baseline."""
     counts = torch.from_numpy(data.item_train_counts(scheme).astype(np.float32))
     users, rows = _select(data, scheme, which, max_users, seed)
-    return _report(*_ranks(lambda u, r: counts.expand(len(u), -1), data, users, rows, 1024, False), ks)
+    all_r, filt_r = _ranks(lambda u, r: counts.expand(len(u), -1), data, users, rows, 1024, False)
+    return users, rows, all_r, filt_r
