@@ -496,3 +496,16 @@ def test_report_curves_and_segments_are_what_they_say():
     assert [r["users"] for r in rows] == [2, 4] and rows[0]["hr@10"] == 1.0 and rows[1]["hr@10"] == 0.25
     edges, labels = history_edges(np.array([1, 2, 3, 4, 100]))
     assert edges[0] == 1 and edges[-1] == 101 and len(labels) == len(edges) - 1
+
+
+def test_prepare_and_index_build_show_progress_unless_told_not_to(tmp_path, capsys):
+    from twotower.data.synth import generate
+
+    generate(50, 30, 600, tmp_path / "log.parquet", seed=3, progress=False)
+    base = ["prepare", "--log", str(tmp_path / "log.parquet"), "--action-cols", "click,like"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "prepare: read log" in err and "600" in err
+    assert main([*base, "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "prepare: read log" not in captured.err and "written" in captured.out

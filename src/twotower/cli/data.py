@@ -34,6 +34,7 @@ def declare_prepare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delimiter", help="CSV delimiter (default: tab for .tsv/.tab files, else ',')")
     p.add_argument("--num-hashes", type=int)
     p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line stays)")
     p.set_defaults(func=cmd_prepare)
 
 
@@ -71,7 +72,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                 raise UsageError(f"{' / '.join(flags[k] for k in actions)}: {exc}") from exc
         if args.delimiter:
             cfg.log.delimiter = cfg.items.delimiter = cfg.users.delimiter = args.delimiter
-        manifest = prepare_files(args.log, args.out, cfg, items_path=args.items, users_path=args.users)
+        manifest = prepare_files(
+            args.log, args.out, cfg, items_path=args.items, users_path=args.users, progress=not args.no_progress
+        )
     print_stats(manifest)
     print(f"written    {args.out}")
     return 0

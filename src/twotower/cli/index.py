@@ -61,6 +61,7 @@ def declare_index(p: argparse.ArgumentParser) -> None:
     b = sub.add_parser("build", help="build an index, measure recall vs exact, publish atomically")
     b.add_argument("--emb", required=True, help="embeddings directory from `twotower export`")
     b.add_argument("--out", required=True, help="index root (versions/, CURRENT)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line stays)")
     add_index_knobs(b)
     b.set_defaults(func=cmd_index_build)
     r = sub.add_parser("rollback", help="point CURRENT at the previous (or a named) version")
@@ -77,7 +78,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from ..index.publish import build_and_publish
 
     cfg = index_config_from(args)
-    res = build_and_publish(args.emb, args.out, cfg, recall_floor=args.recall_floor)
+    res = build_and_publish(args.emb, args.out, cfg, recall_floor=args.recall_floor, progress=not args.no_progress)
     r = res["recall"]
     print(
         f"published {res['version']}: recall@10 {r['recall@10']:.4f}, recall@100 {r['recall@100']:.4f} "

@@ -134,19 +134,32 @@ def _build(
     return manifest
 
 
+def _counted(chunks, total: int | None, progress: bool):
+    """The chunks, with a progress bar over the events read (quiet without ``progress``)."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc="prepare: read log", unit="event", unit_scale=True, disable=not progress) as bar:
+        for chunk in chunks:
+            bar.update(chunk.num_rows)
+            yield chunk
+
+
 def prepare_files(
     log_path: str | Path,
     out: str | Path,
     cfg: PrepareConfig | None = None,
     items_path: str | Path | None = None,
     users_path: str | Path | None = None,
+    progress: bool = False,
 ) -> dict:
-    """Prepare a generic log (+ optional item / user tables) described by ``cfg``'s column mappings."""
+    """Prepare a generic log (+ optional item / user tables) described by ``cfg``'s column mappings.
+    ``progress``: a bar over the events read (the CLI's default; ``--no-progress`` turns it off)."""
     t0 = time.perf_counter()
     cfg = cfg or PrepareConfig()
     check_out(Path(out), (log_path, items_path, users_path))
-    chunks = readers.iter_log(log_path, cfg.log)
-    events = encode_events(chunks, readers.log_rows(log_path), source=str(log_path))  # chunk by chunk
+    total = readers.log_rows(log_path)
+    chunks = _counted(readers.iter_log(log_path, cfg.log), total, progress)
+    events = encode_events(chunks, total, source=str(log_path))  # chunk by chunk
     items = tables.read_items(items_path, cfg.items) if items_path else None
     users = tables.read_users(users_path, cfg.users) if users_path else None
     info = {

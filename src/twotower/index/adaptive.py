@@ -69,6 +69,7 @@ class AdaptiveIndex:
         model_version: str = "unknown",
         shortlist: int = 4,
         normalized: bool = True,
+        progress: bool = False,
     ) -> AdaptiveIndex:
         """Index the first ``prefix_dim`` coordinates of ``embeddings`` [N, D]; keep the full rows as float16."""
         emb = np.asarray(embeddings, dtype=np.float32)
@@ -76,7 +77,7 @@ class AdaptiveIndex:
             raise ValueError(f"prefix_dim must be within [1, {emb.shape[1] - 1}] for {list(emb.shape)} vectors")
         check_finite(emb, np.asarray(ids))
         cfg = dataclasses.replace(config or IndexConfig(), prefix_dim=prefix_dim, shortlist=shortlist)
-        inner = VectorIndex.build(ids, prefix_of(emb, prefix_dim, normalized), cfg, model_version)
+        inner = VectorIndex.build(ids, prefix_of(emb, prefix_dim, normalized), cfg, model_version, progress)
         return cls(inner, emb.astype(np.float16), shortlist, normalized)
 
     def __len__(self) -> int:
@@ -219,13 +220,14 @@ def build_index(
     config: IndexConfig,
     model_version: str = "unknown",
     normalized: bool = True,
+    progress: bool = False,
 ) -> VectorIndex | AdaptiveIndex:
     """``config.prefix_dim`` > 0: an :class:`AdaptiveIndex` over that prefix; else a plain VectorIndex."""
     if config.prefix_dim:
         return AdaptiveIndex.build(
-            ids, embeddings, config.prefix_dim, config, model_version, config.shortlist, normalized
+            ids, embeddings, config.prefix_dim, config, model_version, config.shortlist, normalized, progress
         )
-    return VectorIndex.build(ids, embeddings, config, model_version)
+    return VectorIndex.build(ids, embeddings, config, model_version, progress)
 
 
 def open_index(

@@ -169,9 +169,15 @@ def current_path(root: str | Path) -> Path:
 
 
 def build_and_publish(
-    emb_dir: str | Path, root: str | Path, config: IndexConfig, recall_floor: float = 0.95, max_queries: int = 1000
+    emb_dir: str | Path,
+    root: str | Path,
+    config: IndexConfig,
+    recall_floor: float = 0.95,
+    max_queries: int = 1000,
+    progress: bool = False,
 ) -> dict:
-    """Build ``config.backend`` over an export, measure recall on real user vectors, publish if it passes."""
+    """Build ``config.backend`` over an export, measure recall on real user vectors, publish if it passes.
+    ``progress``: a bar while the vectors go into the FAISS structure, and a log line per phase."""
     root = Path(root)
     if not 0.0 <= recall_floor <= 1.0:
         raise IndexError_(f"the recall floor is a recall@100 in [0, 1], got {recall_floor}")
@@ -186,14 +192,17 @@ def build_and_publish(
         queries = emb[np.random.default_rng(0).choice(len(emb), min(len(emb), max_queries), replace=False)]
     queries = queries[:max_queries].astype(np.float32)
     t0 = time.perf_counter()
+    log.info("building %s over %d x %d vectors from %s", config.backend, len(ids), emb.shape[1], emb_dir)
     try:
-        index = build_index(ids, emb, config, emb_manifest["model_version"], emb_manifest.get("normalized", True))
+        normalized = emb_manifest.get("normalized", True)
+        index = build_index(ids, emb, config, emb_manifest["model_version"], normalized, progress)
     except ValueError as exc:  # NaN vectors, duplicate ids, a corpus too small for the IVF lists, a bad prefix
         raise IndexError_(f"{emb_dir}: {exc}") from exc
     build_s = time.perf_counter() - t0
     # the oracle is exact search at full width: an adaptive index is measured as the whole pipeline
     plain_exact = config.backend == "exact" and not config.prefix_dim
     oracle = index if plain_exact else VectorIndex.build(ids, emb, IndexConfig(backend="exact"))
+    log.info("measuring recall@10/@100 against exact search on %d user vectors", len(queries))
     rec = measure_recall(index, oracle, queries)
     log.info(
         "%s over %d items: recall@10 %.4f recall@100 %.4f (build %.1fs)",

@@ -47,9 +47,15 @@ class VectorIndex:
     # --- building and mutation -------------------------------------------------------------------------
     @classmethod
     def build(
-        cls, ids: np.ndarray, embeddings: np.ndarray, config: IndexConfig | None = None, model_version: str = "unknown"
+        cls,
+        ids: np.ndarray,
+        embeddings: np.ndarray,
+        config: IndexConfig | None = None,
+        model_version: str = "unknown",
+        progress: bool = False,
     ) -> VectorIndex:
-        """Index ``embeddings`` [N, D] (unit norm) under ``ids`` [N] (unique int64)."""
+        """Index ``embeddings`` [N, D] (unit norm) under ``ids`` [N] (unique int64); ``progress``: a bar over
+        the vectors added to the FAISS structure (added in slices of 64k)."""
         emb = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
         ids = np.asarray(ids, dtype=np.int64)
         if emb.ndim != 2 or len(emb) != len(ids):
@@ -63,12 +69,17 @@ class VectorIndex:
             fb.set_faiss_threads(cfg.threads)
         if cfg.backend != "exact":
             idx._faiss_index = fb.new_faiss_index(cfg, idx.dim, emb)
-        idx._append(ids, emb)
+        idx._append(ids, emb, progress)
         return idx
 
-    def _append(self, ids: np.ndarray, emb: np.ndarray) -> None:
+    def _append(self, ids: np.ndarray, emb: np.ndarray, progress: bool = False) -> None:
         if self._faiss_index is not None and len(emb):
-            self._faiss_index.add(emb)
+            from tqdm import tqdm
+
+            step = 1 << 16
+            desc = f"index: add to {self.config.backend}"
+            for lo in tqdm(range(0, len(emb), step), desc=desc, unit="64k", disable=not progress or len(emb) <= step):
+                self._faiss_index.add(emb[lo : lo + step])
         self.ids = np.concatenate([self.ids, ids])
         self.alive = np.concatenate([self.alive, np.ones(len(ids), bool)])
         self.vectors = np.concatenate([self.vectors, emb]) if len(self.vectors) else emb.copy()

@@ -81,7 +81,7 @@ def build_artifacts(
     url = store_url or f"sqlite:///{(root / 'states.db').resolve()}"
     report = refresh_states(root / "models" / version, url, as_of=as_of, progress=progress)
     config = index_config or IndexConfig(backend=backend)
-    published = build_and_publish(emb_dir, root / "index", config, recall_floor=recall_floor)
+    published = build_and_publish(emb_dir, root / "index", config, recall_floor=recall_floor, progress=progress)
     log.info(
         "artifact root %s: model %s, index %s, %d user states written (fresh ones kept)",
         root,
