@@ -48,6 +48,9 @@ LOGS: dict[str, str] = {
     "item's successors",
     # Tuning only, never a checked log: the defaults' choices are made on this log's validation split.
     "ml-1m-last30": f"MovieLens-1M with each user's history cut to their last {SHORT_EVENTS} events (the dev log)",
+    # A second dev log, shaped like ml-1m-short (early-life, short sequences) without its events: each user's
+    # events 31-60 by time (users with fewer than 32 events drop out). Tuning only, never checked.
+    "ml-1m-mid30": f"MovieLens-1M, each user's events {SHORT_EVENTS + 1}-{2 * SHORT_EVENTS} by time (a second dev log)",
 }
 
 TAB_TSV = pacsv.WriteOptions(delimiter="\t", quoting_style="none", quoting_header="none")
@@ -107,8 +110,9 @@ def sample_users(events: pa.Table, fraction: float, seed: int) -> pa.Table:
     return events.filter(pc.is_in(events.column("user_id:token"), pa.array(chosen, pa.string())))
 
 
-def first_events(events: pa.Table, k: int, last: bool = False) -> pa.Table:
-    """Each user's first (``last``: last) ``k`` events by time (ties keep log order), in log order."""
+def first_events(events: pa.Table, k: int, last: bool = False, skip: int = 0) -> pa.Table:
+    """Each user's first (``last``: last) ``k`` events by time after the first ``skip`` (ties keep log order),
+    in log order."""
     user = pc.dictionary_encode(events.column("user_id:token")).combine_chunks().indices.to_numpy()
     ts = events.column("timestamp:float").to_numpy()
     order = np.lexsort((ts, user))  # stable: equal (user, time) keep log order, as the loader sorts them
@@ -118,7 +122,7 @@ def first_events(events: pa.Table, k: int, last: bool = False) -> pa.Table:
     rank = np.arange(len(su)) - np.repeat(starts, sizes)
     if last:
         rank = np.repeat(sizes, sizes) - 1 - rank
-    keep = np.sort(order[rank < k])
+    keep = np.sort(order[(rank >= skip) & (rank < skip + k)])
     return events.take(pa.array(keep))
 
 
@@ -149,13 +153,15 @@ def make_log(name: str, root: Path) -> tuple[Path, PrepareConfig, Path | None, P
             "release_year:token", "class:token_seq", ["age:token", "gender:token", "occupation:token"]
         )
         return d / "ml-100k.inter", cfg, d / "ml-100k.item", d / "ml-100k.user"
-    if name in ("ml-1m-users20", "ml-1m-short", "ml-1m-last30"):
+    if name in ("ml-1m-users20", "ml-1m-short", "ml-1m-last30", "ml-1m-mid30"):
         d = wheel_dir("ml-1m")
         log = root / "log.tsv"
         if not log.is_file():
             events = read_inter(d / "ml-1m.inter")
             if name == "ml-1m-users20":
                 cut = sample_users(events, USER_FRACTION, SEED)
+            elif name == "ml-1m-mid30":
+                cut = first_events(events, SHORT_EVENTS, skip=SHORT_EVENTS)
             else:
                 cut = first_events(events, SHORT_EVENTS, last=name == "ml-1m-last30")
             write_atomic(cut, log)
