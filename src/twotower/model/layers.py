@@ -106,19 +106,21 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.p = cfg.attn_dropout
 
-    def forward(self, x: torch.Tensor, causal: bool, key_mask: torch.Tensor | None) -> torch.Tensor:
-        """x [B, L, D]; key_mask bool [B, L] (valid keys; read only when not causal) -> [B, L, D]."""
+    def forward(
+        self, x: torch.Tensor, causal: bool, key_mask: torch.Tensor | None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x [B, L, D]; key_mask bool [B, L] (valid keys; read only when not causal); ``attn_mask`` bool
+        [B, L, L] (query i may see key j; overrides both, e.g. the ranker's candidate isolation) -> [B, L, D]."""
         B, L, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(D, dim=-1)
         q, k, v = (t.view(B, L, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, h, L, hs)
         # Causal + right padding needs no key mask: valid positions only ever see earlier (valid) ones.
+        if attn_mask is not None:
+            mask, is_causal = attn_mask[:, None], False
+        else:
+            mask, is_causal = (None if causal else key_mask[:, None, None, :]), causal
         att = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=None if causal else key_mask[:, None, None, :],
-            is_causal=causal,
-            dropout_p=self.p if self.training else 0.0,
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.p if self.training else 0.0
         )
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(B, L, D)))
         return x + self.drop(self.ffn(self.ln2(x)))

@@ -1,0 +1,54 @@
+"""The ranker: candidate isolation (a candidate's score ignores the other candidates) and order independence."""
+
+import numpy as np
+import torch
+from conftest import small_run_config
+
+from twotower.data import SequenceData
+from twotower.features import Featurizer
+from twotower.model.ranker import Ranker, isolation_mask
+
+
+def _setup(synth_data):
+    data = SequenceData.load(synth_data)
+    mc = small_run_config().model
+    mc.num_actions, mc.num_surfaces, mc.dropout = data.num_actions, data.num_surfaces, 0.0
+    torch.manual_seed(0)
+    return data, Featurizer(data, mc), Ranker(mc).eval()
+
+
+def test_a_candidates_score_ignores_the_other_candidates_and_their_order(synth_data):
+    data, feat, ranker = _setup(synth_data)
+    u = feat.users(np.array([0, 3]), np.array([0, 40]), np.array([12, 47]))  # histories of 12 and 7 events
+    a = torch.tensor([[5, 9, 17, 30], [2, 9, 44, 61]])
+    b = torch.tensor([[5, 100, 150, 30], [101, 9, 102, 103]])  # some candidates replaced
+
+    def score(ids):
+        items = feat.items(ids.reshape(-1).numpy())
+        cands = type(items)(*(t.view(*ids.shape, -1) for t in (items.item, items.author, items.feat)))
+        with torch.no_grad():
+            return ranker(u, cands)
+
+    sa, sb = score(a), score(b)
+    torch.testing.assert_close(sa[0, [0, 3]], sb[0, [0, 3]])  # 5 and 30 kept their places
+    torch.testing.assert_close(sa[1, 1], sb[1, 1])  # 9 too
+    perm = torch.tensor([3, 1, 0, 2])
+    torch.testing.assert_close(score(a[:, perm]), sa[:, perm])  # order in = order out
+    more = torch.cat([a, torch.tensor([[70, 71], [72, 73]])], 1)
+    torch.testing.assert_close(score(more)[:, :4], sa)  # K does not matter either
+    assert not torch.allclose(sa[0], sa[1])  # and the history does
+
+
+def test_the_isolation_mask():
+    m = isolation_mask(torch.tensor([2]), S=3, K=2)[0]
+    expect = torch.tensor(
+        [
+            [1, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0],
+            [1, 1, 0, 1, 0],  # candidate 0: the 2 real history tokens and itself
+            [1, 1, 0, 0, 1],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(m, expect)
