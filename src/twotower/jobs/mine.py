@@ -40,7 +40,13 @@ from ..train.run import check_model_fits, dataset_fingerprint, load_dataset, rec
 log = logging.getLogger(__name__)
 
 PARTS = ".parts"
-CHUNK_TOKENS = 16384  # window positions per chunk (and per resumable part)
+CHUNK_TOKENS = 16384  # window positions per chunk (and per resumable part), at most
+SCORE_BYTES = 1 << 28  # a chunk's [T, N] float32 score matrix stays under 256 MiB (fewer positions for big N)
+
+
+def chunk_tokens_for(num_items: int) -> int:
+    """Window positions per chunk: CHUNK_TOKENS, fewer when the catalogue would make the scores too large."""
+    return int(min(CHUNK_TOKENS, max(256, SCORE_BYTES // (4 * max(1, num_items)))))
 
 
 def chunks(windows: np.ndarray, tokens: int = CHUNK_TOKENS) -> list[np.ndarray]:
@@ -155,13 +161,14 @@ def mine_negatives(
     overwrite: bool = False,
     progress: bool = True,
     stop_after_chunks: int | None = None,
-    chunk_tokens: int = CHUNK_TOKENS,
+    chunk_tokens: int | None = None,
 ) -> dict:
     """Mine ``run``'s hard negatives into ``out`` (see the module docstring); returns the manifest.
 
     ``data``: the run's dataset (default: the path the run recorded). ``stop_after_chunks``: stop early, as a
     kill would (for tests); the manifest is then not written and the return value is ``{}``. ``chunk_tokens``:
-    window positions per chunk (one resumable part; the draws are seeded per chunk, so it is recorded).
+    window positions per chunk (one resumable part; the draws are seeded per chunk, so it is recorded; default
+    :func:`chunk_tokens_for` the catalogue).
     """
     cfg = cfg or MineConfig()
     run, out = Path(run), Path(out)
@@ -171,6 +178,7 @@ def mine_negatives(
         data = load_dataset(recorded_dataset(run, None))
     check_model_fits(rc.model, data)
     fingerprint = dataset_fingerprint(data)
+    chunk_tokens = chunk_tokens or chunk_tokens_for(data.num_items)
     split = rc.train.split
     parts = _open_parts(out, _job_record(version, fingerprint, split, cfg, run.resolve(), chunk_tokens), overwrite)
     model.eval()
