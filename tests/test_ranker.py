@@ -52,3 +52,34 @@ def test_the_isolation_mask():
         dtype=torch.bool,
     )
     assert torch.equal(m, expect)
+
+
+def test_a_ranker_trains_on_its_retrievers_candidates_and_refuses_another_retriever(synth_data, tmp_path):
+    import pytest
+
+    from twotower.errors import ArtifactError
+    from twotower.jobs.mine import mine_negatives
+    from twotower.train.hard_negatives import MineConfig
+    from twotower.train.load import load_run
+    from twotower.train.ranker import RankerConfig, load_ranker, rerank_metrics, train_ranker
+    from twotower.train.trainer import Trainer
+
+    data = SequenceData.load(synth_data)
+    for name, seed in (("r1", 0), ("r2", 1)):
+        Trainer(data, small_run_config(epochs=1, seed=seed), tmp_path / name).fit(progress=False)
+    mine_negatives(tmp_path / "r1", tmp_path / "m1", MineConfig(rank_from=1, rank_to=30, count=6), data, progress=False)
+    s = train_ranker(tmp_path / "r1", tmp_path / "m1", tmp_path / "rank", RankerConfig(steps=15, batch=32), data, False)
+    _, _, v1 = load_run(tmp_path / "r1")
+    _, _, v2 = load_run(tmp_path / "r2")
+    assert s["retriever_version"] == v1 and s["candidates"] == 1 + 6 + 4 and s["step"] == 15
+    ranker, config, version = load_ranker(tmp_path / "rank", expect_retriever=v1)
+    assert version == s["ranker_version"] and config["retriever_version"] == v1
+    with pytest.raises(ArtifactError, match="trained against retriever"):
+        load_ranker(tmp_path / "rank", expect_retriever=v2)
+    with pytest.raises(ArtifactError, match="mined with model"):
+        train_ranker(tmp_path / "r2", tmp_path / "m1", tmp_path / "rank2", RankerConfig(steps=1), data, False)
+    m = rerank_metrics(tmp_path / "r1", tmp_path / "rank", "valid", shortlist=50, data=data)
+    # re-ranking only reorders the shortlist: what is inside the top 50 (and every rank beyond) is unchanged
+    for k in ("hr@50", "hr@100", "hr@200"):
+        assert m["rerank"][k] == m["retrieval"][k], k
+    assert m["rerank"]["hr@10"] != m["retrieval"]["hr@10"] or m["rerank"]["mrr"] != m["retrieval"]["mrr"]

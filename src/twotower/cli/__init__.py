@@ -40,6 +40,7 @@ COMMANDS: dict[str, Command] = {
     "mine-negatives": Command(
         "train", "declare_mine_negatives", "hard negatives for every training example from a run's model"
     ),
+    "train-ranker": Command("train", "declare_train_ranker", "a second-stage ranker on the retriever's candidates"),
     "index": Command("index", "declare_index", "build / publish / roll back ANN indexes"),
     "refresh-states": Command(
         "serve", "declare_refresh_states", "encode users with new activity into the feature store"

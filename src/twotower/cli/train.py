@@ -249,3 +249,45 @@ def cmd_mine_negatives(args: argparse.Namespace) -> int:
         f" -> {args.out}\ntrain with them: twotower train ... --hard-negatives {args.out} [--hard-start 0.5]"
     )
     return 0
+
+
+def declare_train_ranker(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``twotower train-ranker``."""
+    p.add_argument("--run", required=True, help="the retriever run whose candidates the ranker re-scores")
+    p.add_argument(
+        "--mined", required=True, help="its candidates: `twotower mine-negatives --run RUN --from 1 --to 100`"
+    )
+    p.add_argument("--out", required=True, help="ranker directory")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=128, help="examples per step")
+    p.add_argument("--random", type=int, default=4, help="uniform random candidates per example")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--time-budget", type=float, default=0.0, help="training seconds (0 = the steps decide)")
+    p.add_argument("--shortlist", type=int, default=100, help="K': retrieved candidates re-ranked at evaluation")
+    p.add_argument("--eval-users", type=int, default=2000, help="users scored on valid and test (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_ranker)
+
+
+def cmd_train_ranker(args: argparse.Namespace) -> int:
+    """Train a ranker on the retriever's candidates; print retrieval vs retrieval + rerank (valid, test)."""
+    from ..train.ranker import RankerConfig, rerank_metrics, train_ranker
+    from ..train.run import load_dataset, recorded_dataset
+
+    cfg = RankerConfig(random=args.random, num_layers=args.layers, steps=args.steps, batch=args.batch,
+                       time_budget_s=args.time_budget, seed=args.seed)  # fmt: skip
+    data = load_dataset(recorded_dataset(Path(args.run), None))
+    s = train_ranker(args.run, args.mined, args.out, cfg, data)
+    print(
+        f"ranker {s['ranker_version']} for retriever {s['retriever_version']}: {s['step']} steps, "
+        f"{s['train_seconds']:.0f} s, {s['candidates']} candidates per example, loss {s['loss']:.4f} -> {args.out}"
+    )
+    users = args.eval_users or None
+    for split in ("valid", "test"):
+        m = rerank_metrics(args.run, args.out, split, args.shortlist, users, data)
+        r, k = m["retrieval"], m["rerank"]
+        print(
+            f"{split} (strict, K'={args.shortlist}): retrieval HR@10 {r['hr@10']:.4f} NDCG@10 {r['ndcg@10']:.4f} | "
+            f"+ rerank HR@10 {k['hr@10']:.4f} NDCG@10 {k['ndcg@10']:.4f}"
+        )
+    return 0
