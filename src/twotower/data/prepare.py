@@ -138,8 +138,14 @@ def _counted(chunks, total: int | None, progress: bool):
     """The chunks, with a progress bar over the events read (quiet without ``progress``)."""
     from tqdm import tqdm
 
+    it = iter(chunks)
+    first = next(it, None)  # opened and read before the bar appears: a file that fails to open shows no bar
+    if first is None:
+        return
     with tqdm(total=total, desc="prepare: read log", unit="event", unit_scale=True, disable=not progress) as bar:
-        for chunk in chunks:
+        bar.update(first.num_rows)
+        yield first
+        for chunk in it:
             bar.update(chunk.num_rows)
             yield chunk
 
