@@ -118,17 +118,12 @@ class Retriever:
         """(item ids str [N], vectors float32 [N, D]) of the served model: the given ids (unknown ones are a
         RequestError naming them) or every item."""
         table = self.bundle.items
-        if item_ids is None:
-            dense = np.arange(len(table.ids))
-        else:
-            names = [str(i) for i in item_ids]
-            dense = np.array([table.lookup.get(n, -1) for n in names], dtype=np.int64)
-            if (dense < 0).any():
-                unknown = [n for n, d in zip(names, dense) if d < 0][:5]
-                raise RequestError(f"unknown item ids {unknown}: not in the served model's catalogue")
-        inputs = ItemInputs(
-            *(torch.from_numpy(np.ascontiguousarray(a[dense])) for a in (table.hash, table.author, table.feat))
-        )
+        names = list(table.ids) if item_ids is None else [str(i) for i in item_ids]
+        dense = table.dense(names)
+        if (dense < 0).any():
+            unknown = [n for n, d in zip(names, dense) if d < 0][:5]
+            raise RequestError(f"unknown item ids {unknown}: not in the served model's catalogue")
+        inputs = ItemInputs(*(torch.from_numpy(a) for a in table.hashed(names, dense)))
         with torch.no_grad():
             vecs = self.bundle.model.encode_items(inputs).float().numpy()
         return table.ids[dense].astype(str), vecs

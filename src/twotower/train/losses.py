@@ -92,13 +92,19 @@ def candidate_logits(
 ) -> Logits:
     """One column per candidate item (they hold every positive): ``-log q + (u / τ) · Cᵀ``; every column but
     the label's is a negative. query [T, D]; cand [M, D]; labels int64 [T]; log_q [M]."""
-    q, cand = _full(query) / temperature, _full(cand)
-    if log_q is None:
-        logits = q @ cand.T
-    else:
-        logits = torch.addmm(-log_q.to(q.dtype)[None, :], q, cand.T)  # [T, M]
+    logits = _candidate_scores(query, cand, temperature, log_q)
     negative = torch.ones_like(logits, dtype=torch.bool).scatter_(1, labels[:, None], False)
     return Logits(logits, labels, negative)
+
+
+def _candidate_scores(
+    query: torch.Tensor, cand: torch.Tensor, temperature: torch.Tensor | float, log_q: torch.Tensor | None
+) -> torch.Tensor:
+    """``-log q + (u / τ) · Cᵀ`` [T, M], temperature and logQ folded into one ``addmm``."""
+    q, cand = _full(query) / temperature, _full(cand)
+    if log_q is None:
+        return q @ cand.T
+    return torch.addmm(-log_q.to(q.dtype)[None, :], q, cand.T)
 
 
 def with_hard_negatives(
@@ -166,7 +172,6 @@ def candidate_softmax_loss(
     (every column but the label's is a negative of the row).
     """
     if objective == "softmax":  # no column is masked: the plain cross-entropy, without building the mask
-        q, c = _full(query) / temperature, _full(cand)
-        logits = q @ c.T if log_q is None else torch.addmm(-log_q.to(q.dtype)[None, :], q, c.T)  # [T, M]
+        logits = _candidate_scores(query, cand, temperature, log_q)
         return _mean(F.cross_entropy(logits, labels, reduction="none"), weight)
     return candidate_logits(query, cand, labels, temperature, log_q).loss(objective, margin, weight)

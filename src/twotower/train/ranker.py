@@ -72,13 +72,6 @@ def candidate_inputs(feat: Featurizer, ids: np.ndarray) -> ItemInputs:
     return ItemInputs(*(t.view(*ids.shape, -1) for t in (flat.item, flat.author, flat.feat)))
 
 
-def histories(feat: Featurizer, data: SequenceData, rows: np.ndarray, max_len: int):
-    """Each row's history: the user's last ``max_len`` events strictly before it (UserInputs [B, S])."""
-    users = data.user_of_event()[rows]
-    start = np.maximum(data.user_offsets[users], rows - max_len)
-    return feat.users(users, start, rows)
-
-
 def train_ranker(
     run: str | Path,
     mined: str | Path,
@@ -109,6 +102,7 @@ def train_ranker(
     opt = torch.optim.AdamW(ranker.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     rows_all, items_all = cands.rows.numpy(), cands.items.numpy()
+    user_of = data.user_of_event()
     ranker.train()
     t0, losses, step = time.perf_counter(), [], 0
     for step in range(1, cfg.steps + 1):
@@ -125,7 +119,7 @@ def train_ranker(
         labels = np.argmax(order == 0, axis=1)
         pos = data.event_item[rows].astype(np.int64)
         twin = (ids == pos[:, None]) & (np.arange(ids.shape[1])[None, :] != labels[:, None])  # a random hit
-        logits = ranker(histories(feat, data, rows, mc.max_len), candidate_inputs(feat, ids))
+        logits = ranker(feat.histories_before(user_of[rows], rows), candidate_inputs(feat, ids))
         loss = F.cross_entropy(logits.masked_fill(torch.from_numpy(twin), float("-inf")), torch.from_numpy(labels))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -194,7 +188,7 @@ def rerank_metrics(
         target = torch.from_numpy(data.event_item[r].astype(np.int64))
         rank = target_ranks(scores, target, seen)  # [B]
         top = torch.topk(scores.masked_fill(seen, float("-inf")), min(shortlist, data.num_items), dim=1).indices
-        logits = ranker(histories(rfeat, data, r, ranker.cfg.max_len), candidate_inputs(rfeat, top.numpy()))
+        logits = ranker(rfeat.histories_before(u, r), candidate_inputs(rfeat, top.numpy()))
         new = torch.argsort(logits, dim=1, descending=True, stable=True)
         hit = top.gather(1, new) == target[:, None]  # [B, K']
         pos = hit.float().argmax(1)  # the target's place after re-ranking

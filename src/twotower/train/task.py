@@ -45,13 +45,7 @@ from .config import TrainConfig
 from .feedback import FeedbackNegatives
 from .frequency import ExactFrequency, StreamingFrequency
 from .hard_negatives import MinedNegatives
-from .losses import (
-    candidate_logits,
-    candidate_softmax_loss,
-    reference_logits,
-    sampled_softmax_loss,
-    with_hard_negatives,
-)
+from .losses import Logits, candidate_logits, candidate_softmax_loss, reference_logits, with_hard_negatives
 from .negatives import FullCorpus, InBatchNegatives, MixedNegatives, NegativeSource, UniformNegatives
 from .objectives import OBJECTIVES
 
@@ -159,17 +153,25 @@ class RetrievalTask(nn.Module):
             loss = loss + terms[name]
         return TaskOutput(loss, len(neg), terms)
 
-    def _fused(self, q: torch.Tensor, targets: Targets, cand_ids: torch.Tensor) -> torch.Tensor:
-        """Candidates already hold every positive: one column per item, labels = the positive's column."""
+    def _fused_inputs(
+        self, q: torch.Tensor, targets: Targets, cand_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(labels [T], candidate vectors [M, D], log q [M] or None) of a candidate set holding every positive."""
         labels = torch.searchsorted(cand_ids, targets.items).to(q.device)
         cand = targets.encode_items(cand_ids)  # [M, D]
         log_q = self.negatives.inclusion_prob(cand_ids).log().to(q.device) if self.logq else None
+        return labels, cand, log_q
+
+    def _fused(self, q: torch.Tensor, targets: Targets, cand_ids: torch.Tensor) -> torch.Tensor:
+        """Candidates already hold every positive: one column per item, labels = the positive's column."""
+        labels, cand, log_q = self._fused_inputs(q, targets, cand_ids)
         return candidate_softmax_loss(
             q, cand, labels, self.tau(), log_q, targets.weight, objective=self.objective, margin=self.margin
         )
 
-    def _reference(self, q: torch.Tensor, targets: Targets, neg_ids: torch.Tensor) -> torch.Tensor:
-        """The transform pipeline: positive column + sampled negatives, logQ on both, accidental hits masked."""
+    def _reference_logits(self, q: torch.Tensor, targets: Targets, neg_ids: torch.Tensor) -> Logits:
+        """The transform pipeline's logits: positive column + sampled negatives, logQ on both, accidental hits
+        not negatives."""
         pos_ids = targets.items
         all_items, inv = torch.unique(torch.cat([pos_ids, neg_ids]), return_inverse=True)
         emb = targets.encode_items(all_items)  # [M', D]: each item encoded once
@@ -179,20 +181,14 @@ class RetrievalTask(nn.Module):
         if self.logq:
             log_q_pos = self.negatives.inclusion_prob(pos_ids).log().to(q.device)
             log_q_neg = self.negatives.inclusion_prob(neg_ids).log().to(q.device)
-        return sampled_softmax_loss(
-            q,
-            pos,
-            pos_ids.to(q.device),
-            neg,
-            neg_ids.to(q.device),
-            self.tau(),
-            log_q_pos,
-            log_q_neg,
+        return reference_logits(
+            q, pos, pos_ids.to(q.device), neg, neg_ids.to(q.device), self.tau(), log_q_pos, log_q_neg,
             self.accidental_hits,
-            targets.weight,
-            objective=self.objective,
-            margin=self.margin,
-        )
+        )  # fmt: skip
+
+    def _reference(self, q: torch.Tensor, targets: Targets, neg_ids: torch.Tensor) -> torch.Tensor:
+        """The transform pipeline (``sampled_softmax_loss``): the reference the fused path is tested against."""
+        return self._reference_logits(q, targets, neg_ids).loss(self.objective, self.margin, targets.weight)
 
     def _loss(
         self,
@@ -235,32 +231,12 @@ class RetrievalTask(nn.Module):
         """
         pos = targets.items
         if self.fused:
-            cand_ids = neg_ids
-            labels = torch.searchsorted(cand_ids, pos).to(q.device)
-            log_q = self.negatives.inclusion_prob(cand_ids).log().to(q.device) if self.logq else None
-            base = candidate_logits(q, targets.encode_items(cand_ids), labels, self.tau(), log_q)
-            shared = cand_ids
+            labels, cand, log_q = self._fused_inputs(q, targets, neg_ids)
+            base = candidate_logits(q, cand, labels, self.tau(), log_q)
         else:
-            all_items, inv = torch.unique(torch.cat([pos, neg_ids]), return_inverse=True)
-            emb = targets.encode_items(all_items)
-            lq_pos = lq_neg = None
-            if self.logq:
-                lq_pos = self.negatives.inclusion_prob(pos).log().to(q.device)
-                lq_neg = self.negatives.inclusion_prob(neg_ids).log().to(q.device)
-            base = reference_logits(
-                q,
-                emb[inv[: len(pos)].to(q.device)],
-                pos.to(q.device),
-                emb[inv[len(pos) :].to(q.device)],
-                neg_ids.to(q.device),
-                self.tau(),
-                lq_pos,
-                lq_neg,
-                self.accidental_hits,
-            )
-            shared = neg_ids
-        at = torch.searchsorted(shared, hard.clamp_min(0)).clamp(max=max(len(shared) - 1, 0))
-        duplicate = shared[at] == hard if len(shared) else torch.zeros_like(hard, dtype=torch.bool)
+            base = self._reference_logits(q, targets, neg_ids)
+        at = torch.searchsorted(neg_ids, hard.clamp_min(0)).clamp(max=max(len(neg_ids) - 1, 0))
+        duplicate = neg_ids[at] == hard if len(neg_ids) else torch.zeros_like(hard, dtype=torch.bool)
         usable = (hard >= 0) & ~duplicate & (hard != pos[:, None])  # [T, H]
         if hard.shape[1] > 1:  # a repeat within the row (a mined item the user also disliked) counts once
             first = torch.ones_like(usable)
