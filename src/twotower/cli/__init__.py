@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``twotower``: parse ``argv`` (default ``sys.argv[1:]``), run the command, return its status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m twotower -- train --run ...`: the `--` keeps torchrun's own parser
+        argv = argv[1:]  # from reading our flags (it rejects `--run` as an abbreviation of its `--run-path`)
     command = chosen_command(argv)
     args = build_parser([command] if command in COMMANDS else []).parse_args(argv)
     logging.basicConfig(

@@ -33,6 +33,25 @@ def declare_prepare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-col")
     p.add_argument("--delimiter", help="CSV delimiter (default: tab for .tsv/.tab files, else ',')")
     p.add_argument("--num-hashes", type=int)
+    p.add_argument("--item-text", help="comma-separated free-text columns of the item table (title, description)")
+    p.add_argument(
+        "--text",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="embed the item text with the sentence encoder (needs `pip install 'twotower[text]'`); default: when "
+        "--item-text names columns. --text also embeds the built-in ML-1M's titles and genres",
+    )
+    p.add_argument(
+        "--semantic-ids",
+        metavar="LxC",
+        help="semantic IDs: residual k-means of the item text vectors, L levels of C codes (e.g. 3x64)",
+    )
+    p.add_argument(
+        "--cold-items",
+        type=float,
+        help="cold-start protocol: hold out this fraction of the items (their only events kept are test targets)",
+    )
+    p.add_argument("--cold-seed", type=int, help="which items the cold-start protocol holds out (default 0)")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line stays)")
     p.set_defaults(func=cmd_prepare)
@@ -46,7 +65,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.dataset is None and not args.log:  # before reading a config or any data
         raise UsageError("prepare needs --dataset ml-1m or --log FILE (see `twotower prepare --help`)")
     cfg = cfgmod.load(PrepareConfig, args.config) if args.config else PrepareConfig()
-    cfg = replace_checked(cfg, given({"num_hashes": args.num_hashes}))
+    levels, codes = _semantic_ids(args.semantic_ids)
+    content = {
+        "num_hashes": args.num_hashes,
+        "text": args.text,
+        "semantic_id_levels": levels,
+        "semantic_id_codes": codes,
+        "cold_items": args.cold_items,
+        "cold_seed": args.cold_seed,
+    }
+    cfg = replace_checked(cfg, given(content))
+    if args.item_text:
+        cfg.items.text = [c for c in args.item_text.split(",") if c]
     if args.dataset == "ml-1m":
         manifest = prepare_movielens(args.out, path=args.path, cfg=cfg)
     else:
@@ -80,6 +110,17 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _semantic_ids(value: str | None) -> tuple[int | None, int | None]:
+    """``--semantic-ids 3x64`` -> (3, 64); UsageError naming the flag for anything else."""
+    if value is None:
+        return None, None
+    try:
+        levels, codes = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--semantic-ids {value!r}: write levels x codes, e.g. 3x64") from None
+    return levels, codes
+
+
 def action_rules(values: list[str]) -> dict[str, str]:
     """``--action`` values (``"liked: rating >= 4"``) -> ``{name: rule}`` in order; UsageError naming the flag."""
     from ..data.rules import parse_rule, split_action
@@ -106,6 +147,15 @@ def print_stats(manifest: dict) -> None:
     print(f"actions    {', '.join(manifest['actions']) or '-'}")
     for scheme, sizes in manifest["split_sizes"].items():
         print(f"split {scheme:<5}" + "  ".join(f"{k}={v:,}" for k, v in sizes.items()))
+    if "text" in manifest:
+        t = manifest["text"]
+        rate = f", {t['items_per_s']:,.0f} items/s" if t.get("items_per_s") else ""
+        print(f"text       {t['items_with_text']:,} items, {t['encoder']} {t['dim']}-d ({t['cached']:,} cached{rate})")
+    if "codebook" in manifest:
+        c = manifest["codebook"]
+        print(f"sem. ids   {c['levels']}x{c['codes']} codebook {c['version']}, {c['distinct_codes']:,} distinct codes")
+    if "cold_items" in manifest:
+        print(f"cold items {manifest['cold_items']['count']:,} held out (cold-start protocol)")
     if "seconds" in manifest:
         print(f"took       {manifest['seconds']:.1f} s")
 

@@ -1,4 +1,4 @@
-"""``twotower index build | list | rollback``, and the index flags ``serve-prepare`` shares.
+"""``twotower index build | upsert | list | rollback``, and the index flags ``serve-prepare`` shares.
 
 ``index list`` and ``index rollback`` read manifests and pointers only: no model, no torch.
 """
@@ -64,6 +64,21 @@ def declare_index(p: argparse.ArgumentParser) -> None:
     b.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line stays)")
     add_index_knobs(b)
     b.set_defaults(func=cmd_index_build)
+    u = sub.add_parser(
+        "upsert", help="publish new items (a table of their features and text) into the served index, no retraining"
+    )
+    u.add_argument("--root", required=True, help="artifact root (`twotower serve-prepare --artifacts`)")
+    u.add_argument("--items", required=True, help="the new items' table (.csv/.tsv/.parquet)")
+    u.add_argument(
+        "--config", help="PrepareConfig .toml/.json whose [items] maps the columns (default: the dataset's mapping)"
+    )
+    u.add_argument("--item-col", help="the item id column")
+    u.add_argument("--author-col", help="the author column")
+    u.add_argument("--feature-cols", help="comma-separated categorical columns")
+    u.add_argument("--multi-valued", action="append", default=[], metavar="COL:SEP", help="e.g. genres:| (repeatable)")
+    u.add_argument("--item-text", help="comma-separated text columns")
+    u.add_argument("--recall-floor", type=float, default=0.95, help="refuse to publish below this recall@100")
+    u.set_defaults(func=cmd_index_upsert)
     r = sub.add_parser("rollback", help="point CURRENT at the previous (or a named) version")
     r.add_argument("--root", required=True)
     r.add_argument("--to")
@@ -83,6 +98,36 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     print(
         f"published {res['version']}: recall@10 {r['recall@10']:.4f}, recall@100 {r['recall@100']:.4f} "
         f"on {res['recall_queries']} real user vectors; build {res['build_seconds']:.1f} s -> {args.out}"
+    )
+    return 0
+
+
+def cmd_index_upsert(args: argparse.Namespace) -> int:
+    """Encode new items with the served model and publish them into a new index version."""
+    from .. import config as cfgmod
+    from ..data.config import PrepareConfig
+    from ..errors import UsageError
+    from ..jobs.upsert import upsert_items, upsert_schema
+
+    schema = cfgmod.load(PrepareConfig, args.config).items if args.config else upsert_schema(args.root)
+    if args.item_col:
+        schema.item_id = args.item_col
+    if args.author_col:
+        schema.author_id = args.author_col
+    if args.feature_cols:
+        schema.features = [c for c in args.feature_cols.split(",") if c]
+    for spec in args.multi_valued:
+        col, sep, value = spec.partition(":")
+        if not sep or not col or not value:
+            raise UsageError(f"--multi-valued {spec!r}: write COLUMN:SEPARATOR, e.g. genres:|")
+        schema.multi_valued[col] = value
+    if args.item_text:
+        schema.text = [c for c in args.item_text.split(",") if c]
+    res = upsert_items(args.root, args.items, schema, recall_floor=args.recall_floor)
+    r = res["recall"]
+    print(
+        f"published {res['version']}: {len(res['items'])} new items (ids {res['ids'][0]}..{res['ids'][-1]}), "
+        f"recall@100 {r['recall@100']:.4f}; reload the service (POST /admin/reload) to serve them"
     )
     return 0
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from ..errors import UsageError
@@ -47,6 +50,12 @@ def declare_train(p: argparse.ArgumentParser) -> None:
         help="train.hard_start: the fraction of the run (time budget, else epochs) after which they join (0..1)",
     )
     p.add_argument("--loss", help="train.loss: softmax (default) | bpr | hinge | nce")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        help="data-parallel processes: runs `torchrun --standalone --nproc_per_node N -m twotower train ...` "
+        "(gloo on CPU, NCCL on CUDA; in-batch negatives gathered across ranks)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train, on_interrupt=interrupted)
 
@@ -55,9 +64,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) a run and print one summary line."""
     from .. import config as cfgmod
     from ..train.config import RunConfig
+    from ..train.distributed import shutdown
     from ..train.run import load_dataset, resume_config
     from ..train.trainer import Trainer
 
+    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(args)
     if args.hybrid and (args.config or args.resume):
         raise UsageError("--hybrid picks the no-config defaults' tower: with --config or --resume, set "
                          "model.online_head in the config instead")  # fmt: skip
@@ -82,13 +94,38 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("--hard-negatives, --hard-start and --loss change what a step computes: not on --resume")
     cfg.train = replace_checked(cfg.train, given(flags))  # the range checks run again on the flags' values
     trainer = Trainer(data, cfg, args.out, resume=args.resume, overwrite=args.overwrite)
-    summary = trainer.fit(progress=not args.no_progress)
+    try:
+        summary = trainer.fit(progress=not args.no_progress)
+    finally:
+        shutdown()
+    if not trainer.main:
+        return 0
     print(
         f"trained {summary['step']} steps, {summary['epoch']} epochs, {summary['train_seconds']:.0f} s, "
         f"{summary['examples_per_s']:,.0f} examples/s; best valid ndcg@10 {summary['best']:.4f} "
         f"(epoch {summary['best_epoch']}) -> {args.out}"
     )
     return 0
+
+
+def launch_torchrun(args: argparse.Namespace) -> int:
+    """``twotower train --nproc N ...`` -> ``torchrun --standalone --nproc_per_node N -m twotower train ...``
+    (the same flags, without --nproc); its exit status."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+    cmd += ["-m", "twotower", "--", "train", "--data", str(args.data), "--out", str(args.out)]
+    for flag, value in (
+        ("--config", args.config), ("--epochs", args.epochs), ("--device", args.device),
+        ("--time-budget", args.time_budget), ("--hard-negatives", args.hard_negatives),
+        ("--hard-start", args.hard_start), ("--loss", args.loss),
+    ):  # fmt: skip
+        if value is not None:
+            cmd += [flag, str(value)]
+    for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite), ("--hybrid", args.hybrid),
+                     ("--no-progress", args.no_progress)):  # fmt: skip
+        if on:
+            cmd.append(flag)
+    print("running:", " ".join(cmd[1:]), flush=True)
+    return subprocess.call(cmd)
 
 
 def interrupted(args: argparse.Namespace) -> str:
@@ -201,6 +238,7 @@ def declare_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="embeddings directory")
     p.add_argument("--data", help="dataset directory (default: the run's)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--batch", type=int, default=65536, help="items per candidate-tower call")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_export)
@@ -209,10 +247,22 @@ def declare_export(p: argparse.ArgumentParser) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     """Encode every item of the run's dataset with the candidate tower into an embeddings directory."""
     from ..jobs.export import export_items
+    from ..train.distributed import shutdown
 
-    m = export_items(
-        args.run, args.out, dtype=args.dtype, data_dir=args.data, device=args.device, progress=not args.no_progress
-    )
+    try:
+        m = export_items(
+            args.run,
+            args.out,
+            dtype=args.dtype,
+            batch=args.batch,
+            data_dir=args.data,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    finally:
+        shutdown()
+    if not m:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     print(
         f"exported {m['count']:,} items x {m['dim']} ({m['dtype']}) at {m['items_per_s']:,.0f} items/s, "
         f"model {m['model_version']} -> {args.out}"

@@ -25,6 +25,20 @@ class PrepareConfig:
     max_user_features: int = 16
     time_valid_frac: float = 0.1  # global time split: last 10 % of events (by time) are test,
     time_test_frac: float = 0.1  # the 10 % before them validation
+    # Item text (ItemSchema.text, or the built-in reader's title and genres): embedded once by the frozen sentence
+    # encoder into item_text.npy; the vectors are cached by content hash under text_cache (None: the user cache)
+    # None: embed when ItemSchema.text names columns; True: also the built-in reader's text (and an error when
+    # there is none); False: never (no encoder needed)
+    text: bool | None = None
+    text_cache: str | None = None
+    # Semantic IDs (twotower.data.semantic_ids): residual k-means of the item text vectors, levels x codes;
+    # 0 levels = none. Their prefixes become item feature tokens (item_sid_hash.npy) and codebook.safetensors.
+    semantic_id_levels: int = 0
+    semantic_id_codes: int = 64
+    # Cold-start protocol: this fraction of the items (drawn with cold_seed) keeps no event but the ones that
+    # are a user's last (the leave-last-out test targets), so no model ever trains on them (item_cold.npy)
+    cold_items: float = 0.0
+    cold_seed: int = 0
     log: LogSchema = field(default_factory=LogSchema)
     items: ItemSchema = field(default_factory=ItemSchema)
     users: UserSchema = field(default_factory=UserSchema)
@@ -33,6 +47,10 @@ class PrepareConfig:
         check_int(self, "num_hashes", 1, MAX_HASHES)
         for name in ("max_item_features", "max_user_features"):
             check_int(self, name, 0)  # 0 = no features
+        check_int(self, "semantic_id_levels", 0, 8)
+        check_int(self, "semantic_id_codes", 2, 1 << 16)
+        check_int(self, "cold_seed", 0)
+        check_float(self, "cold_items", 0.0, 1.0, hi_open=True)
         check_float(self, "time_valid_frac", 0.0, 1.0, hi_open=True)  # 0 = no time-split validation
         check_float(self, "time_test_frac", 0.0, 1.0, lo_open=True, hi_open=True)
         total = self.time_valid_frac + self.time_test_frac

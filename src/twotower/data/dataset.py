@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError
-from ..layout import DATASET_ARRAYS, DATASET_FORMAT_VERSION, SPLIT_TRAIN, SPLITS
+from ..layout import DATASET_ARRAYS, DATASET_FORMAT_VERSION, DATASET_OPTIONAL_ARRAYS, SPLIT_TRAIN, SPLITS
 
 _ARRAYS = DATASET_ARRAYS
 
@@ -62,6 +62,9 @@ class SequenceData:
     item_feat_hash: np.ndarray
     user_hash: np.ndarray
     user_feat_hash: np.ndarray
+    item_text: np.ndarray | None = None  # float16 [N, E] sentence-encoder vectors of the item text
+    item_sid: np.ndarray | None = None  # int32 [N, L + 1] semantic-ID codes, then the unique suffix
+    item_cold: np.ndarray | None = None  # uint8 [N] 1 = held out by the cold-start protocol
 
     @classmethod
     def load(cls, root: str | Path, mmap: bool = False) -> SequenceData:
@@ -84,8 +87,25 @@ class SequenceData:
                 arrays[name] = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
             except (OSError, ValueError) as exc:  # truncated or not an array file
                 raise DataError(f"{f} is unreadable ({exc}); re-run `twotower prepare`") from exc
+        for name in DATASET_OPTIONAL_ARRAYS:
+            f = root / f"{name}.npy"
+            if f.is_file():
+                try:
+                    arrays[name] = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
+                except (OSError, ValueError) as exc:
+                    raise DataError(f"{f} is unreadable ({exc}); re-run `twotower prepare`") from exc
         _check_lengths(root, manifest, arrays)
         return cls(root=root, manifest=manifest, **arrays)
+
+    @property
+    def text_dim(self) -> int:
+        """E of the item text vectors (0 when the dataset has none)."""
+        return 0 if self.item_text is None else int(self.item_text.shape[1])
+
+    @property
+    def codebook_version(self) -> str | None:
+        """The version of the semantic IDs' codebook (None when the dataset has no semantic IDs)."""
+        return (self.manifest.get("codebook") or {}).get("version") if self.item_sid is not None else None
 
     # --- sizes -----------------------------------------------------------------------------------------
     @property

@@ -103,3 +103,15 @@ def user_arrays(user_ids: pa.Array, users: pa.Table | None, num_hashes: int, max
             users.column("features").take(pa.array(rows)), max_features, SALT_FEATURE, "user"
         )
     return {"user_hash": user_hash, "user_feat_hash": feat}
+
+
+def item_texts(item_ids: pa.Array, items: pa.Table | None) -> list[str] | None:
+    """The item table's ``text`` of each of the log's ``item_ids`` [N] ("" where an item has no row); None when
+    the table has no text column."""
+    if items is None or "text" not in items.column_names:
+        return None
+    code, rows = _rows_in_log(items.column("item_id"), item_ids)
+    out = [""] * len(item_ids)
+    for i, t in zip(code[rows].tolist(), items.column("text").take(pa.array(rows)).to_pylist()):
+        out[i] = t or ""
+    return out

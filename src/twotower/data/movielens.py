@@ -12,7 +12,8 @@ Ratings become a multi-hot action vector (bit order = :data:`ACTIONS`):
 * ``disliked`` rating <= 2.
 
 Item features: genres (multi-valued), ``year=YYYY`` and ``decade=YYY0s``. User features: gender, age
-bucket, occupation. There is no surface and no author in ML-1M.
+bucket, occupation. There is no surface and no author in ML-1M. Item text (for the sentence encoder, when
+``twotower[text]`` is installed): ``"title: Toy Story (1995)\ngenres: Animation, Children's, Comedy"``.
 """
 
 from __future__ import annotations
@@ -160,6 +161,11 @@ def load(path: str | Path | None = None) -> tuple[pa.Table, pa.Table, pa.Table, 
             "item_id": pa.array(titles, pa.string()),
             "author_id": pa.nulls(len(titles), pa.string()),
             "features": pa.array(feats, pa.list_(pa.string())),
+            # what the sentence encoder reads (twotower.data.text): the title with its year, the genres as words
+            "text": pa.array(
+                [f"title: {t}\ngenres: {', '.join(g.replace('-', ' ') for g in gs)}" for t, gs in zip(titles, genres)],
+                pa.string(),
+            ),
         }
     )
     gcol, acol, ocol = (

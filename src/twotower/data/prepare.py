@@ -26,14 +26,16 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from .. import config as cfgmod
+from ..errors import ConfigError
 from ..layout import DATASET_FORMAT_VERSION
 from . import readers, tables
 from .config import PrepareConfig
 from .encoding import EventColumns, count_duplicates, encode_events
-from .entities import item_arrays, user_arrays
+from .entities import item_arrays, item_texts, user_arrays
 from .splits import split_labels, split_sizes, warn_degenerate_splits
 from .writer import check_out, stats_tables, write_dataset
 
@@ -78,6 +80,9 @@ def _build(
     out = Path(out)
     sources = {"items": "the item table", "users": "the user table", **(sources or {})}
     offsets = ev.sort_by_user_time()
+    cold = None
+    if cfg.cold_items > 0:
+        cold, offsets = hold_out_cold_items(ev, offsets, cfg.cold_items, cfg.cold_seed)
     duplicates = count_duplicates(offsets, ev.item, ev.ts)
     if duplicates:
         log.warning(
@@ -120,8 +125,13 @@ def _build(
         "user_hash": users_out["user_hash"],
         "user_feat_hash": users_out["user_feat_hash"],
     }
+    content, codebook = content_arrays(ev.item_ids, items, cfg, manifest)
+    arrays.update(content)
+    if cold is not None:
+        arrays["item_cold"] = cold
+        manifest["cold_items"] = {"count": int(cold.sum()), "fraction": cfg.cold_items, "seed": cfg.cold_seed}
     stats = stats_tables(ev.item_ids, ev.user_ids, ev.item, ev.ts, offsets, split_loo, split_time)
-    write_dataset(out, arrays, stats, manifest)
+    write_dataset(out, arrays, stats, manifest, codebook)
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
     log.info(
         "prepared %s events, %s users, %s items in %.1fs -> %s",
@@ -132,6 +142,79 @@ def _build(
         out,
     )
     return manifest
+
+
+def hold_out_cold_items(
+    ev: EventColumns, offsets: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cold-start protocol: ``round(fraction * N)`` items drawn with ``seed`` keep only the events that are
+    a user's last (the leave-last-out test targets); every other event of theirs is dropped, as histories and
+    as targets, so no model trains on them. ``ev`` is filtered in place (it is in (user, time) order).
+
+    Returns (cold uint8 [N], the new user_offsets int64 [U + 1])."""
+    N = len(ev.item_ids)
+    cold = np.zeros(N, np.uint8)
+    cold[np.random.default_rng(seed).choice(N, size=int(round(fraction * N)), replace=False)] = 1
+    last = np.zeros(len(ev.item), bool)
+    n = np.diff(offsets)
+    last[offsets[1:][n > 0] - 1] = True
+    keep = (cold[ev.item] == 0) | last
+    for name in ("user", "item", "ts", "actions", "surface", "weight"):
+        setattr(ev, name, getattr(ev, name)[keep])
+    counts = np.bincount(ev.user, minlength=len(ev.user_ids))
+    new = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=new[1:])
+    log.info(
+        "cold-start protocol: %d of %d items held out (%d of their events dropped, %d kept as test targets)",
+        int(cold.sum()), N, int((~keep).sum()), int((cold[ev.item] == 1).sum()),
+    )  # fmt: skip
+    return cold, new
+
+
+def content_arrays(
+    item_ids: pa.Array, items: pa.Table | None, cfg: PrepareConfig, manifest: dict
+) -> tuple[dict, object]:
+    """Item text vectors (``item_text`` float16 [N, E]) and semantic-ID codes (``item_sid`` int32 [N, L + 1]:
+    L levels, then the unique suffix), as ``cfg`` asks; records them in ``manifest``. Returns (arrays, the
+    codebook or None)."""
+    from . import semantic_ids, text
+
+    texts = item_texts(item_ids, items) if cfg.text is not False else None
+    named = bool(cfg.items.text)
+    if cfg.text is None and not named:
+        texts = None  # the built-in reader's text is embedded only when asked (--text)
+    if cfg.text and texts is None:
+        raise ConfigError(
+            "text = true but the item table has no text: map its text columns (ItemSchema.text, --item-text)",
+            field="text",
+        )
+    if cfg.semantic_id_levels and texts is None:
+        raise ConfigError(
+            "semantic IDs are codes of the item text vectors, and this prepare embeds no text: add --text (or map "
+            "ItemSchema.text), or drop --semantic-ids",
+            field="semantic_id_levels",
+        )
+    if texts is None:
+        return {}, None
+    vectors, info = text.embed_texts(texts, cfg.text_cache)
+    out = {"item_text": vectors.astype(np.float16)}
+    vectors = out["item_text"].astype(np.float32)  # codes from the stored vectors, as `index upsert` codes new items
+    manifest["text"] = {**info, "items_with_text": int(sum(1 for t in texts if t.strip()))}
+    book = None
+    if cfg.semantic_id_levels:
+        book = semantic_ids.train_codebook(
+            vectors, cfg.semantic_id_levels, cfg.semantic_id_codes, f"text:{info['encoder']}@{info['version']}"
+        )
+        codes = semantic_ids.assign_codes(book, vectors)
+        suffix = semantic_ids.unique_suffix(codes)
+        out["item_sid"] = np.concatenate([codes, suffix[:, None]], axis=1).astype(np.int32)
+        distinct = len(np.unique(codes[codes[:, 0] >= 0], axis=0))
+        manifest["codebook"] = {
+            **book.info(),
+            "distinct_codes": int(distinct),
+            "max_suffix": int(suffix.max(initial=0)),
+        }
+    return out, book
 
 
 def _counted(chunks, total: int | None, progress: bool):

@@ -75,6 +75,9 @@ class ItemSchema:
     author_id: str | None = None  # creator / author / artist
     features: list[str] = field(default_factory=list)  # single-valued categorical columns
     multi_valued: dict[str, str] = field(default_factory=dict)  # column -> separator, e.g. genres "|"
+    # free-text columns (title, description, ...): joined as "column: value" lines and embedded by the frozen
+    # sentence encoder (twotower.data.text, needs `pip install 'twotower[text]'`)
+    text: list[str] = field(default_factory=list)
     delimiter: str | None = None  # None: tab for .tsv/.tab files, else ","
 
 

@@ -1,6 +1,7 @@
 """Read and validate the optional item and user tables (CSV or Parquet) into normalised Arrow tables.
 
-* items: ``item_id: string, author_id: string | null, features: list<string>``
+* items: ``item_id: string, author_id: string | null, features: list<string>`` (+ ``text: string`` when the
+  schema names text columns: ``"column: value"`` lines of the non-empty ones)
 * users: ``user_id: string, features: list<string>``
 
 Features are ``"field=value"`` tokens (:func:`twotower.layout.feature_token`) of the mapped single-valued
@@ -51,8 +52,14 @@ def read_items(path: str | Path, schema: ItemSchema) -> pa.Table:
 
     An empty author cell is no author (null), not an author named "".
     """
-    text = [schema.item_id, *([schema.author_id] if schema.author_id else []), *schema.features, *schema.multi_valued]
-    table = read_table(path, schema.delimiter, "item table", text)
+    as_text = [
+        schema.item_id,
+        *([schema.author_id] if schema.author_id else []),
+        *schema.features,
+        *schema.multi_valued,
+        *schema.text,
+    ]
+    table = read_table(path, schema.delimiter, "item table", as_text)
     item = as_id_strings(column(table, schema.item_id, path, "ItemSchema.item_id"), schema.item_id, path)
     author = (
         _empty_as_null(column(table, schema.author_id, path, "ItemSchema.author_id"))
@@ -60,7 +67,22 @@ def read_items(path: str | Path, schema: ItemSchema) -> pa.Table:
         else pa.nulls(table.num_rows, pa.string())
     )
     feats = _feature_tokens(table, schema.features, schema.multi_valued, path)
-    return pa.table({"item_id": item, "author_id": author, "features": feats})
+    out = {"item_id": item, "author_id": author, "features": feats}
+    if schema.text:
+        out["text"] = pa.array(item_text_lines(table, schema.text, path), pa.string())
+    return pa.table(out)
+
+
+def item_text_lines(table: pa.Table, names: list[str], path: str | Path) -> list[str]:
+    """Per row, the text the sentence encoder reads: ``"column: value"`` of each non-empty text column, one
+    line each (the column names tell the encoder what each value is)."""
+    rows: list[list[str]] = [[] for _ in range(table.num_rows)]
+    for name in names:
+        values = column(table, name, path, "ItemSchema.text").cast(pa.string()).to_pylist()
+        for row, v in zip(rows, values):
+            if v is not None and v.strip():
+                row.append(f"{name}: {v.strip()}")
+    return ["\n".join(r) for r in rows]
 
 
 def read_users(path: str | Path, schema: UserSchema) -> pa.Table:

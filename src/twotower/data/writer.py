@@ -16,6 +16,10 @@ Layout written (all arrays ``.npy``; ``E`` events, ``U`` users, ``N`` items, ``H
     item_feat_hash.npy     uint64 [N, F]    one hash per "field=value" token, 0 = padding
     user_hash.npy          uint64 [U, H]
     user_feat_hash.npy     uint64 [U, Fu]
+    item_text.npy          float16[N, E]    optional: item text through the sentence encoder (unit, 0 = none)
+    item_sid.npy           int32  [N, L+1]  optional: semantic-ID codes per level, then the unique suffix
+    item_cold.npy          uint8  [N]       optional: 1 = held out by the cold-start protocol
+    codebook.safetensors                    optional: the semantic IDs' residual k-means centroids
     items.parquet          item_id, train counts per split scheme, first/last seen
     users.parquet          user_id, number of events
 
@@ -40,7 +44,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError
 from ..fsutil import remove_leftovers, sibling_names, swap_dir
-from ..layout import DATASET_ARRAYS, DATASET_FILES, SPLIT_TRAIN
+from ..layout import DATASET_ARRAYS, DATASET_FILES, DATASET_OPTIONAL_ARRAYS, SPLIT_TRAIN
 
 
 def check_out(out: Path, inputs: Iterable[str | Path | None] = ()) -> None:
@@ -100,7 +104,9 @@ def stats_tables(
     return {"items.parquet": items, "users.parquet": pa.table({"user_id": user_ids, "num_events": np.diff(offsets)})}
 
 
-def write_dataset(out: Path, arrays: dict[str, np.ndarray], tables: dict[str, pa.Table], manifest: dict) -> None:
+def write_dataset(
+    out: Path, arrays: dict[str, np.ndarray], tables: dict[str, pa.Table], manifest: dict, codebook=None
+) -> None:
     """Write the dataset to a temporary sibling of ``out``, then swap it in with two renames.
 
     ``arrays`` are :data:`~twotower.layout.DATASET_ARRAYS`, in that order. The old ``out`` (checked by
@@ -108,7 +114,8 @@ def write_dataset(out: Path, arrays: dict[str, np.ndarray], tables: dict[str, pa
     exception between the renames still finishes the swap, as the new dataset is then complete; a kill
     there leaves ``out`` missing and both siblings, which the next run removes (logged).
     """
-    assert tuple(arrays) == DATASET_ARRAYS
+    assert tuple(arrays)[: len(DATASET_ARRAYS)] == DATASET_ARRAYS
+    assert set(tuple(arrays)[len(DATASET_ARRAYS) :]) <= set(DATASET_OPTIONAL_ARRAYS)
     out = Path(os.path.abspath(out))  # "out/.." and "." have a real name and parent
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out.parent, DATASET_FILES, out.name, what="dataset", job="prepare")
@@ -118,6 +125,8 @@ def write_dataset(out: Path, arrays: dict[str, np.ndarray], tables: dict[str, pa
             np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
         for name, table in tables.items():
             pq.write_table(table, tmp / name)
+        if codebook is not None:
+            codebook.save(tmp / "codebook.safetensors")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")  # written last: marks complete
         check_out(out)  # again: the run may have been long
     except BaseException:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ..data.dataset import SequenceData
 from ..features import Featurizer
 from ..model import TwoTower
+from ..model.layers import prefix_vectors
 from .metrics import KS, summarize, target_ranks
 
 PRIMARY = "filtered/ndcg@10"
@@ -81,13 +82,17 @@ def evaluate_model(
     progress: bool = False,
     seed: int = 0,
     protocol: str = "strict",
+    dim: int | None = None,
 ) -> dict[str, float]:
     """Rank every item for each target of split ``which``; returns ``{"all/hr@10": …, "filtered/…": …}``.
 
     ``protocol`` (``strict`` | ``request_time``, see ``twotower.layout.PROTOCOLS``): what a hybrid tower's
     request features may take from the target event. Unsplit towers read only the history: both are the same.
+    ``dim``: score with the first ``dim`` coordinates of both towers' vectors (a Matryoshka prefix).
     """
-    _, _, all_r, filt_r = model_ranks(model, feat, scheme, which, max_users, batch, device, progress, seed, protocol)
+    _, _, all_r, filt_r = model_ranks(
+        model, feat, scheme, which, max_users, batch, device, progress, seed, protocol, dim
+    )
     return _report(all_r, filt_r, ks)
 
 
@@ -103,6 +108,7 @@ def model_ranks(
     progress: bool = False,
     seed: int = 0,
     protocol: str = "strict",
+    dim: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(users [U], target rows [U], 0-based ranks over all items [U], ranks with seen items removed [U]) of
     every evaluated target: what :func:`evaluate_model` summarises (and the report splits by segment)."""
@@ -110,10 +116,12 @@ def model_ranks(
     was_training = model.training
     model.eval()
     items = encode_corpus(model, feat, device)
+    cut = (lambda v: v) if dim is None else (lambda v: prefix_vectors(v, dim, model.cfg.similarity))
+    items = cut(items)
     users, rows = _select(data, scheme, which, max_users, seed)
 
     def score(u: np.ndarray, r: np.ndarray) -> torch.Tensor:
-        return encode_requests(model, feat, u, r, device=device, protocol=protocol).float() @ items.T
+        return cut(encode_requests(model, feat, u, r, device=device, protocol=protocol).float()) @ items.T
 
     all_r, filt_r = _ranks(score, data, users, rows, batch, progress)
     model.train(was_training)

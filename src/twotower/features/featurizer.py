@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import SequenceData
-from ..errors import ConfigError
+from ..errors import ArtifactError, ConfigError
 from ..hashing import to_buckets
 from ..layout import PROTOCOLS
 from .clock import clock_features, gap_buckets
@@ -32,6 +32,9 @@ class FeatureConfig(Protocol):
     max_len: int  # S: history length the user tower reads
     context_len: int  # C: events since the snapshot the online head reads
     online_head: bool
+    text_dim: int  # E of the item text vectors the candidate tower reads (0 = none)
+    semantic_ids: bool  # add the dataset's semantic-ID prefix tokens to the item features
+    codebook: str  # the codebook version the model was trained with ("" = none)
 
 
 def check_protocol(protocol: str) -> None:
@@ -46,6 +49,37 @@ def _trim(feat: np.ndarray) -> np.ndarray:
     return feat[:, : max(used, 1)]
 
 
+def _semantic_id_hashes(data: SequenceData, cfg: FeatureConfig) -> np.ndarray | None:
+    """uint64 [N, L] hashed semantic-ID prefix tokens, when the model reads them; refuses another codebook."""
+    from ..data.semantic_ids import prefix_hashes
+
+    want = getattr(cfg, "codebook", "") or ""
+    have = data.codebook_version or ""
+    if not getattr(cfg, "semantic_ids", False) or not (want or have):
+        return None
+    if want != have:
+        raise ArtifactError(
+            f"the model was trained with codebook {want or 'none'}, the dataset {data.root} has {have or 'none'}: "
+            "semantic IDs from another codebook mean other items. Use the dataset the model was trained on, or "
+            "retrain on this one"
+        )
+    return prefix_hashes(np.asarray(data.item_sid)[:, :-1].astype(np.int64))
+
+
+def _text_table(data: SequenceData, cfg: FeatureConfig) -> np.ndarray | None:
+    """float16 [N, E] item text vectors when the model reads them (``text_dim`` > 0; as stored, converted per
+    batch); a clear error when the dataset has none or another width."""
+    want = getattr(cfg, "text_dim", 0)
+    if not want:
+        return None
+    if data.text_dim != want:
+        raise ArtifactError(
+            f"the model reads {want}-dim item text vectors, the dataset {data.root} has "
+            f"{data.text_dim or 'none'}; prepare it with the same text (--text) and encoder"
+        )
+    return np.asarray(data.item_text)
+
+
 class Featurizer:
     """Builds :class:`ItemInputs` / :class:`UserInputs` for a dataset under a model config."""
 
@@ -58,8 +92,16 @@ class Featurizer:
             )
         self.data, self.cfg = data, cfg
         self.item_hash = to_buckets(data.item_hash[:, :H], cfg.item_buckets)
+        if getattr(cfg, "id_dropout", 0.0) > 0 and data.item_cold is not None:
+            # a model trained to place items without their id reads the items no model trained on by content
+            self.item_hash[np.asarray(data.item_cold).astype(bool)] = 0
         self.item_author = to_buckets(data.item_author_hash[:, :H], cfg.author_buckets)
-        self.item_feat = to_buckets(_trim(data.item_feat_hash), cfg.feature_buckets)
+        feat = _trim(data.item_feat_hash)
+        sid = _semantic_id_hashes(data, cfg)
+        if sid is not None:  # the code prefixes are item feature tokens like any other
+            feat = np.concatenate([feat, sid], axis=1)
+        self.item_feat = to_buckets(feat, cfg.feature_buckets)
+        self.item_text = _text_table(data, cfg)
         self.user_hash = to_buckets(data.user_hash[:, :H], cfg.user_buckets)
         self.user_feat = to_buckets(_trim(data.user_feat_hash), cfg.feature_buckets)
         self.num_actions = cfg.num_actions
@@ -72,6 +114,7 @@ class Featurizer:
             torch.from_numpy(self.item_hash[sl]),
             torch.from_numpy(self.item_author[sl]),
             torch.from_numpy(self.item_feat[sl]),
+            None if self.item_text is None else torch.from_numpy(self.item_text[sl].astype(np.float32)),
         )
 
     def users(self, user: np.ndarray, start: np.ndarray, end: np.ndarray, pad_to: int | None = None) -> UserInputs:

@@ -14,17 +14,21 @@ import torch
 
 @dataclass
 class ItemInputs:
-    """Hashed item features. ``item``/``author``: int64 [..., H]; ``feat``: int64 [..., F] (0 = padding)."""
+    """Hashed item features. ``item``/``author``: int64 [..., H]; ``feat``: int64 [..., F] (0 = padding);
+    ``text``: float [..., E] sentence-encoder vectors, or None (the candidate tower then reads zeros)."""
 
     item: torch.Tensor
     author: torch.Tensor
     feat: torch.Tensor
+    text: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> ItemInputs:
-        return ItemInputs(*(t.to(device, non_blocking=True) for t in (self.item, self.author, self.feat)))
+        text = None if self.text is None else self.text.to(device, non_blocking=True)
+        return ItemInputs(*(t.to(device, non_blocking=True) for t in (self.item, self.author, self.feat)), text)
 
     def __getitem__(self, idx: int | slice | torch.Tensor) -> ItemInputs:
-        return ItemInputs(self.item[idx], self.author[idx], self.feat[idx])
+        text = None if self.text is None else self.text[idx]
+        return ItemInputs(self.item[idx], self.author[idx], self.feat[idx], text)
 
 
 @dataclass

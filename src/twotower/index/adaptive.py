@@ -158,6 +158,15 @@ class AdaptiveIndex:
         else:
             self.inner.set_search_params(**kw)
 
+    @property
+    def catalogue(self) -> dict[str, np.ndarray]:
+        """The catalogue additions (see :class:`VectorIndex`); they live with the prefix index."""
+        return self.inner.catalogue
+
+    @catalogue.setter
+    def catalogue(self, value: dict[str, np.ndarray]) -> None:
+        self.inner.catalogue = value
+
     def info(self) -> dict:
         return {**self.inner.info(), "dim": self.dim, "prefix_dim": self.prefix_dim, "shortlist": self.shortlist}
 
@@ -174,7 +183,13 @@ class AdaptiveIndex:
             inner.config,
             {**(extra or {}), "adaptive": {**adaptive, "normalized": self.normalized}},
         )
-        arrays = {"ids": inner.ids, "alive": inner.alive, "vectors": inner.vectors, "full": self.full}
+        arrays = {
+            "ids": inner.ids,
+            "alive": inner.alive,
+            "vectors": inner.vectors,
+            "full": self.full,
+            **inner.catalogue,
+        }
         storage.write_index_dir(path, arrays, inner._faiss_index, manifest)
 
     @classmethod

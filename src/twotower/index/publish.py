@@ -202,15 +202,35 @@ def build_and_publish(
     # the oracle is exact search at full width: an adaptive index is measured as the whole pipeline
     plain_exact = config.backend == "exact" and not config.prefix_dim
     oracle = index if plain_exact else VectorIndex.build(ids, emb, IndexConfig(backend="exact"))
+    extra = {
+        "build_seconds": round(build_s, 2),
+        "embeddings": {k: emb_manifest[k] for k in ("model_version", "dim", "count", "dtype", "created_at")},
+        "codebook": emb_manifest.get("codebook"),  # semantic IDs: the codebook the model was trained with
+    }
+    return publish_index(root, earlier, index, oracle, queries, recall_floor, emb_manifest["model_version"], extra)
+
+
+def publish_index(
+    root: Path,
+    earlier: list[str],
+    index: VectorIndex | AdaptiveIndex,
+    oracle: VectorIndex,
+    queries: np.ndarray,
+    recall_floor: float,
+    model_version: str,
+    extra: dict,
+) -> dict:
+    """Measure ``index`` against exact search (``oracle``) on ``queries``; publish it as a new version under
+    ``root`` (``earlier``: its history) if it passes the recall gate. ``extra`` joins the manifest."""
+    config = index.config if isinstance(index, VectorIndex) else index.inner.config
     log.info("measuring recall@10/@100 against exact search on %d user vectors", len(queries))
     rec = measure_recall(index, oracle, queries)
     log.info(
-        "%s over %d items: recall@10 %.4f recall@100 %.4f (build %.1fs)",
+        "%s over %d items: recall@10 %.4f recall@100 %.4f",
         config.backend,
-        len(ids),
+        len(index),
         rec["recall@10"],
         rec["recall@100"],
-        build_s,
     )
     if rec["completed_exactly"] > MAX_COMPLETED:
         raise RecallTooLow(
@@ -225,15 +245,14 @@ def build_and_publish(
             "Nothing was published."
         )
     kind = config.backend + (f"-p{config.prefix_dim}" if config.prefix_dim else "")
-    version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{emb_manifest['model_version'][:8]}-{kind}"
-    while (root / "versions" / version).exists():
+    version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{model_version[:8]}-{kind}"
+    while (root / "versions" / version).exists() or version in earlier:
         version += "x"
     extra = {
         "version": version,
         "recall": rec,
         "recall_queries": int(len(queries)),
-        "build_seconds": round(build_s, 2),
-        "embeddings": {k: emb_manifest[k] for k in ("model_version", "dim", "count", "dtype", "created_at")},
+        **extra,
         "builder_pid": os.getpid(),  # a kill before the switch below leaves it unpublished: see remove_unpublished
     }
     index.save(root / "versions" / version, extra=extra)

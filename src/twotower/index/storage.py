@@ -10,6 +10,8 @@ Layout (``N`` slots: live and tombstoned items, ``D`` dim)::
     faiss.index      FAISS's own format, no pickle (absent for the exact backend)
     full.npy         float16 [N, D'] full-width vectors of an adaptive index (the others then hold a prefix;
                      :mod:`twotower.index.adaptive`), absent otherwise
+    added_*.npy      the catalogue additions (``twotower index upsert``): items beyond the dataset's, their id
+                     strings and the model's bucketed features (:data:`ADDED_ARRAYS`), absent otherwise
 
 Writing goes through :func:`twotower.fsutil.swap_dir` like every directory writer: the new index is
 written to a temporary sibling and swapped in with two renames, so a reader sees the previous or the new
@@ -35,7 +37,12 @@ from .base import IndexConfig, read_manifest, write_manifest
 FORMAT = 1
 KIND = "twotower-index"
 ARRAY_FILES = ("ids.npy", "alive.npy", "vectors.npy")
-OPTIONAL_ARRAYS = ("full.npy",)  # an adaptive index's full-width rows
+#: Items the index holds beyond its dataset's catalogue (``twotower index upsert``), row r = external id
+#: ``manifest["catalogue"]["first_id"] + r``: id strings (unicode), bucketed item / author hashes int64 [n, H],
+#: bucketed feature tokens int64 [n, F] (the service's item-table width), text vectors float16 [n, E] (when the
+#: model reads text).
+ADDED_ARRAYS = ("added_ids", "added_item", "added_author", "added_feat", "added_text")
+OPTIONAL_ARRAYS = ("full.npy", *(f"{a}.npy" for a in ADDED_ARRAYS))  # adaptive full rows; additions
 FAISS_FILE = "faiss.index"
 #: Everything an index directory may hold: a temporary sibling holding anything else is not ours.
 INDEX_FILES = frozenset({*ARRAY_FILES, *OPTIONAL_ARRAYS, FAISS_FILE, "manifest.json"})

@@ -37,6 +37,8 @@ class VectorIndex:
         self.alive = np.zeros(0, bool)
         self.vectors = np.zeros((0, dim), np.float32)
         self._faiss_index = None
+        # items beyond the dataset's catalogue (``twotower index upsert``): storage.ADDED_ARRAYS, or empty
+        self.catalogue: dict[str, np.ndarray] = {}
         self._lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted live ids, their labels)
         self._alive_sel = None
         self._n_alive: int | None = None  # cached: counting 1M flags costs more than a FAISS search
@@ -261,7 +263,7 @@ class VectorIndex:
         """Write the index to directory ``path`` atomically (:mod:`twotower.index.storage`); ``extra`` goes
         into the manifest (recall, version, ...)."""
         manifest = storage.new_manifest(self.dim, len(self), len(self.alive), self.model_version, self.config, extra)
-        arrays = {"ids": self.ids, "alive": self.alive, "vectors": self.vectors}
+        arrays = {"ids": self.ids, "alive": self.alive, "vectors": self.vectors, **self.catalogue}
         storage.write_index_dir(path, arrays, self._faiss_index, manifest)
 
     @classmethod
@@ -292,6 +294,7 @@ class VectorIndex:
         idx = cls(manifest["dim"], from_dict(IndexConfig, manifest["config"]), manifest.get("model_version"))
         idx._faiss_index = faiss_index
         idx.ids, idx.alive, idx.vectors = arrays["ids"], arrays["alive"], arrays["vectors"]
+        idx.catalogue = {k: arrays[k] for k in storage.ADDED_ARRAYS if k in arrays}
         return idx
 
     def info(self) -> dict:

@@ -7,9 +7,15 @@ Writes ``EMB_DIR/``::
     item_ids.parquet    the original item id strings, row = dense index
     users_sample.npy    float32 [U_s, D] real user vectors (histories before the test target), used to
                         measure ANN recall on the queries the index will really see
-    manifest.json       model version, dim, count, dtype, normalisation, throughput, created-at
+    manifest.json       model version, dim, count, dtype, normalisation, throughput, codebook, created-at
 
 Read an export with :func:`twotower.index.embeddings.load_embeddings` (the index layer's side).
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1, e.g. ``torchrun --nproc_per_node 2 -m twotower export ...``) every rank
+encodes the batches ``rank, rank + W, ...`` of the same batch plan into a part file of the one temporary
+directory rank 0 made; rank 0 then writes them into ``embeddings.npy`` row for row, writes the rest and swaps
+the directory in once. Each batch holds the same items as in one process, so the export equals the
+single-process one.
 
 The directory is written under a temporary name and renamed, so readers never see half an export. An
 existing ``EMB_DIR`` is replaced only when it is empty or an earlier export (it has ``manifest.json``);
@@ -37,6 +43,7 @@ from ..evaluate.evaluator import encode_requests
 from ..features import Featurizer
 from ..fsutil import file_in_the_way, remove_leftovers, sibling_names, swap_dir
 from ..index.embeddings import EMB_KIND, manifest_kind
+from ..train import distributed
 from ..train.load import load_run
 from ..train.run import check_model_fits, load_dataset, recorded_dataset
 
@@ -61,6 +68,10 @@ def export_items(
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
     run, out = Path(run), Path(out)
     check_replaceable(out)
+    shards = distributed.from_env(device)
+    if shards is not None and device.startswith("cuda"):
+        device = f"cuda:{shards.local_rank}"
+    main = shards is None or shards.main
     model, cfg, version = load_run(run, device=device)
     data_dir = recorded_dataset(run, data_dir)
     data = load_dataset(data_dir)
@@ -68,17 +79,25 @@ def export_items(
     feat = Featurizer(data, cfg.model)
     n, d = data.num_items, cfg.model.dim
     out.parent.mkdir(parents=True, exist_ok=True)
-    # a killed export's temporaries: the pid in their names is gone, so this run's names never meet them
-    remove_leftovers(out.parent, EXPORT_FILES, out.name, what="export", job="export")
-    tmp, old = sibling_names(out)
+    tmp = old = None
+    if main:
+        # a killed export's temporaries: the pid in their names is gone, so this run's names never meet them
+        remove_leftovers(out.parent, EXPORT_FILES, out.name, what="export", job="export")
+        tmp, old = sibling_names(out)
+    if shards is not None:
+        tmp, old = shards.broadcast({"tmp": tmp, "old": old}).values()
     try:
-        emb = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.dtype(dtype), shape=(n, d))
         t0 = time.perf_counter()
-        for lo in tqdm(range(0, n, batch), desc="encode items", unit="batch", disable=not progress):
-            hi = min(n, lo + batch)
-            v = model.encode_items(feat.items(np.arange(lo, hi)).to(device)).float().cpu().numpy()
-            emb[lo:hi] = v.astype(dtype)
+        if shards is None:
+            emb = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.dtype(dtype), shape=(n, d))
+            _encode(model, feat, range(0, n, batch), batch, n, emb, dtype, device, progress)
+        else:
+            _encode_shard(model, feat, shards, tmp, batch, n, d, dtype, device, progress)
         secs = time.perf_counter() - t0
+        if not main:
+            return {}
+        if shards is not None:
+            emb = _join_parts(tmp, shards.world, batch, n, d, dtype)
         emb.flush()
         del emb
         np.save(tmp / "ids.npy", np.arange(n, dtype=np.int64))
@@ -103,6 +122,8 @@ def export_items(
             "items_per_s": round(n / max(secs, 1e-9), 1),
             "encode_seconds": round(secs, 3),
             "users_sample": int(len(users)),
+            "codebook": cfg.model.codebook or None,  # the semantic IDs' codebook the model was trained with
+            "text_dim": cfg.model.text_dim,  # item text vectors the candidate tower read (0 = none)
             "run": str(run.resolve()),
             "dataset": str(Path(data_dir).resolve()),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -110,12 +131,49 @@ def export_items(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         check_replaceable(out)  # again: something may have been put there while we encoded
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
         raise
     swap_dir(tmp, out, old)
     log.info("exported %d items (%.0f items/s) -> %s", n, manifest["items_per_s"], out)
     return manifest
+
+
+def _encode(model, feat, starts, batch: int, n: int, emb: np.ndarray, dtype: str, device, progress: bool, at=None):
+    """Candidate tower over the item batches starting at ``starts`` into ``emb`` (rows ``at(lo)``, default lo)."""
+    for lo in tqdm(starts, desc="encode items", unit="batch", disable=not progress):
+        hi = min(n, lo + batch)
+        v = model.encode_items(feat.items(np.arange(lo, hi)).to(device)).float().cpu().numpy()
+        row = lo if at is None else at(lo)
+        emb[row : row + hi - lo] = v.astype(dtype)
+
+
+def _encode_shard(model, feat, shards, tmp: Path, batch: int, n: int, d: int, dtype: str, device, progress: bool):
+    """This rank's batches (``rank``, ``rank + W``, ...) into ``tmp/part-<rank>.npy``, rows in batch order."""
+    starts = list(range(0, n, batch))[shards.rank :: shards.world]
+    rows = sum(min(n, lo + batch) - lo for lo in starts)
+    part = np.lib.format.open_memmap(tmp / f"part-{shards.rank}.npy", mode="w+", dtype=np.dtype(dtype), shape=(rows, d))
+    offsets = dict(zip(starts, np.cumsum([0] + [min(n, lo + batch) - lo for lo in starts])[:-1].tolist()))
+    _encode(model, feat, starts, batch, n, part, dtype, device, progress and shards.main, at=offsets.__getitem__)
+    part.flush()
+    del part
+    shards.barrier()  # every part is on disk
+
+
+def _join_parts(tmp: Path, world: int, batch: int, n: int, d: int, dtype: str) -> np.ndarray:
+    """Rank 0: the parts into ``embeddings.npy`` (batch ``b`` is in part ``b % world``), the parts removed."""
+    emb = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.dtype(dtype), shape=(n, d))
+    parts = [np.load(tmp / f"part-{r}.npy", mmap_mode="r") for r in range(world)]
+    seen = [0] * world
+    for b, lo in enumerate(range(0, n, batch)):
+        r, hi = b % world, min(n, lo + batch)
+        emb[lo:hi] = parts[r][seen[r] : seen[r] + hi - lo]
+        seen[r] += hi - lo
+    del parts
+    for r in range(world):
+        (tmp / f"part-{r}.npy").unlink()
+    return emb
 
 
 def check_replaceable(out: Path) -> None:

@@ -42,6 +42,17 @@ class ModelConfig:
     tied_input: bool = False
     item_tower: str = "mlp"  # mlp: Linear(2D) -> SiLU -> Linear(D) (seed 003); linear: one Linear(D)
     time_buckets: int = 32
+    # Content (twotower.data.text / semantic_ids): the candidate tower reads the item's text vector through a
+    # learned projection when the dataset has one (text_dim, set from the dataset: 0 = none), and semantic-ID
+    # prefix tokens join the item features when the dataset has them (codebook: the version, from the dataset)
+    text: bool = True
+    text_dim: int = 0
+    semantic_ids: bool = True
+    codebook: str = ""
+    # Item-id dropout (DropoutNet, Volkovs et al. 2017): in training, the candidate tower reads this share of
+    # items without their id embedding, so it learns to place an item from its content alone; items that no
+    # model trained on (cold-start protocol, `index upsert` of a new item) are then encoded without the id.
+    id_dropout: float = 0.0
     # Hybrid split (seed 001): offline encoder -> cached state; online head over (state, real-time context).
     online_head: bool = False  # False = the unsplit tower (encode_user runs the encoder at request time)
     state_tokens: int = 1  # cached state = the encoder's last T outputs ([T, D]); 1 = the pooled vector
@@ -60,11 +71,11 @@ class ModelConfig:
             check_int(self, name, 1)
         for name in ("state_tokens", "context_len", "head_heads"):
             check_int(self, name, 1)
-        for name in ("num_actions", "num_surfaces", "num_layers"):
+        for name in ("num_actions", "num_surfaces", "num_layers", "text_dim"):
             check_int(self, name, 0)
         for name in ("item_buckets", "author_buckets", "user_buckets", "feature_buckets"):
             check(getattr(self, name) >= 2, name, getattr(self, name), "it must be an integer >= 2 (0 is padding)")
-        for name in ("dropout", "attn_dropout"):
+        for name in ("dropout", "attn_dropout", "id_dropout"):
             check_float(self, name, 0.0, 1.0, hi_open=True)
         check(self.positions in POSITIONS, "positions", self.positions, f"use one of {POSITIONS}")
         check(self.item_tower in ITEM_TOWERS, "item_tower", self.item_tower, f"use one of {ITEM_TOWERS}")

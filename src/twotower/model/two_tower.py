@@ -82,8 +82,13 @@ class TwoTower(nn.Module):
     # --- candidate tower ---------------------------------------------------------------------------------
     def encode_items(self, items: ItemInputs, dim: int | None = None) -> torch.Tensor:
         """Candidate tower: ItemInputs of [N, ·] -> unit vectors [N, D] (``dim``: the first ``dim``
-        coordinates, unit again: a Matryoshka prefix, [N, dim])."""
-        v = self.item_tower(self.embed.items(items))
+        coordinates, unit again: a Matryoshka prefix, [N, dim]). In training, ``id_dropout`` of the items are
+        read without their id hashes (their content only)."""
+        p = self.cfg.id_dropout
+        if self.training and p > 0:
+            keep = torch.rand(items.item.shape[:-1], device=items.item.device) >= p  # [N]
+            items = ItemInputs(items.item * keep[..., None], items.author, items.feat, items.text)
+        v = self.item_tower(self.embed.items(items), items.text)
         return v if dim is None else prefix_vectors(v, dim, self.cfg.similarity)
 
     # --- user tower --------------------------------------------------------------------------------------

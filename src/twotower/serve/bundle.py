@@ -97,6 +97,24 @@ def _item_id_table(data: SequenceData) -> tuple[np.ndarray, dict[str, int]]:
     return ids, lookup
 
 
+def _with_additions(
+    version: str, added: dict[str, np.ndarray], ids: np.ndarray, lookup: dict[str, int], hashed: tuple
+) -> tuple[np.ndarray, dict[str, int], tuple]:
+    """The dataset's item table grown by the index's catalogue additions (dense ids N, N+1, ...)."""
+    new = added["added_ids"].astype(str).tolist()
+    widths = [a.shape[1] for a in hashed]
+    got = [added[k].shape[1] for k in ("added_item", "added_author", "added_feat")]
+    if got != widths or any(i in lookup for i in new):
+        raise ArtifactError(
+            f"index {version}'s added items do not fit the dataset (widths {got} vs {widths}, or ids already in it); "
+            "upsert them again from the current model (`twotower index upsert`)"
+        )
+    lookup = {**lookup, **{i: len(ids) + r for r, i in enumerate(new)}}
+    grown = np.concatenate([ids, np.array(new, dtype=object)])
+    parts = (added["added_item"], added["added_author"], added["added_feat"])
+    return grown, lookup, tuple(np.concatenate([a, b.astype(a.dtype)]) for a, b in zip(hashed, parts))
+
+
 def load_bundle(
     root: str | Path,
     ef_search: int | None = None,
@@ -132,6 +150,15 @@ def load_bundle(
     data = SequenceData.load(_dataset_dir(root, model_dir), mmap=True)
     feat = Featurizer(data, cfg)
     ids, lookup = _item_id_table(data)
+    hashed = (feat.item_hash, feat.item_author, feat.item_feat)
+    text = feat.item_text
+    if index.catalogue:  # items upserted after training (`twotower index upsert`)
+        ids, lookup, hashed = _with_additions(index_version, index.catalogue, ids, lookup, hashed)
+        if text is not None:
+            extra = index.catalogue.get("added_text")
+            if extra is None or extra.shape[1] != text.shape[1]:
+                raise ArtifactError(f"index {index_version}'s added items lack the text vectors the model reads")
+            text = np.concatenate([text, extra.astype(text.dtype)])
     if len(index.ids) and (index.ids.min() < 0 or index.ids.max() >= len(ids)):
         raise ArtifactError(f"index {index_version} holds item ids outside the dataset's {len(ids)} items; rebuild")
     if len(lookup) != len(ids):
@@ -142,12 +169,13 @@ def load_bundle(
     table = ItemTable(
         ids=ids,
         lookup=lookup,
-        hash=np.ascontiguousarray(feat.item_hash),
-        author=np.ascontiguousarray(feat.item_author),
-        feat=np.ascontiguousarray(feat.item_feat),
+        hash=np.ascontiguousarray(hashed[0]),
+        author=np.ascontiguousarray(hashed[1]),
+        feat=np.ascontiguousarray(hashed[2]),
         num_hashes=cfg.num_hashes,
         item_buckets=cfg.item_buckets,
         features=FeatureIndex.build(feat_hash, item_feature_columns(data.manifest, feat_hash)),
+        text=text,
     )
     actions = {name: i for i, name in enumerate(data.manifest.get("actions", [])[: max(cfg.num_actions, 0)])}
     surfaces = {name: i + 1 for i, name in enumerate(data.manifest.get("surfaces", [])) if i < cfg.num_surfaces}

@@ -110,6 +110,7 @@ class ItemTable:
     num_hashes: int
     item_buckets: int
     features: FeatureIndex
+    text: np.ndarray | None = None  # float16 [N, E] item text vectors, when the model reads text
 
     def dense(self, item_ids: list[str]) -> np.ndarray:
         """Dense indices of ``item_ids``, -1 where unknown. int64 [n].

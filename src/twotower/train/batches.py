@@ -54,7 +54,8 @@ class WindowBatches(Dataset):
 
     Item ``i`` -> (UserInputs [B, S], target event rows int64 [B, S] with -1 padding, PseudoBatch or None).
     With ``pseudo`` (hybrid towers) each target also gets its snapshot and context, drawn from
-    ``(epoch, first + i)`` so that a resumed epoch draws what the uninterrupted one did.
+    ``(epoch, first + i * stride)`` (the epoch's global batch index: ``stride`` = world size under torchrun) so
+    that a resumed epoch draws what the uninterrupted one did.
     """
 
     def __init__(
@@ -65,9 +66,10 @@ class WindowBatches(Dataset):
         pseudo: PseudoContext | None = None,
         epoch: int = 0,
         first: int = 0,
+        stride: int = 1,
     ):
         self.feat, self.windows, self.batches = feat, windows, batches
-        self.pseudo, self.epoch, self.first = pseudo, epoch, first
+        self.pseudo, self.epoch, self.first, self.stride = pseudo, epoch, first, stride
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -79,5 +81,9 @@ class WindowBatches(Dataset):
         S = inputs.history.item.shape[1]
         rows = start[:, None] + np.arange(S)[None, :]
         rows = np.where(rows < end[:, None], rows, -1)
-        extra = None if self.pseudo is None else self.pseudo.sample(user, start, rows, (self.epoch, self.first + i))
+        extra = (
+            None
+            if self.pseudo is None
+            else self.pseudo.sample(user, start, rows, (self.epoch, self.first + i * self.stride))
+        )
         return inputs, torch.from_numpy(rows), extra

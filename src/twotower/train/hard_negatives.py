@@ -123,3 +123,20 @@ class MinedNegatives:
         items = torch.where(found[:, None], self.items[at], torch.full_like(self.items[at], -1))
         prob = self.prob[at][:, None].expand_as(items)
         return items, prob
+
+
+def mined_for(tc, dataset: str) -> MinedNegatives | None:
+    """``train.hard_negatives`` of TrainConfig ``tc``, read and checked: the same dataset (fingerprint
+    ``dataset``) and split, and the model version the config names (an empty ``hard_negatives_model`` takes
+    the file's, which the saved config then records)."""
+    if not tc.hard_negatives:
+        return None
+    hard = MinedNegatives.load(tc.hard_negatives, dataset, tc.split)
+    if tc.hard_negatives_model and tc.hard_negatives_model != hard.model_version:
+        raise ArtifactError(
+            f"{tc.hard_negatives} was mined with model {hard.model_version}, this run expects "
+            f"{tc.hard_negatives_model} (train.hard_negatives_model): mine again with that run, or set "
+            "hard_negatives_model to the file's version"
+        )
+    tc.hard_negatives_model = hard.model_version
+    return hard

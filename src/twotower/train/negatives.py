@@ -53,28 +53,37 @@ class InBatchNegatives(NegativeSource):
 
 
 class UniformNegatives(NegativeSource):
-    """``num`` items drawn uniformly from the corpus ``[0, num_items)`` (with replacement, deduplicated)."""
+    """``num`` items drawn uniformly from the corpus ``[0, num_items)`` (with replacement, deduplicated), or
+    from ``pool`` (int64 [P], the training catalogue: the cold-start protocol's held-out items are not in it)."""
 
-    def __init__(self, num_items: int, num: int):
+    def __init__(self, num_items: int, num: int, pool: torch.Tensor | None = None):
         super().__init__()
         self.num_items, self.num = num_items, num
+        self.register_buffer("pool", pool, persistent=False)
+        self.size = num_items if pool is None else len(pool)
 
     def sample(self, pos_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return torch.unique(torch.randint(0, self.num_items, (self.num,), generator=generator)).to(pos_ids.device)
+        draw = torch.randint(0, self.size, (self.num,), generator=generator)
+        ids = draw if self.pool is None else self.pool.cpu()[draw]
+        return torch.unique(ids).to(pos_ids.device)
 
     def inclusion_prob(self, ids: torch.Tensor) -> torch.Tensor:
-        p = 1.0 - (1.0 - 1.0 / self.num_items) ** self.num
+        p = 1.0 - (1.0 - 1.0 / self.size) ** self.num
         return torch.full((len(ids),), p, device=ids.device)
 
 
 class FullCorpus(NegativeSource):
-    """Every item is a candidate: the exact full softmax (inclusion probability 1, no correction)."""
+    """Every item is a candidate: the exact full softmax (inclusion probability 1, no correction); ``pool``:
+    only these items (int64 [P], the training catalogue)."""
 
-    def __init__(self, num_items: int):
+    def __init__(self, num_items: int, pool: torch.Tensor | None = None):
         super().__init__()
         self.num_items = num_items
+        self.register_buffer("pool", pool, persistent=False)
 
     def sample(self, pos_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.pool is not None:
+            return self.pool.to(pos_ids.device)
         return torch.arange(self.num_items, device=pos_ids.device)
 
     def inclusion_prob(self, ids: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,8 @@ RESUMABLE = (
     "train.num_workers",
     "train.threads",
 )
-_DERIVED = ("model.num_actions", "model.num_surfaces")  # read from the dataset, not from the config
+# read from the dataset, not from the config
+_DERIVED = ("model.num_actions", "model.num_surfaces", "model.text_dim", "model.codebook")
 _RUN_MARKERS = ("checkpoints", "data_path.txt")  # what every run directory has from its first second on
 # everything a run writes at its top level (plus eval_*.json from `evaluate`) and in checkpoints/: --overwrite
 # removes these and nothing else, and refuses a directory that holds anything more

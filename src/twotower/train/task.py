@@ -128,6 +128,7 @@ class RetrievalTask(nn.Module):
         # The fused loss needs every positive among the candidates, each once (so no accidental hits to mask).
         self.fused = fused and accidental_hits and negatives.covers_positives
         self.generator = torch.Generator().manual_seed(seed)  # negative sampling only: resumes exactly
+        self.dist = None  # a twotower.train.distributed.Dist under torchrun (set by the trainer)
         self.parts = nn.ModuleDict(parts or {})
 
     def tau(self) -> torch.Tensor:
@@ -137,7 +138,10 @@ class RetrievalTask(nn.Module):
     def forward(self, queries: torch.Tensor, targets: Targets) -> TaskOutput:
         """queries [T, D] (unit vectors, one per target) -> the batch's loss."""
         pos = targets.items
-        neg = self.negatives.sample(pos, self.generator)  # int64 [M] unique, CPU
+        # under torchrun the in-batch negatives are every rank's positives (the uniform draws are equal on all
+        # ranks: one seed); the candidate tower runs over them here, so gradients reach every candidate
+        pool = pos if self.dist is None else self.dist.gather_ids(pos)
+        neg = self.negatives.sample(pool, self.generator)  # int64 [M] unique, CPU
         row_negatives = self._row_negatives(targets)
         if self.prefixes:  # every prefix scores the same items: encode them once
             targets = replace(targets, encode_items=_Once(targets.encode_items))
@@ -257,8 +261,9 @@ class RetrievalTask(nn.Module):
 
     @torch.no_grad()
     def observe(self, targets: Targets) -> None:
-        """After the optimizer step: feed the positives to the sources' statistics, keep τ in range."""
-        self.negatives.observe(targets.items)
+        """After the optimizer step: feed the positives (every rank's) to the sources' statistics, keep τ in
+        range."""
+        self.negatives.observe(targets.items if self.dist is None else self.dist.gather_ids(targets.items))
         if self.log_tau.requires_grad:
             self.log_tau.clamp_(math.log(TAU_RANGE[0]), math.log(TAU_RANGE[1]))
 
@@ -281,6 +286,8 @@ def build_task(
     if cfg.negative_actions and cfg.negative_window:
         feedback = FeedbackNegatives(data, cfg.split, cfg.negative_actions, cfg.negative_window, cfg.negative_count)
     sources: list[NegativeSource] = []
+    # the cold-start protocol's held-out items are not in the training catalogue: never drawn as negatives
+    pool = None if data.item_cold is None else torch.from_numpy(np.flatnonzero(np.asarray(data.item_cold) == 0))
     for name in cfg.negatives:
         if name == "in_batch":
             if cfg.logq == "streaming":
@@ -292,9 +299,9 @@ def build_task(
                 freq = None
             sources.append(InBatchNegatives(freq))
         elif name == "uniform":
-            sources.append(UniformNegatives(data.num_items, cfg.num_uniform))
+            sources.append(UniformNegatives(data.num_items, cfg.num_uniform, pool))
         else:
-            sources.append(FullCorpus(data.num_items))
+            sources.append(FullCorpus(data.num_items, pool))
     return RetrievalTask(
         MixedNegatives(sources),
         temperature=cfg.temperature,

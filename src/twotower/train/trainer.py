@@ -8,8 +8,8 @@ What turns queries into a loss (temperature, negatives, logQ, ...) is the :class
 The loop keeps no global state outside the checkpoint: (seed, epoch, batch index) determines the data order,
 RNG states and the task's state are saved, and ``resume=True`` continues bit for bit on CPU, from an epoch
 end or from a mid-epoch checkpoint (every ``checkpoint_every_s`` seconds and/or ``checkpoint_every`` steps).
-Nothing here assumes a single process beyond the batch plan; a distributed sampler would shard
-``plan_epoch``'s output by rank.
+Under ``torchrun`` the same loop is data-parallel (:mod:`.distributed`); ``state["batch"]`` counts the epoch's
+batches done on all ranks, so a checkpoint resumes under another world size.
 """
 
 from __future__ import annotations
@@ -21,22 +21,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import config as cfgmod
 from ..data.dataset import SequenceData
-from ..errors import ArtifactError, CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..evaluate import PRIMARY, evaluate_model
 from ..features import Featurizer, UserInputs
 from ..model import TwoTower
 from ..model import checkpoint as ckpt_read
 from . import checkpoint as ckpt
-from . import run
+from . import distributed, run
 from .batches import WindowBatches, plan_epoch, training_windows
 from .config import RunConfig
 from .feedback import negative_events
-from .hard_negatives import MinedNegatives
+from .hard_negatives import mined_for
 from .metrics_log import MetricsLog
 from .params import build_optimizer
 from .pseudo import PseudoBatch, PseudoContext
@@ -47,6 +48,10 @@ log = logging.getLogger(__name__)
 
 class StopTraining(Exception):
     """Raised by ``stop_after_steps`` (tests use it to simulate a kill)."""
+
+
+#: What rank 0 decides after a validation and every rank follows.
+_DECISIONS = ("best", "best_epoch", "bad_evals", "done", "stop_reason")
 
 
 class Trainer:
@@ -66,14 +71,22 @@ class Trainer:
         Without either, ``out`` must be new or empty. ``clock``: seconds, for the checkpoint cadence."""
         self.data, self.cfg, self.out, self.clock = data, cfg, Path(out), clock
         tc, mc = cfg.train, cfg.model
-        run.check_run_dir(self.out, resume, overwrite, data_root=data.root)
+        self.dist = distributed.from_env(tc.device)  # None: one process
+        self.main = self.dist is None or self.dist.main  # rank 0 alone checks and writes the run directory
+        self.world = 1 if self.dist is None else self.dist.world
+        if self.main:
+            run.check_run_dir(self.out, resume, overwrite, data_root=data.root)
         if resume:
             run.check_same_dataset(self.out, data)
         mc.num_actions, mc.num_surfaces = data.num_actions, data.num_surfaces
+        mc.text_dim = data.text_dim if mc.text else 0
+        mc.codebook = (data.codebook_version or "") if mc.semantic_ids else ""
         run.check_model_fits(mc, data)
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.device = torch.device(tc.device)
+        if self.dist is not None and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
                 "train.device = 'cuda' but CUDA is not available; set train.device = 'cpu' (--device cpu)"
@@ -98,7 +111,8 @@ class Trainer:
             else None
         )
         self.lengths = self.windows[:, 2] - self.windows[:, 1]
-        self.steps_per_epoch = len(plan_epoch(self.lengths, tc.batch_tokens, tc.seed, 0))
+        self.batches_per_epoch = len(plan_epoch(self.lengths, tc.batch_tokens, tc.seed, 0))
+        self.steps_per_epoch = max(1, self.batches_per_epoch // self.world)  # each step: one batch per rank
         self.total_steps = self.steps_per_epoch * tc.epochs
         too_wide = [d for d in tc.matryoshka_dims if d >= mc.dim]
         if too_wide:
@@ -106,7 +120,8 @@ class Trainer:
                 f"train.matryoshka_dims {too_wide} are not prefixes of the {mc.dim}-dim vectors (model.dim): "
                 f"use widths below {mc.dim}"
             )
-        self.task = build_task(tc, data, self._mined_negatives(data), mc.similarity).to(self.device)
+        self.task = build_task(tc, data, mined_for(tc, run.dataset_fingerprint(data)), mc.similarity).to(self.device)
+        self.task.dist = self.dist  # in-batch negatives gathered from every rank
         # explicit negatives are no training positives (weight 0) unless asked; None: every event is one
         negative = negative_events(data, tc.negative_actions)
         self.not_positive = negative if negative.any() and not tc.negatives_as_positives else None
@@ -133,34 +148,26 @@ class Trainer:
         self._said_at = 0.0  # time.monotonic() at the last progress line
         if resume:
             self._restore(self.out / "checkpoints" / "last")
-        elif overwrite:
+        elif overwrite and self.main:
             run.clear_run_dir(self.out)  # only now: a refused config must not cost the old run
-        self.out.mkdir(parents=True, exist_ok=True)
-        cfgmod.save(cfg, self.out / "config.json")
-        (self.out / "data_path.txt").write_text(str(Path(data.root).resolve()) + "\n")
-
-    def _mined_negatives(self, data: SequenceData) -> MinedNegatives | None:
-        """``train.hard_negatives`` read and checked: same dataset and split, and the model version the config
-        names (an empty ``hard_negatives_model`` takes the file's, which the saved config then records)."""
-        tc = self.cfg.train
-        if not tc.hard_negatives:
-            return None
-        hard = MinedNegatives.load(tc.hard_negatives, run.dataset_fingerprint(data), tc.split)
-        if tc.hard_negatives_model and tc.hard_negatives_model != hard.model_version:
-            raise ArtifactError(
-                f"{tc.hard_negatives} was mined with model {hard.model_version}, this run expects "
-                f"{tc.hard_negatives_model} (train.hard_negatives_model): mine again with that run, or set "
-                "hard_negatives_model to the file's version"
-            )
-        tc.hard_negatives_model = hard.model_version
-        return hard
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfgmod.save(cfg, self.out / "config.json")
+            (self.out / "data_path.txt").write_text(str(Path(data.root).resolve()) + "\n")
+        self.ddp: DistributedDataParallel | None = None
+        if self.dist is not None:
+            # after the restore: DDP starts every rank from rank 0's parameters (they are equal anyway)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            step = distributed.LossModule(self.model, self.task, self.loss, self.dist)
+            self.ddp = DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True)
+            self.dist.barrier()  # rank 0 has set the run directory up
 
     def _progress(self) -> float:
         """How much of the run is done, 0..1: of the time budget when there is one, else of the epochs."""
         tc = self.cfg.train
         if tc.time_budget_s:
             return self._budget_used()
-        return (self.state["epoch"] + self.state["batch"] / max(1, self.steps_per_epoch)) / max(1, tc.epochs)
+        return (self.state["epoch"] + self.state["batch"] / max(1, self.batches_per_epoch)) / max(1, tc.epochs)
 
     def _budget_used(self) -> float:
         """The fraction of the time budget spent so far (the learning-rate schedule reads it)."""
@@ -197,16 +204,21 @@ class Trainer:
         tc = self.cfg.train
         if self.task.hard is not None:  # the staged schedule: mined negatives join at hard_start
             self.task.hard_active = self._progress() >= tc.hard_start
-        out, targets = self.loss(inputs, rows, pseudo)
+        if self.ddp is not None:
+            loss, out, targets = self.ddp(inputs, rows, pseudo)  # this rank's share of the global batch's loss
+        else:
+            out, targets = self.loss(inputs, rows, pseudo)
+            loss = out.loss
         self.opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if tc.grad_clip else 0.0
         self.opt.step()
         self.sched.step()
         self.task.observe(targets)
+        n = len(targets.items) if self.dist is None else int(self.dist.total(len(targets.items)))
         return {
             "loss": float(out.loss.detach()),
-            "targets": len(targets.items),
+            "targets": n,
             "negatives": out.candidates,
             "grad_norm": float(gnorm),
             # the loss's parts when it has several (Matryoshka prefixes, the hybrid's head and encoder)
@@ -217,14 +229,21 @@ class Trainer:
     def fit(self, stop_after_steps: int | None = None, progress: bool = True) -> dict:
         """Train until ``epochs``, the time budget or early stopping; returns the run summary."""
         tc, st = self.cfg.train, self.state
-        self.metrics = MetricsLog(self.out, st["metrics_rows"], st["step"])
+        self.metrics = MetricsLog(self.out, st["metrics_rows"], st["step"]) if self.main else None
+        progress = progress and self.main
         self._saved_at, self._said_at = self.clock(), time.monotonic()
         self.model.train()
         try:
             while st["epoch"] < tc.epochs and not st["done"]:
                 epoch, first = st["epoch"], st["batch"]
                 batches = plan_epoch(self.lengths, tc.batch_tokens, tc.seed, epoch)
-                ds = WindowBatches(self.feat, self.windows, batches[first:], self.pseudo, epoch, first)
+                if self.dist is None:
+                    ds = WindowBatches(self.feat, self.windows, batches[first:], self.pseudo, epoch, first)
+                else:  # this rank's batch of every global step
+                    mine = self.dist.shard(batches, first)
+                    ds = WindowBatches(
+                        self.feat, self.windows, mine, self.pseudo, epoch, first + self.dist.rank, self.world
+                    )
                 # Own generator: the DataLoader would otherwise draw its worker seed from the global RNG,
                 # shifting dropout masks between an uninterrupted and a resumed run.
                 loader = DataLoader(
@@ -247,21 +266,23 @@ class Trainer:
                     stats = self.step(inputs, rows, pseudo)
                     t1 = time.perf_counter()
                     st["train_seconds"] += t1 - t0
+                    if self.dist is not None:  # the slowest rank's clock: all stop at the same step
+                        st["train_seconds"] = self.dist.most(st["train_seconds"])
                     st["examples"] += stats["targets"]
-                    st["batch"] += 1
+                    st["batch"] += self.world
                     st["step"] += 1
                     n_epoch += stats["targets"]
                     rate = n_epoch / max(1e-9, time.perf_counter() - t_epoch)
                     bar.set_postfix(loss=f"{stats['loss']:.3f}", ex_s=f"{rate:,.0f}")
-                    if st["step"] % tc.log_every == 0:
+                    if self.metrics is not None and st["step"] % tc.log_every == 0:
                         for name, value in (("loss", stats["loss"]), ("grad_norm", stats["grad_norm"])):
                             self.metrics.scalar(epoch, st["step"], "train", name, value)
                         for name, value in stats["terms"].items():
                             self.metrics.scalar(epoch, st["step"], "train", f"loss/{name}", value)
                         self.metrics.scalar(epoch, st["step"], "train", "examples_per_s", round(rate, 1))
-                    if not progress:
+                    if not progress and self.main:
                         self._progress_line(epoch, stats["loss"], rate)
-                    if self._checkpoint_due():
+                    if self.main and self._checkpoint_due():
                         self.save("last")
                     t0 = time.perf_counter()
                     if stop_after_steps is not None and st["step"] >= stop_after_steps:
@@ -275,18 +296,24 @@ class Trainer:
                     st["epoch"] += 1
                     st["batch"] = 0
                 if tc.eval_every and (st["epoch"] % tc.eval_every == 0 or st["done"]):
-                    self._validate(epoch, epoch_rate)
-                self.save("last")
+                    if self.main:
+                        self._validate(epoch, epoch_rate)
+                    if self.dist is not None:  # rank 0's decisions (best, early stop) on every rank
+                        st.update(self.dist.broadcast({k: st[k] for k in _DECISIONS}))
+                if self.main:
+                    self.save("last")
         except StopTraining:
             pass
         finally:
-            self.metrics.close()
+            if self.metrics is not None:
+                self.metrics.close()
         summary = {
             **st,
             "steps_per_epoch": self.steps_per_epoch,
             "examples_per_s": st["examples"] / max(1e-9, st["train_seconds"]),
         }
-        (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.main:
+            (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
     def _progress_line(self, epoch: int, loss: float, rate: float) -> None:
@@ -302,7 +329,7 @@ class Trainer:
             epoch + 1,
             tc.epochs,
             st["batch"],
-            self.steps_per_epoch,
+            self.batches_per_epoch,
             loss,
             f"{rate:,.0f}",
             st["train_seconds"],
@@ -320,17 +347,8 @@ class Trainer:
     def _validate(self, epoch: int, epoch_rate: float) -> None:
         """Evaluate on the validation split; keep the best checkpoint; count evaluations without improvement."""
         tc, st = self.cfg.train, self.state
-        m = evaluate_model(
-            self.model,
-            self.feat,
-            tc.split,
-            "valid",
-            ks=(10, 100),
-            max_users=tc.eval_users or None,
-            device=self.device,
-            seed=tc.seed,
-            protocol=tc.eval_protocol,
-        )
+        m = evaluate_model(self.model, self.feat, tc.split, "valid", ks=(10, 100), max_users=tc.eval_users or None,
+                           device=self.device, seed=tc.seed, protocol=tc.eval_protocol)  # fmt: skip
         for name, value in m.items():
             self.metrics.scalar(epoch, st["step"], "valid", name, value)
         score = m[PRIMARY]
