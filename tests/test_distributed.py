@@ -128,3 +128,26 @@ def test_the_sharded_export_equals_the_single_process_one(synth_data, tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     two = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert two["model_version"] == one["model_version"] and two["count"] == one["count"]
+
+
+def test_the_sharded_refresh_writes_the_single_process_states(synth_data, tmp_path):
+    from twotower.jobs.refresh import refresh_states
+    from twotower.store import open_store
+
+    Trainer(SequenceData.load(synth_data), step_config(epochs=1), tmp_path / "run").fit(progress=False)
+    one = refresh_states(tmp_path / "run", f"sqlite:///{tmp_path / 'one.db'}", batch=32, progress=False)
+    proc = subprocess.run(
+        torchrun("-m", "twotower", "--", "refresh-states", "--run", str(tmp_path / "run"), "--store",
+                 f"sqlite:///{tmp_path / 'two.db'}", "--batch", "32", "--no-progress"),
+        env=env(), capture_output=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout.decode()[-2000:] + proc.stderr.decode()[-3000:]
+    assert f"encoded {one.encoded:,} in {one.batches} batches" in proc.stdout.decode()  # rank 0 counts all ranks
+    users = SequenceData.load(synth_data).user_ids().astype(str).tolist()
+    shape = load_model(tmp_path / "run")[1].cached_state_shape
+    with open_store(f"sqlite:///{tmp_path / 'one.db'}") as a, open_store(f"sqlite:///{tmp_path / 'two.db'}") as b:
+        x, y = a.get_many(users, one.model_version, shape), b.get_many(users, one.model_version, shape)
+    assert x.found.sum() == one.encoded > 0
+    np.testing.assert_array_equal(x.found, y.found)
+    np.testing.assert_allclose(x.states, y.states, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(x.snapshot_ts, y.snapshot_ts)

@@ -119,6 +119,7 @@ def cmd_refresh_states(args: argparse.Namespace) -> int:
     as_of, since = timestamp(args.as_of, "--as-of"), timestamp(args.since, "--since")
     from ..jobs.refresh import refresh_states
     from ..store import StoreConfig, open_store
+    from ..train.distributed import shutdown
 
     store = open_store(args.store, StoreConfig(dtype=args.dtype))
     try:
@@ -134,6 +135,9 @@ def cmd_refresh_states(args: argparse.Namespace) -> int:
         )
     finally:
         store.close()
+        shutdown()  # under torchrun: after every rank's writes
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 reports for all
+        return 0
     print(
         f"as of {r.as_of}: {r.stale:,} stale of {r.users_with_history:,} users with history; encoded "
         f"{r.encoded:,} in {r.batches} batches, {r.seconds:.1f} s ({r.users_per_s:,.0f} users/s); "

@@ -6,6 +6,11 @@ history ends later than the state the store holds for this model version (or no 
 users are encoded, in a fixed order, and each batch is one atomic ``put_many``. A killed job therefore
 resumes for free: running it again recomputes the stale set, which no longer contains the users of finished
 batches, and nothing is encoded twice.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank computes the same stale set, waits for the others (so no
+rank's writes change another's view of it), then encodes and writes the batches ``rank, rank + W, ...``; the
+report counts every rank's users. Each batch is still one atomic write, so the result is the single-process
+job's and a killed sharded job resumes like any other.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from ..errors import RefreshError
 from ..features import Featurizer
 from ..model.checkpoint import load_model
 from ..store import FeatureStore, open_store
+from ..train import distributed
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,10 @@ def refresh_states(
     """
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise RefreshError(f"batch must be a whole number of users >= 1 (e.g. --batch 512), got {batch!r}")
+    shards = distributed.from_env(device)
+    if shards is not None and device.startswith("cuda"):
+        device = f"cuda:{shards.local_rank}"
+    progress = progress and (shards is None or shards.main)
     model, model_cfg, version = load_model(run, device=device)
     if data_dir is None:
         rec = Path(run) / "data_path.txt"
@@ -104,9 +114,13 @@ def refresh_states(
         found, _, stored_last = st.get_meta(list(user_ids[c]), version)
         stale_parts.append(c[~found | (stored_last < last_ts[c])])
     stale = np.concatenate(stale_parts) if stale_parts else np.zeros(0, np.int64)
+    starts = list(range(0, len(stale), batch))
+    if shards is not None:
+        shards.barrier()  # every rank has its stale set before any rank writes
+        starts = starts[shards.rank :: shards.world]
     done = batches = 0
     try:
-        for lo in tqdm(range(0, len(stale), batch), desc="refresh states", unit="batch", disable=not progress):
+        for lo in tqdm(starts, desc="refresh states", unit="batch", disable=not progress):
             u = stale[lo : lo + batch]
             end = data.user_offsets[u] + n[u]
             state = model.encode_state(feat.histories_before(u, end).to(device)).float().cpu().numpy()
@@ -118,6 +132,8 @@ def refresh_states(
     finally:
         if isinstance(store, str):
             st.close()
+    if shards is not None:  # every rank's work
+        done, batches = int(shards.total(done)), int(shards.total(batches))
     report = RefreshReport(version, as_of, int((n > 0).sum()), len(stale), done, batches, time.perf_counter() - t0)
     log.info(
         "refresh as of %d: %d stale of %d users with history, %d encoded (%.0f users/s)",
