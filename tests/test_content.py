@@ -263,3 +263,30 @@ def test_an_upserted_item_is_served_by_the_next_request(content_data, tmp_path):
     newer.write_text("item_id,title,kind\nnewer,An item about chess openings,x\n")
     with pytest.raises(ArtifactError, match="codebook"):
         upsert_items(root, newer, upsert_schema(root), recall_floor=0.5)
+
+
+def test_upsert_into_an_adaptive_index_keeps_the_new_item_at_full_width(content_data, tmp_path):
+    from twotower.index import IndexConfig
+    from twotower.index.adaptive import AdaptiveIndex, open_index
+    from twotower.index.publish import current_path
+    from twotower.jobs.serving import build_artifacts
+    from twotower.jobs.upsert import upsert_items, upsert_schema
+
+    data = SequenceData.load(content_data)
+    cfg = small_run_config(epochs=1, eval_users=0, matryoshka_dims=[8])
+    cfg.model.id_dropout = 0.3
+    Trainer(data, cfg, tmp_path / "run").fit(progress=False)
+    # shortlist 1: 3 x 100 would be the whole 202-item corpus, which HNSW does not always return in full
+    config = IndexConfig(backend="hnsw", prefix_dim=8, shortlist=1, hnsw_ef_search=400)
+    build_artifacts(tmp_path / "run", tmp_path / "root", index_config=config, recall_floor=0.5)
+    new = tmp_path / "new.csv"
+    # texts no dataset item has: a cold item with the same text would have the very same vector (no id row)
+    new.write_text("item_id,title,kind\nfresh-one,Submarines under arctic ice,x\nfresh-two,Baroque harpsichords,x\n")
+    res = upsert_items(tmp_path / "root", new, upsert_schema(tmp_path / "root"), recall_floor=0.5)
+    assert res["ids"] == [data.num_items, data.num_items + 1]
+    index = open_index(current_path(tmp_path / "root" / "index"))
+    assert isinstance(index, AdaptiveIndex) and index.catalogue["added_ids"].tolist() == ["fresh-one", "fresh-two"]
+    rows = index.full[index.inner.labels_of(np.array(res["ids"]))].astype(np.float32)  # full width, float16 kept
+    assert rows.shape == (2, 16)
+    _, got = index.search(rows, 1)
+    assert got[:, 0].tolist() == res["ids"]  # each new item is its own nearest neighbour at full width
