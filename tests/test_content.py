@@ -276,8 +276,9 @@ def test_upsert_into_an_adaptive_index_keeps_the_new_item_at_full_width(content_
     cfg = small_run_config(epochs=1, eval_users=0, matryoshka_dims=[8])
     cfg.model.id_dropout = 0.3
     Trainer(data, cfg, tmp_path / "run").fit(progress=False)
-    # shortlist 1: 3 x 100 would be the whole 202-item corpus, which HNSW does not always return in full
-    config = IndexConfig(backend="hnsw", prefix_dim=8, shortlist=1, hnsw_ef_search=400)
+    # shortlist 3 x 100 covers the whole 202-item corpus: the prefix index scans it exactly (a graph walk asked
+    # for every node missed some, and the recall gate refused the index)
+    config = IndexConfig(backend="hnsw", prefix_dim=8, shortlist=3, hnsw_ef_search=400)
     build_artifacts(tmp_path / "run", tmp_path / "root", index_config=config, recall_floor=0.5)
     new = tmp_path / "new.csv"
     # texts no dataset item has: a cold item with the same text would have the very same vector (no id row)

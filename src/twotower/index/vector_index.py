@@ -150,7 +150,9 @@ class VectorIndex:
         ex_labels = None if ex is None else [self.labels_of(e) for e in ex]
         ex_labels = None if ex_labels is None else [e[e >= 0] for e in ex_labels]
         small_allow = allow is not None and n_allowed < self.config.filter_exact_below * max(len(self.alive), 1)
-        if self._faiss_index is None or small_allow:
+        # k covering every allowed item (an adaptive index's shortlist on a small corpus): that is a scan, and a
+        # graph walk asked for every node may miss some
+        if self._faiss_index is None or small_allow or k >= n_allowed:
             return self._exact(q, k, allowed, ex_labels)
         return self._ann(q, k, allowed, allow is not None, ex_labels)
 
