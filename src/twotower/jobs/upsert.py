@@ -38,19 +38,9 @@ from ..index.publish import current_version, history, publish_index
 from ..index.storage import ADDED_ARRAYS
 from ..index.vector_index import VectorIndex
 from ..layout import SALT_AUTHOR, SALT_FEATURE, SALT_ITEM
-from ..model.checkpoint import load_model
+from ..model.checkpoint import load_model, served_dataset
 
 log = logging.getLogger(__name__)
-
-
-def artifact_dataset(root: Path, model_dir: Path) -> Path:
-    """The dataset a served model reads: ``ROOT/data`` when present, else the one its run recorded."""
-    if (root / "data" / "manifest.json").is_file():
-        return root / "data"
-    rec = model_dir / "data_path.txt"
-    if not rec.is_file():
-        raise ArtifactError(f"{model_dir} has no data_path.txt and {root}/data is absent; rebuild the artifact root")
-    return Path(rec.read_text().strip())
 
 
 @torch.no_grad()
@@ -66,7 +56,7 @@ def upsert_items(root: str | Path, items_path: str | Path, schema: ItemSchema, r
     model, cfg, version = load_model(model_dir)
     if version != index.model_version:
         raise ArtifactError(f"{model_dir} holds model {version}, the index expects {index.model_version}; rebuild")
-    data = SequenceData.load(artifact_dataset(root, model_dir), mmap=True)
+    data = SequenceData.load(served_dataset(root, model_dir), mmap=True)
     feat = Featurizer(data, cfg)  # refuses a dataset of another codebook or text width than the model's
     table = tables.read_items(items_path, schema)
     new_ids = [str(v) for v in table.column("item_id").to_pylist()]
@@ -97,7 +87,7 @@ def upsert_schema(root: str | Path) -> ItemSchema:
 
     root = Path(root)
     index = open_index(root / "index" / "versions" / current_version(root / "index"))
-    data = SequenceData.load(artifact_dataset(root, root / "models" / index.model_version), mmap=True)
+    data = SequenceData.load(served_dataset(root, root / "models" / index.model_version), mmap=True)
     items = (data.manifest.get("config") or {}).get("items") or {}
     return cfgmod.from_dict(ItemSchema, items, where=f"{data.root}/manifest.json [config.items]")
 

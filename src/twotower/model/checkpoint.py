@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .. import config as cfgmod
-from ..errors import CheckpointError
+from ..errors import ArtifactError, CheckpointError
 from .config import ModelConfig
 from .two_tower import TwoTower
 
@@ -155,3 +155,14 @@ def load_model(run_or_ckpt: str | Path, which: str = "best", device: str = "cpu"
         raise CheckpointError(f"checkpoint {path}: config.json has no [model] table; retrain or restore it")
     cfg = cfgmod.from_dict(ModelConfig, config["model"], where=f"{path}/config.json [model]")
     return build_model(weights, cfg, path, device), cfg, state["model_version"]
+
+
+def served_dataset(root: Path, model_dir: Path) -> Path:
+    """The dataset a served model copy reads: ``ROOT/data`` when present, else the one its run recorded
+    (``models/<version>/data_path.txt``). The service's bundle and the offline jobs on an artifact root share it."""
+    if (root / "data" / "manifest.json").is_file():
+        return root / "data"
+    rec = model_dir / "data_path.txt"
+    if not rec.is_file():
+        raise ArtifactError(f"{model_dir} has no data_path.txt and {root}/data is absent; rebuild the artifact root")
+    return Path(rec.read_text().strip())

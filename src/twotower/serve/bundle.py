@@ -33,7 +33,7 @@ from ..index.adaptive import AdaptiveIndex, open_index
 from ..index.publish import current_version, load_current, published_versions
 from ..index.vector_index import VectorIndex
 from ..model import ModelConfig, TwoTower
-from ..model.checkpoint import load_model
+from ..model.checkpoint import load_model, served_dataset
 from .head import OnlineEncoder
 from .items import FeatureIndex, ItemTable, item_feature_columns
 from .unsplit import UnsplitEncoder, average_user
@@ -67,15 +67,6 @@ class Bundle:
         encoder's ``max_len`` (unsplit: they are the whole history of a user without a cached vector)."""
         cfg = self.model_config
         return cfg.context_len if cfg.online_head else cfg.max_len
-
-
-def _dataset_dir(root: Path, model_dir: Path) -> Path:
-    if (root / "data" / "manifest.json").is_file():
-        return root / "data"
-    rec = model_dir / "data_path.txt"
-    if not rec.is_file():
-        raise ArtifactError(f"{model_dir} has no data_path.txt and {root}/data is absent; rebuild the artifact root")
-    return Path(rec.read_text().strip())
 
 
 ID_CHUNK = 16_384
@@ -147,7 +138,7 @@ def load_bundle(
         raise ArtifactError(f"{model_dir} holds model {version}, the index expects {index.model_version}; rebuild")
     if index.dim != cfg.dim:
         raise ArtifactError(f"index dim {index.dim} != model dim {cfg.dim}; rebuild the index")
-    data = SequenceData.load(_dataset_dir(root, model_dir), mmap=True)
+    data = SequenceData.load(served_dataset(root, model_dir), mmap=True)
     feat = Featurizer(data, cfg)
     ids, lookup = _item_id_table(data)
     hashed = (feat.item_hash, feat.item_author, feat.item_feat)
