@@ -58,13 +58,16 @@ class Targets:
 
     items: int64 [T] positive item ids (on the CPU, where sampling runs); weight: float [T] event weights
     (None = all 1); encode_items: the candidate tower over item ids, int64 [M] -> unit vectors [M, D];
-    rows: int64 [T] the targets' dataset event rows (what mined negatives are keyed by; None = unknown).
+    rows: int64 [T] the targets' dataset event rows (what mined negatives are keyed by; None = unknown);
+    everyone: int64 [T_all] every rank's positives under torchrun, gathered once per batch (None: one process):
+    the in-batch negatives and what the logQ estimators observe.
     """
 
     items: torch.Tensor
     weight: torch.Tensor | None
     encode_items: Callable[[torch.Tensor], torch.Tensor]
     rows: torch.Tensor | None = None
+    everyone: torch.Tensor | None = None
 
 
 @dataclass
@@ -128,7 +131,6 @@ class RetrievalTask(nn.Module):
         # The fused loss needs every positive among the candidates, each once (so no accidental hits to mask).
         self.fused = fused and accidental_hits and negatives.covers_positives
         self.generator = torch.Generator().manual_seed(seed)  # negative sampling only: resumes exactly
-        self.dist = None  # a twotower.train.distributed.Dist under torchrun (set by the trainer)
         self.parts = nn.ModuleDict(parts or {})
 
     def tau(self) -> torch.Tensor:
@@ -140,7 +142,7 @@ class RetrievalTask(nn.Module):
         pos = targets.items
         # under torchrun the in-batch negatives are every rank's positives (the uniform draws are equal on all
         # ranks: one seed); the candidate tower runs over them here, so gradients reach every candidate
-        pool = pos if self.dist is None else self.dist.gather_ids(pos)
+        pool = pos if targets.everyone is None else targets.everyone
         neg = self.negatives.sample(pool, self.generator)  # int64 [M] unique, CPU
         row_negatives = self._row_negatives(targets)
         if self.prefixes:  # every prefix scores the same items: encode them once
@@ -263,7 +265,7 @@ class RetrievalTask(nn.Module):
     def observe(self, targets: Targets) -> None:
         """After the optimizer step: feed the positives (every rank's) to the sources' statistics, keep τ in
         range."""
-        self.negatives.observe(targets.items if self.dist is None else self.dist.gather_ids(targets.items))
+        self.negatives.observe(targets.items if targets.everyone is None else targets.everyone)
         if self.log_tau.requires_grad:
             self.log_tau.clamp_(math.log(TAU_RANGE[0]), math.log(TAU_RANGE[1]))
 

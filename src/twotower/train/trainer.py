@@ -121,7 +121,6 @@ class Trainer:
                 f"use widths below {mc.dim}"
             )
         self.task = build_task(tc, data, mined_for(tc, run.dataset_fingerprint(data)), mc.similarity).to(self.device)
-        self.task.dist = self.dist  # in-batch negatives gathered from every rank
         # explicit negatives are no training positives (weight 0) unless asked; None: every event is one
         negative = negative_events(data, tc.negative_actions)
         self.not_positive = negative if negative.any() and not tc.negatives_as_positives else None
@@ -185,15 +184,21 @@ class Trainer:
             weight = self.cfg.train.encoder_loss_weight
             if snapshots is not None and weight > 0:  # hybrid + the encoder's own loss, from one encoder pass
                 (qh, rh), (qe, re) = self.model.hybrid_training_queries(inputs.to(dev), rows.to(dev), snapshots)
-                head_targets = targets_of(self.data, rh, self._encode_items, dev, self.not_positive)
-                enc_targets = targets_of(self.data, re, self._encode_items, dev, self.not_positive)
+                head_targets, enc_targets = self._targets(rh), self._targets(re)
                 head, enc = self.task(qh, head_targets), self.task(qe, enc_targets)
                 loss = head.loss + weight * enc.loss
                 terms = {**head.terms, "head": head.loss.detach(), "encoder": enc.loss.detach()}
                 return TaskOutput(loss, head.candidates + enc.candidates, terms), enc_targets
             queries, target_rows = self.model.training_queries(inputs.to(dev), rows.to(dev), snapshots)  # [T, D]
-            targets = targets_of(self.data, target_rows, self._encode_items, dev, self.not_positive)
+            targets = self._targets(target_rows)
             return self.task(queries, targets), targets
+
+    def _targets(self, rows: torch.Tensor) -> Targets:
+        """The targets of event rows ``rows`` [T]; under torchrun with every rank's positives (one gather)."""
+        targets = targets_of(self.data, rows, self._encode_items, self.device, self.not_positive)
+        if self.dist is not None:
+            targets.everyone = self.dist.gather_ids(targets.items)
+        return targets
 
     def _encode_items(self, ids: torch.Tensor) -> torch.Tensor:
         """Candidate tower over dense item ids int64 [M] -> [M, D]."""
@@ -215,7 +220,7 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         self.task.observe(targets)
-        n = len(targets.items) if self.dist is None else int(self.dist.total(len(targets.items)))
+        n = len(targets.items if targets.everyone is None else targets.everyone)  # every rank's targets
         return {
             "loss": float(out.loss.detach()),
             "targets": n,
