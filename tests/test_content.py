@@ -32,7 +32,8 @@ from twotower.errors import ArtifactError, ConfigError, DataError
 from twotower.evaluate.cold_start import cold_start_report, random_scores
 from twotower.features import Featurizer
 from twotower.features.inputs import ItemInputs
-from twotower.layout import SPLIT_TRAIN
+from twotower.hashing import token_hash
+from twotower.layout import SALT_FEATURE, SPLIT_TRAIN, feature_token
 from twotower.model import ModelConfig, TwoTower
 from twotower.train.task import build_task
 from twotower.train.trainer import Trainer
@@ -130,6 +131,17 @@ def test_residual_codes_are_coarse_to_fine_unique_and_versioned(tmp_path):
     same = codes[:, 0][:, None] == codes[:, 0][None, :]
     np.testing.assert_array_equal(h[:, 0][:, None] == h[:, 0][None, :], same)
     assert not prefix_hashes(np.full((1, 3), -1)).any()
+    # each distinct prefix is hashed once: equal to hashing every item's own "sid<l>=c1-..-cl" token, whether the
+    # prefixes fit one int64 key (few codes) or not (70,000 codes over 6 levels)
+    for n_codes, levels in ((8, 3), (70_000, 6)):
+        c = rng.integers(0, n_codes, (500, levels))
+        c[::7] = -1
+        want = np.zeros(c.shape, np.uint64)
+        for i, row in enumerate(c.tolist()):
+            if row[0] >= 0:
+                toks = [feature_token(f"sid{j + 1}", "-".join(map(str, row[: j + 1]))) for j in range(levels)]
+                want[i] = token_hash(toks, SALT_FEATURE)
+        np.testing.assert_array_equal(prefix_hashes(c), want)
     book.save(tmp_path / "cb.safetensors")
     back = Codebook.load(tmp_path / "cb.safetensors")
     assert back.version == book.version and back.source == "test"

