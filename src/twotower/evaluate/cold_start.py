@@ -9,8 +9,8 @@ with the user's seen items removed (the ``filtered`` variant of :mod:`.evaluator
 * ``cold_only/``: cold targets ranked among the cold items only (how well the content places a new item
   against the other new items, free of the warm items' head start).
 
-Recall@K equals HR@K here (one target per user). Any scorer goes through the same code: the model, the
-random baseline (:func:`random_scores`) and popularity.
+Recall@K equals HR@K here (one target per user). Any scorer goes through the same code: the model
+(:func:`~twotower.evaluate.evaluator.model_scorer`), the random baseline (:func:`random_scores`) and popularity.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import torch
 
 from ..data.dataset import SequenceData
 from ..errors import DataError
-from .evaluator import seen_mask
+from .evaluator import model_scorer, seen_mask
 from .metrics import KS, summarize, target_ranks
+
+__all__ = ["Scorer", "cold_items", "cold_start_report", "model_scorer", "random_scores"]
 
 Scorer = Callable[[np.ndarray, np.ndarray], torch.Tensor]  # (users [B], target rows [B]) -> scores [B, N]
 
@@ -74,12 +76,3 @@ def random_scores(num_items: int, seed: int = 0) -> Scorer:
     """The random baseline as a scorer: i.i.d. uniform scores per request (seeded)."""
     gen = torch.Generator().manual_seed(seed)
     return lambda u, r: torch.rand(len(u), num_items, generator=gen)
-
-
-def model_scorer(model, feat, device: str | torch.device = "cpu", protocol: str = "strict") -> Scorer:
-    """The model as a scorer: user vectors (``protocol``) against the whole corpus, in eval mode."""
-    from .evaluator import encode_corpus, encode_requests
-
-    model.eval()
-    items = encode_corpus(model, feat, device)
-    return lambda u, r: encode_requests(model, feat, u, r, device=device, protocol=protocol).float() @ items.T

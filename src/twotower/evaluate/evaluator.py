@@ -7,6 +7,8 @@ baseline goes through the same ranking code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -114,18 +116,27 @@ def model_ranks(
     every evaluated target: what :func:`evaluate_model` summarises (and the report splits by segment)."""
     data = feat.data
     was_training = model.training
-    model.eval()
-    items = encode_corpus(model, feat, device)
-    cut = (lambda v: v) if dim is None else (lambda v: prefix_vectors(v, dim, model.cfg.similarity))
-    items = cut(items)
+    score = model_scorer(model, feat, device, protocol, dim)
     users, rows = _select(data, scheme, which, max_users, seed)
-
-    def score(u: np.ndarray, r: np.ndarray) -> torch.Tensor:
-        return cut(encode_requests(model, feat, u, r, device=device, protocol=protocol).float()) @ items.T
-
     all_r, filt_r = _ranks(score, data, users, rows, batch, progress)
     model.train(was_training)
     return users, rows, all_r, filt_r
+
+
+@torch.no_grad()
+def model_scorer(
+    model: TwoTower,
+    feat: Featurizer,
+    device: str | torch.device = "cpu",
+    protocol: str = "strict",
+    dim: int | None = None,
+) -> Callable[[np.ndarray, np.ndarray], torch.Tensor]:
+    """The model (switched to eval mode) as a scorer: (users [B], target rows [B]) -> scores [B, N] of the
+    user vectors (``protocol``) against the whole corpus, encoded once; ``dim``: a Matryoshka prefix."""
+    model.eval()
+    cut = (lambda v: v) if dim is None else (lambda v: prefix_vectors(v, dim, model.cfg.similarity))
+    items = cut(encode_corpus(model, feat, device))
+    return lambda u, r: cut(encode_requests(model, feat, u, r, device=device, protocol=protocol).float()) @ items.T
 
 
 @torch.no_grad()
