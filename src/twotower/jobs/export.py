@@ -90,7 +90,8 @@ def export_items(
         t0 = time.perf_counter()
         if shards is None:
             emb = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.dtype(dtype), shape=(n, d))
-            _encode(model, feat, range(0, n, batch), batch, n, emb, dtype, device, progress)
+            for lo, hi, v in _encoded(model, feat, range(0, n, batch), batch, n, device, progress):
+                emb[lo:hi] = v.astype(dtype)
         else:
             _encode_shard(model, feat, shards, tmp, batch, n, d, dtype, device, progress)
         secs = time.perf_counter() - t0
@@ -140,13 +141,11 @@ def export_items(
     return manifest
 
 
-def _encode(model, feat, starts, batch: int, n: int, emb: np.ndarray, dtype: str, device, progress: bool, at=None):
-    """Candidate tower over the item batches starting at ``starts`` into ``emb`` (rows ``at(lo)``, default lo)."""
+def _encoded(model, feat, starts, batch: int, n: int, device, progress: bool):
+    """(lo, hi, vectors float32 [hi - lo, D]) of the candidate tower over the item batches starting at ``starts``."""
     for lo in tqdm(starts, desc="encode items", unit="batch", disable=not progress):
         hi = min(n, lo + batch)
-        v = model.encode_items(feat.items(np.arange(lo, hi)).to(device)).float().cpu().numpy()
-        row = lo if at is None else at(lo)
-        emb[row : row + hi - lo] = v.astype(dtype)
+        yield lo, hi, model.encode_items(feat.items(np.arange(lo, hi)).to(device)).float().cpu().numpy()
 
 
 def _encode_shard(model, feat, shards, tmp: Path, batch: int, n: int, d: int, dtype: str, device, progress: bool):
@@ -154,8 +153,10 @@ def _encode_shard(model, feat, shards, tmp: Path, batch: int, n: int, d: int, dt
     starts = list(range(0, n, batch))[shards.rank :: shards.world]
     rows = sum(min(n, lo + batch) - lo for lo in starts)
     part = np.lib.format.open_memmap(tmp / f"part-{shards.rank}.npy", mode="w+", dtype=np.dtype(dtype), shape=(rows, d))
-    offsets = dict(zip(starts, np.cumsum([0] + [min(n, lo + batch) - lo for lo in starts])[:-1].tolist()))
-    _encode(model, feat, starts, batch, n, part, dtype, device, progress and shards.main, at=offsets.__getitem__)
+    row = 0
+    for lo, hi, v in _encoded(model, feat, starts, batch, n, device, progress and shards.main):
+        part[row : row + hi - lo] = v.astype(dtype)
+        row += hi - lo
     part.flush()
     del part
     shards.barrier()  # every part is on disk
