@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = argv[1:]  # from reading our flags (it rejects `--run` as an abbreviation of its `--run-path`)
     command = chosen_command(argv)
     args = build_parser([command] if command in COMMANDS else []).parse_args(argv)
+    args.argv = argv  # what `train --nproc` hands to torchrun as it is
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -109,21 +109,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def launch_torchrun(args: argparse.Namespace) -> int:
-    """``twotower train --nproc N ...`` -> ``torchrun --standalone --nproc_per_node N -m twotower train ...``
-    (the same flags, without --nproc); its exit status."""
+    """``twotower train --nproc N ...`` -> ``torchrun --standalone --nproc_per_node N -m twotower -- train ...``
+    with this command's own arguments (each rank sees WORLD_SIZE and trains instead of launching); its exit
+    status."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
-    cmd += ["-m", "twotower", "--", "train", "--data", str(args.data), "--out", str(args.out)]
-    for flag, value in (
-        ("--config", args.config), ("--epochs", args.epochs), ("--device", args.device),
-        ("--time-budget", args.time_budget), ("--hard-negatives", args.hard_negatives),
-        ("--hard-start", args.hard_start), ("--loss", args.loss),
-    ):  # fmt: skip
-        if value is not None:
-            cmd += [flag, str(value)]
-    for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite), ("--hybrid", args.hybrid),
-                     ("--no-progress", args.no_progress)):  # fmt: skip
-        if on:
-            cmd.append(flag)
+    cmd += ["-m", "twotower", "--", *args.argv]
     print("running:", " ".join(cmd[1:]), flush=True)
     return subprocess.call(cmd)
 
