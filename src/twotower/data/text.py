@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,8 +148,6 @@ def embed_texts(
 
     ``info``: the encoder's ``name``/``version``/``dim``, and ``encoded`` / ``cached`` counts and
     ``items_per_s`` of the texts that were not cached."""
-    import time
-
     enc = encoder or load_encoder()
     cache = TextCache(cache_dir or default_cache_dir(), enc.ident, enc.dim)
     keys = text_keys(texts, enc.ident)
@@ -160,7 +159,8 @@ def embed_texts(
         uniq, inv = np.unique(np.array([texts[i] for i in todo], dtype=object), return_inverse=True)
         vec = enc.encode(list(uniq), progress=progress)
         out[todo] = vec[inv]
-        cache.put([text_keys([t], enc.ident)[0] for t in uniq], vec)
+        key_of = {texts[i]: keys[i] for i in todo}  # computed above: not hashed again
+        cache.put([key_of[t] for t in uniq], vec)
         cache.save()
     seconds = time.perf_counter() - t0
     out[empty] = 0.0
