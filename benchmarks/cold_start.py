@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from runs import train_auto  # benchmarks/runs.py: this directory is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("warm", "cold", "cold_only")
 METRICS = ("hr@10", "ndcg@10", "hr@100")
@@ -68,20 +70,8 @@ def prepare(work: Path, levels: int, codes: int, cold: float) -> tuple[Path, dic
 def train_variant(data, budget: float, seed: int, out: Path, model: dict, id_dropout: float) -> dict:
     from twotower.evaluate import evaluate_model
     from twotower.evaluate.cold_start import cold_start_report, model_scorer
-    from twotower.features import Featurizer
-    from twotower.train.auto import auto_config
-    from twotower.train.load import load_run
-    from twotower.train.trainer import Trainer
 
-    cfg, _ = auto_config(data, budget)
-    cfg.train.seed = seed
-    cfg.model.id_dropout = id_dropout
-    for key, value in model.items():
-        setattr(cfg.model, key, value)
-    cfg.model.__post_init__()
-    summary = Trainer(data, cfg, out, overwrite=True).fit(progress=False)
-    net, rc, version = load_run(out)
-    feat = Featurizer(data, rc.model)
+    summary, net, _, version, feat = train_auto(data, budget, seed, out, model={"id_dropout": id_dropout, **model})
     valid = evaluate_model(net, feat, "loo", "valid", protocol="strict")
     report = cold_start_report(model_scorer(net, feat), data)
     return {

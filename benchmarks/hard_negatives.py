@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from runs import train_auto  # benchmarks/runs.py: this directory is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("filtered/hr@10", "filtered/ndcg@10", "filtered/hr@100")
 WINDOWS = {"hard_101_500": (101, 500), "hard_21_100": (21, 100)}
@@ -51,19 +53,8 @@ VARIANTS = {
 def train_variant(data, budget: float, seed: int, out: Path, overrides: dict, split: str = "loo") -> dict:
     """Train ``auto_config`` + ``overrides``; the best checkpoint's strict valid/test metrics."""
     from twotower.evaluate import evaluate_model
-    from twotower.features import Featurizer
-    from twotower.train.auto import auto_config
-    from twotower.train.load import load_run
-    from twotower.train.trainer import Trainer
 
-    cfg, _ = auto_config(data, budget, split=split)
-    cfg.train.seed = seed
-    for key, value in overrides.items():
-        setattr(cfg.train, key, value)
-    cfg.train.__post_init__()
-    summary = Trainer(data, cfg, out, overwrite=True).fit(progress=False)
-    model, rc, version = load_run(out)
-    feat = Featurizer(data, rc.model)
+    summary, model, _, version, feat = train_auto(data, budget, seed, out, train=overrides, split=split)
     res = {s: evaluate_model(model, feat, split, s, protocol="strict") for s in ("valid", "test")}
     return {
         "valid": {k: round(res["valid"][k], 4) for k in KEYS},

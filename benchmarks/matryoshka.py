@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runs import train_auto  # benchmarks/runs.py: this directory is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("filtered/hr@10", "filtered/ndcg@10", "filtered/hr@100")
 WIDTHS = (16, 32, 64)
@@ -37,20 +39,8 @@ WIDTHS = (16, 32, 64)
 
 def train(data, budget: float, seed: int, out: Path, dim: int, matryoshka: list[int]) -> dict:
     from twotower.evaluate import evaluate_model
-    from twotower.features import Featurizer
-    from twotower.train.auto import auto_config
-    from twotower.train.load import load_run
-    from twotower.train.trainer import Trainer
 
-    cfg, _ = auto_config(data, budget)
-    cfg.train.seed = seed
-    cfg.model.dim = dim
-    cfg.train.matryoshka_dims = matryoshka
-    cfg.model.__post_init__()
-    cfg.train.__post_init__()
-    summary = Trainer(data, cfg, out, overwrite=True).fit(progress=False)
-    model, rc, _ = load_run(out)
-    feat = Featurizer(data, rc.model)
+    summary, model, _, _, feat = train_auto(data, budget, seed, out, {"dim": dim}, {"matryoshka_dims": matryoshka})
     scored = {}
     for d in [*matryoshka, dim]:
         res = {s: evaluate_model(model, feat, "loo", s, protocol="strict", dim=d) for s in ("valid", "test")}
