@@ -3,7 +3,7 @@
 # contract, and the whole test suite. Usage: bash scripts/test.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 . .venv/bin/activate
 ruff check src tests benchmarks
 lint-imports  # the layer contract: [tool.importlinter] in pyproject.toml

@@ -53,17 +53,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Several processes: each worker builds its app from the environment, so pass the overrides through it.
     for key, value in overrides.items():
         os.environ[f"TWOTOWER_{key.upper()}"] = str(value)
+    from ..serve.metrics import multiprocess_dir, remove_multiprocess_dir
     from ..serve.workers import balanced, run_workers
 
-    if not balanced():  # no SO_REUSEPORT balancing here: uvicorn's shared socket
-        uvicorn.run("twotower.serve.app:app_from_env", factory=True, workers=workers, **common)
-        return 0
-    host, port = common.pop("host"), common.pop("port")
+    metrics_dir = multiprocess_dir()  # before the workers start: one /metrics scrape adds up all of them
     try:
-        run_workers("twotower.serve.app:app_from_env", workers, host, port, **common)
-    except OSError as exc:
-        raise ConfigError(f"cannot serve on {host}:{port} ({exc}); pick a free port with --port") from exc
-    return 0
+        if not balanced():  # no SO_REUSEPORT balancing here: uvicorn's shared socket
+            uvicorn.run("twotower.serve.app:app_from_env", factory=True, workers=workers, **common)
+            return 0
+        host, port = common.pop("host"), common.pop("port")
+        try:
+            run_workers("twotower.serve.app:app_from_env", workers, host, port, **common)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve on {host}:{port} ({exc}); pick a free port with --port") from exc
+        return 0
+    finally:
+        remove_multiprocess_dir(metrics_dir)
 
 
 def declare_serve_prepare(p: argparse.ArgumentParser) -> None:

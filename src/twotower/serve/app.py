@@ -47,6 +47,10 @@ def create_app(settings: ServeSettings | None = None, bundle: Bundle | None = No
     app.openapi = served_openapi(app, service)  # the served model's action names etc., see .openapi
     add_error_handlers(app)
     app.include_router(router)
+    if settings.demo_enabled():
+        from .demo import router as demo_router
+
+        app.include_router(demo_router)
     if settings.fast_path:
         app.add_middleware(RetrieveFastPath, service=service)  # innermost: after the size limit and metrics
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -54,6 +54,7 @@ class Bundle:
     actions: dict[str, int]  # action name -> bit
     surfaces: dict[str, int]  # surface name -> embedding index (0 = none/unknown)
     encoder: OnlineEncoder | UnsplitEncoder  # the online head as served (traced or eager), or the unsplit rule
+    data: SequenceData | None = None  # the served dataset (memory-mapped): user histories for GET /demo
 
     @property
     def state_shape(self) -> tuple[int, int]:
@@ -176,7 +177,7 @@ def load_bundle(
         encoder: OnlineEncoder | UnsplitEncoder = OnlineEncoder(model, table.feat.shape[1], trace_head, like)
     else:
         encoder = UnsplitEncoder(model, average_user(root / "embeddings" / version, cfg.dim, cfg.similarity))
-    return Bundle(model, cfg, version, index, index_version, table, actions, surfaces, encoder)
+    return Bundle(model, cfg, version, index, index_version, table, actions, surfaces, encoder, data)
 
 
 @dataclass

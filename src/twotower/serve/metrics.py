@@ -3,19 +3,41 @@
 Request counts and latencies are recorded by a pure ASGI middleware (cheaper than a BaseHTTPMiddleware, and
 it sees every response, including 413s and validation errors); the retrieval engine counts paths, store
 failures and micro-batch sizes; reloads count by result; an info gauge carries the served versions.
+
+Several workers (``twotower serve --workers N``) add up: :func:`multiprocess_dir` gives every worker one
+``PROMETHEUS_MULTIPROC_DIR`` before they start, each worker's values live in memory-mapped files there, and a
+scrape of any worker reads all of them (prometheus_client's multiprocess mode). Without it a scrape saw the
+share of the one worker that answered it.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as prom_mp
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 KNOWN_ROUTES = frozenset(
-    {"/v1/retrieve", "/v1/retrieve/batch", "/healthz", "/readyz", "/metrics", "/admin/reload", "/openapi.json"}
+    {
+        "/v1/retrieve",
+        "/v1/retrieve/batch",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/admin/reload",
+        "/openapi.json",
+        "/demo",
+        "/demo/info",
+    }
 )
 
 
@@ -34,10 +56,35 @@ PROMETHEUS_RESPONSE = {
 }
 
 
+def multiprocess_dir() -> Path:
+    """Set up the shared metrics directory for several workers (before they start) and return it.
+
+    An operator's ``PROMETHEUS_MULTIPROC_DIR`` is used and emptied of an earlier run's files (stale counts would
+    add to this run's); otherwise a fresh temporary directory, exported to the workers through the environment.
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for f in path.glob("*.db"):
+            f.unlink()
+    else:
+        path = Path(tempfile.mkdtemp(prefix="twotower-metrics-"))
+        os.environ[MULTIPROC_ENV] = str(path)
+    return path
+
+
+def remove_multiprocess_dir(path: Path) -> None:
+    """Remove a directory :func:`multiprocess_dir` made (an operator's own directory stays)."""
+    if path.name.startswith("twotower-metrics-"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 class Metrics:
-    """The service's counters, histograms and gauges."""
+    """The service's counters, histograms and gauges (summed over workers when the multiprocess directory is set)."""
 
     def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         self.registry = r = CollectorRegistry()
         self.requests = Counter("twotower_http_requests", "HTTP requests", ["route", "status"], registry=r)
         self.latency = Histogram(
@@ -58,16 +105,37 @@ class Metrics:
         self.index_fallbacks = Counter(
             "twotower_index_fallbacks", "starts on an older published index: CURRENT's did not load", registry=r
         )
-        self.info = Gauge("twotower_served_version", "1 for the served versions", ["model", "index"], registry=r)
+        # livemax: a version is shown while any live worker serves it (mid-reload, both); ignored in one process
+        self.info = Gauge(
+            "twotower_served_version",
+            "1 for the served versions",
+            ["model", "index"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self._versions: tuple[str, str] | None = None
         for path in ("cached", "cold_start", "fallback"):
             self.paths.labels(path)  # export zeros, so dashboards see the series before the first event
 
     def set_versions(self, model_version: str, index_version: str) -> None:
+        if self._versions is not None:  # 0 first: in multiprocess mode clear() would leave the file's 1 behind
+            self.info.labels(*self._versions).set(0)
         self.info.clear()
+        self._versions = (model_version, index_version)
         self.info.labels(model_version, index_version).set(1)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """Prometheus text: this process's registry, or every worker's files in multiprocess mode."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        prom_mp.MultiProcessCollector(merged)
+        return generate_latest(merged)
+
+    def close(self) -> None:
+        """At worker exit: its live gauges stop counting (its counters' files stay, so totals keep them)."""
+        if self.multiprocess:
+            prom_mp.mark_process_dead(os.getpid())
 
 
 class MetricsMiddleware:

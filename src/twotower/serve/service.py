@@ -185,13 +185,14 @@ class Service:
                     pass  # reload() logged it and keeps serving the current version
 
     async def stop(self) -> None:
-        """Stop watching, drain the batcher, close the store."""
+        """Stop watching, drain the batcher, close the store, retire this worker's live gauges."""
         if self._watcher is not None:
             self._watcher.cancel()
         if self.batcher is not None:
             await self.batcher.close()
         if self.retriever is not None:
             self.retriever.store.close()
+        self.metrics.close()
 
     async def reload(self, announce: bool = True) -> ReloadResponse:
         """Load the published version and swap it in; on any failure keep serving and raise :class:`ReloadRefused`.

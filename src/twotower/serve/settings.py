@@ -48,6 +48,9 @@ class ServeSettings(BaseSettings):
     fast_path: bool = Field(True, description="serve valid POST /v1/retrieve as pure ASGI (same answers)")
     trace_head: bool = Field(True, description="run the online head as a traced graph checked against eager")
     store_retry_s: float = Field(1.0, ge=0.0, description="after a store failure, skip it this long")
+    demo: bool | None = Field(
+        None, description="serve GET /demo, a page showing users' histories and answers (default: on in dev mode only)"
+    )
     reload_poll_s: float = Field(
         1.0, ge=0.0, description="check ROOT/.reload-generation this often, so a reload reaches every worker (0 = off)"
     )
@@ -69,6 +72,10 @@ class ServeSettings(BaseSettings):
         elif weak:
             log.warning("dev mode: the admin token is weak; never run like this on a reachable address")
         return self
+
+    def demo_enabled(self) -> bool:
+        """Whether ``GET /demo`` is served: the setting, else only in dev mode (it shows users' histories)."""
+        return self.dev_mode if self.demo is None else self.demo
 
     def resolved_workers(self) -> int:
         """Worker processes to run: the setting, else one per core (each has its own GIL; one process tops out
