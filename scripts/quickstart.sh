@@ -55,3 +55,4 @@ print(f"\nserved model {e['model_version']}: test HR@10 {m['filtered/hr@10']:.4f
 PY
 echo
 echo "Serve it yourself:  . .venv/bin/activate && TWOTOWER_ADMIN_TOKEN=<a secret of 16+ chars> twotower serve --artifacts $WORK/serve"
+echo "Look at what a user gets in a browser: add TWOTOWER_DEMO=1 to that command and open http://127.0.0.1:8000/demo"

@@ -26,12 +26,14 @@ def art(tmp_path_factory, synth_data):
     return shared_artifacts(tmp_path_factory, synth_data)
 
 
-def test_prepare_from_a_dataframe_equals_prepare_from_the_file(tmp_path):
+def test_prepare_from_pyarrow_pandas_or_polars_equals_prepare_from_the_file(tmp_path):
     generate(60, 40, 900, tmp_path / "log.parquet", seed=2, progress=False)
     cfg = {"log": {"actions": ["click", "like"], "surface": "surface"}}
     from_file = twotower.prepare(tmp_path / "log.parquet", config=cfg, out=tmp_path / "a")
     table = pq.read_table(tmp_path / "log.parquet")
-    for i, given in enumerate((table, table.to_pandas())):
+    import polars as pl
+
+    for i, given in enumerate((table, table.to_pandas(), pl.from_arrow(table))):
         got = twotower.prepare(given, config=cfg, out=tmp_path / f"t{i}")
         for name in ("user_offsets", "event_item", "event_ts", "event_actions", "split_loo", "item_hash"):
             assert np.array_equal(getattr(got, name), getattr(from_file, name)), name

@@ -39,6 +39,31 @@ def test_a_candidates_score_ignores_the_other_candidates_and_their_order(synth_d
     assert not torch.allclose(sa[0], sa[1])  # and the history does
 
 
+def test_the_retriever_prior_keeps_isolation_and_an_untrained_head_keeps_retrievals_order(synth_data):
+    data, feat, _ = _setup(synth_data)
+    torch.manual_seed(0)
+    ranker = Ranker(feat.cfg, prior_scale=10.0).eval()
+    u = feat.users(np.array([0, 3]), np.array([0, 40]), np.array([12, 47]))
+    ids = torch.tensor([[5, 9, 17, 30], [2, 9, 44, 61]])
+    items = feat.items(ids.reshape(-1).numpy())
+    cands = type(items)(*(t.view(*ids.shape, -1) for t in (items.item, items.author, items.feat)))
+    prior = torch.tensor([[0.3, -0.2, 0.9, 0.1], [0.0, 0.5, -0.4, 0.2]])
+    with torch.no_grad():
+        out = ranker(u, cands, prior)
+        torch.testing.assert_close(out, 10.0 * prior)  # zero-initialised correction: exactly retrieval's order
+        with torch.no_grad():
+            ranker.head[-1].bias.fill_(0.1)
+            ranker.head[-1].weight.normal_()
+        a = ranker(u, cands, prior)
+        changed = prior.clone()
+        changed[:, 2] = 5.0  # another candidate's retrieval score changes nothing for the rest
+        torch.testing.assert_close(ranker(u, cands, changed)[:, [0, 1, 3]], a[:, [0, 1, 3]])
+    import pytest
+
+    with pytest.raises(ValueError, match="needs the retriever"):
+        ranker(u, cands)
+
+
 def test_the_isolation_mask():
     m = isolation_mask(torch.tensor([2]), S=3, K=2)[0]
     expect = torch.tensor(
@@ -72,6 +97,20 @@ def test_a_ranker_trains_on_its_retrievers_candidates_and_refuses_another_retrie
     _, _, v1 = load_run(tmp_path / "r1")
     _, _, v2 = load_run(tmp_path / "r2")
     assert s["retriever_version"] == v1 and s["candidates"] == 1 + 6 + 4 and s["step"] == 15
+    # warm start: the retriever's encoder blocks and token projections, its first positions
+    from dataclasses import replace
+
+    from twotower.train.ranker import warm_start
+
+    retriever, rc, _ = load_run(tmp_path / "r1")
+    fresh = Ranker(replace(rc.model, max_len=5, online_head=False, user_token=False))
+    warm_start(fresh, retriever)
+    enc = retriever.user_encoder
+    for key, value in enc.blocks[0].state_dict().items():
+        assert torch.equal(fresh.blocks[0].state_dict()[key], value), key
+    assert torch.equal(fresh.tokens.hist_proj.weight, enc.hist_proj.weight)
+    if enc.pos_emb is not None:
+        assert torch.equal(fresh.tokens.pos_emb.weight, enc.pos_emb.weight[:6])
     ranker, config, version = load_ranker(tmp_path / "rank", expect_retriever=v1)
     assert version == s["ranker_version"] and config["retriever_version"] == v1
     with pytest.raises(ArtifactError, match="trained against retriever"):
@@ -83,3 +122,12 @@ def test_a_ranker_trains_on_its_retrievers_candidates_and_refuses_another_retrie
     for k in ("hr@50", "hr@100", "hr@200"):
         assert m["rerank"][k] == m["retrieval"][k], k
     assert m["rerank"]["hr@10"] != m["retrieval"]["hr@10"] or m["rerank"]["mrr"] != m["retrieval"]["mrr"]
+    # several shortlists from one pass over the longest equal one call each (isolation: scores of a prefix)
+    both = rerank_metrics(tmp_path / "r1", tmp_path / "rank", "valid", shortlist=(10, 50, 10_000), data=data)
+    # a shortlist of every item holds the seen ones too: a seen target stays a miss, as in retrieval
+    assert both["rerank"][10_000]["hr@200"] == both["retrieval"]["hr@200"]
+    ten = rerank_metrics(tmp_path / "r1", tmp_path / "rank", "valid", shortlist=10, data=data)
+    assert both["retrieval"] == m["retrieval"]
+    for key, want in ((50, m["rerank"]), (10, ten["rerank"])):
+        for metric_name, value in want.items():
+            assert abs(both["rerank"][key][metric_name] - value) < 1e-9, (key, metric_name)

@@ -37,6 +37,7 @@ def test_an_adaptive_index_serves_what_it_searches_offline(synth_data, tmp_path,
     with TestClient(create_app(settings(tmp_path / "root"))) as c:
         bundle = c.app.state.service.retriever.bundle
         assert isinstance(bundle.index, AdaptiveIndex)
+        assert "shortlist" in c.get("/openapi.json").json()["components"]["schemas"]["RetrieveRequest"]["properties"]
         feat = Featurizer(data, bundle.model_config)
         item_ids = data.item_ids().astype(str)
         for u, s, t in list(zip(users[pick], snaps[pick], targets[pick]))[:6]:
@@ -48,5 +49,10 @@ def test_an_adaptive_index_serves_what_it_searches_offline(synth_data, tmp_path,
             assert got["path"] == "cached"
             assert [x["item_id"] for x in got["items"]] == list(item_ids[want_i[0]])
             np.testing.assert_allclose([x["score"] for x in got["items"]], want_s[0], atol=1e-5)
+            for shortlist in (1, 20):  # a request's own shortlist: the offline search with that shortlist
+                body = {**dataset_request(data, u, s, t), "shortlist": shortlist}
+                got = c.post("/v1/retrieve", json=body).json()
+                want_s, want_i = offline.search(q, 10, exclude=[seen], shortlist=shortlist)
+                assert [x["item_id"] for x in got["items"]] == list(item_ids[want_i[0]]), shortlist
     assert main(["index", "list", "--root", str(tmp_path / "root" / "index")]) == 0
     assert "prefix 8/16" in capsys.readouterr().out

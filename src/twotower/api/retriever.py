@@ -32,7 +32,8 @@ from .data import to_arrow
 @dataclass
 class Recommendation:
     """One user's answer: ``item_ids`` str [K'] and ``scores`` float32 [K'] (best first; K' <= k when filters
-    cut), the retrieval ``path`` ("cached", "cold_start", "fallback"), the versions that produced it."""
+    cut), the retrieval ``path`` ("cached", "cold_start", "fallback"), the versions that produced it. Reranked:
+    ``scores`` are the ranker's, ``retrieval_scores`` the index's, and ``ranker_version`` names the ranker."""
 
     item_ids: np.ndarray
     scores: np.ndarray
@@ -40,6 +41,8 @@ class Recommendation:
     model_version: str
     index_version: str
     warnings: list[str] | None = None
+    retrieval_scores: np.ndarray | None = None
+    ranker_version: str | None = None
 
 
 class Retriever:
@@ -87,12 +90,14 @@ class Retriever:
         exclude_item_ids: list[str] | None = None,
         timestamp: int | None = None,
         surface: str | None = None,
+        rerank: int | None = None,
     ) -> Recommendation:
         """Top-``k`` items for ``user_id`` now: the body of ``POST /v1/retrieve`` as arguments.
 
         ``recent_events``: ``[{"item_id", "timestamp", "actions": [...], "surface"}]`` since the cached state;
-        ``filters``: ``{"allow_item_ids": [...], "item_features": {"genre": ["Comedy"]}}``. A bad argument is
-        a :class:`~twotower.errors.RequestError` with the service's message."""
+        ``filters``: ``{"allow_item_ids": [...], "item_features": {"genre": ["Comedy"]}}``; ``rerank``: K', the
+        shortlist the published ranker re-scores. A bad argument is a :class:`~twotower.errors.RequestError`
+        with the service's message."""
         body = {
             "user_id": user_id,
             "k": k,
@@ -100,6 +105,8 @@ class Retriever:
             "exclude_item_ids": exclude_item_ids or [],
             "filters": filters or {},
         }
+        if rerank is not None:
+            body["rerank"] = {"candidates": rerank}
         return self.recommend_many([body])[0]
 
     def recommend_many(self, requests: list[dict]) -> list[Recommendation]:
@@ -110,7 +117,8 @@ class Retriever:
         except ValidationError as exc:
             raise RequestError(f"invalid request: {exc}") from exc
         return [
-            Recommendation(r.item_ids, r.scores, r.path, r.model_version, r.index_version, r.warnings)
+            Recommendation(r.item_ids, r.scores, r.path, r.model_version, r.index_version, r.warnings,
+                           r.retrieval_scores, r.ranker_version)  # fmt: skip
             for r in self.engine.run(parsed)
         ]
 

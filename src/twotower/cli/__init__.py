@@ -48,6 +48,9 @@ COMMANDS: dict[str, Command] = {
     "serve-prepare": Command(
         "serve", "declare_serve_prepare", "assemble an artifact root from a hybrid run (export, states, index)"
     ),
+    "publish-ranker": Command(
+        "serve", "declare_publish_ranker", "put a trained ranker into an artifact root (rerank requests use it)"
+    ),
     "serve": Command("serve", "declare_serve", "online retrieval service (FastAPI/uvicorn) over an artifact root"),
 }
 

@@ -103,6 +103,31 @@ def cmd_serve_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def declare_publish_ranker(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``twotower publish-ranker``."""
+    p.add_argument("--ranker", required=True, help="a ranker directory (`twotower train-ranker --out`)")
+    p.add_argument("--artifacts", required=True, help="the artifact root it will serve from")
+    p.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="publish a ranker trained against another retriever than the served model (recorded; the service "
+        "then serves it)",
+    )
+    p.set_defaults(func=cmd_publish_ranker)
+
+
+def cmd_publish_ranker(args: argparse.Namespace) -> int:
+    """Copy the ranker into ROOT/rankers/ and make it CURRENT; a running service takes it at /admin/reload."""
+    from ..jobs.serving import publish_ranker
+
+    r = publish_ranker(args.ranker, args.artifacts, allow_mismatch=args.allow_mismatch)
+    print(
+        f"ranker {r['ranker_version']} (trained for model {r['retriever_version']}, serving {r['model_version']}) "
+        f"-> {r['path']}; a running service takes it at POST /admin/reload"
+    )
+    return 0
+
+
 def declare_refresh_states(p: argparse.ArgumentParser) -> None:
     """Arguments of ``twotower refresh-states``."""
     p.add_argument("--run", required=True, help="run directory (hybrid: the encoder states; unsplit: the user vectors)")

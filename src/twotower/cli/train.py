@@ -302,6 +302,14 @@ def declare_train_ranker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=128, help="examples per step")
     p.add_argument("--random", type=int, default=4, help="uniform random candidates per example")
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--history", type=int, default=50, help="the user's last events the ranker reads")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--no-prior", action="store_true", help="score candidates from scratch, without the retriever's score"
+    )
+    p.add_argument(
+        "--warm-start", action="store_true", help="start the history tokens and blocks from the retriever's encoder"
+    )
     p.add_argument("--time-budget", type=float, default=0.0, help="training seconds (0 = the steps decide)")
     p.add_argument("--shortlist", type=int, default=100, help="K': retrieved candidates re-ranked at evaluation")
     p.add_argument("--eval-users", type=int, default=2000, help="users scored on valid and test (0 = all)")
@@ -315,7 +323,8 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
     from ..train.run import load_dataset, recorded_dataset
 
     cfg = RankerConfig(random=args.random, num_layers=args.layers, steps=args.steps, batch=args.batch,
-                       time_budget_s=args.time_budget, seed=args.seed)  # fmt: skip
+                       time_budget_s=args.time_budget, seed=args.seed, history=args.history, lr=args.lr,
+                       prior=not args.no_prior, warm_start=args.warm_start)  # fmt: skip
     data = load_dataset(recorded_dataset(Path(args.run), None))
     s = train_ranker(args.run, args.mined, args.out, cfg, data)
     print(

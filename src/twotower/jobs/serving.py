@@ -97,3 +97,47 @@ def build_artifacts(
         "store_url": url,
         "states_written": report.encoded,
     }
+
+
+def publish_ranker(ranker_dir: str | Path, root: str | Path, allow_mismatch: bool = False) -> dict:
+    """Copy a trained ranker into ``ROOT/rankers/<ranker version>`` and point ``ROOT/rankers/CURRENT`` at it
+    (``POST /admin/reload`` then hot-swaps it). The ranker must have been trained against the model the root
+    serves (``index/CURRENT``'s), unless ``allow_mismatch`` (recorded in ``publish.json``, which the service
+    honours). Returns the ranker and model versions and where it went."""
+    import json
+    import os
+
+    from ..index.publish import current_path
+    from ..model.ranker import load_ranker
+
+    ranker_dir, root = Path(ranker_dir), Path(root)
+    if not (root / "index").is_dir():
+        raise ArtifactError(f"{root} is not an artifact root; run `twotower serve-prepare` first")
+    try:
+        serving = json.loads((current_path(root / "index") / "manifest.json").read_text())["model_version"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(
+            f"{root}/index has no readable current version ({exc}); run `twotower serve-prepare`"
+        ) from exc
+    _, config, version = load_ranker(ranker_dir, expect_retriever=serving, allow_mismatch=allow_mismatch)
+    dest = root / "rankers" / version
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not (dest / "checkpoint").is_dir():
+        tmp, old = sibling_names(dest)
+        try:
+            shutil.copytree(ranker_dir / "checkpoint", tmp / "checkpoint")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        swap_dir(tmp, dest, old)
+    meta = {"allow_mismatch": bool(allow_mismatch), "retriever_version": config.get("retriever_version"),
+            "published_for_model": serving, "source": str(ranker_dir.resolve())}  # fmt: skip
+    (dest / "publish.json").write_text(json.dumps(meta, indent=2) + "\n")
+    pointer = root / "rankers" / "CURRENT"
+    tmp_pointer = pointer.with_name(f".CURRENT.tmp-{os.getpid()}")
+    tmp_pointer.write_text(version + "\n")
+    os.replace(tmp_pointer, pointer)  # the switch: a reload reads the old or the new name, never half
+    log.info("ranker %s published to %s (trained for %s, serving model %s)", version, dest,
+             config.get("retriever_version"), serving)  # fmt: skip
+    return {"ranker_version": version, "model_version": serving, "path": str(dest),
+            "retriever_version": config.get("retriever_version")}  # fmt: skip

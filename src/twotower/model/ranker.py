@@ -11,14 +11,24 @@ vector, no position). One transformer over the ``S + K`` tokens with the mask
 so a candidate never sees another candidate: its score does not depend on what else was retrieved, nor on the
 order the candidates come in (no position on them). An MLP head gives one logit per candidate. Shapes:
 history ``[B, S]``, candidates ``[B, K]``, logits ``[B, K]``.
+
+**Residual on the retriever** (``prior=True``): the retriever's own score of each candidate (the similarity the
+index returned, ``[B, K]``) enters the logit as ``s * prior`` with a learned scale ``s`` (initialised to the
+retriever's inverse temperature), so an untrained head ranks exactly as retrieval did and training learns
+the correction. The prior is a per-candidate input like its features: isolation and order-independence hold.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from .. import config as cfgmod
+from ..errors import ArtifactError
 from ..features.inputs import ItemInputs, UserInputs
+from . import checkpoint as ckpt_read
 from .config import ModelConfig
 from .layers import Block, Embeddings
 from .user_encoder import UserEncoder
@@ -39,7 +49,8 @@ def isolation_mask(length: torch.Tensor, S: int, K: int) -> torch.Tensor:
 class Ranker(nn.Module):
     """History [B, S] + candidates [B, K] -> one logit per candidate [B, K]."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, prior_scale: float | None = None):
+        """``prior_scale``: the initial weight of the retriever's score in the logit; None = no prior input."""
         super().__init__()
         D = cfg.dim
         self.cfg = cfg
@@ -50,10 +61,17 @@ class Ranker(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.ln_f = nn.LayerNorm(D)
         self.head = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, 1))
+        self.prior_scale = None if prior_scale is None else nn.Parameter(torch.tensor(float(prior_scale)))
         self.tokens.init_tables()
+        if self.prior_scale is not None:  # the correction starts at zero: an untrained ranker keeps retrieval's order
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, u: UserInputs, cands: ItemInputs) -> torch.Tensor:
-        """u: histories [B, S] (no user token); cands: ItemInputs of [B, K, ·] -> logits [B, K]."""
+    def forward(self, u: UserInputs, cands: ItemInputs, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """u: histories [B, S] (no user token); cands: ItemInputs of [B, K, ·]; prior: the retriever's scores
+        float32 [B, K] (required when the ranker was built with a prior) -> logits [B, K]."""
+        if (prior is None) != (self.prior_scale is None):
+            raise ValueError("this ranker " + ("needs" if prior is None else "takes no") + " the retriever's scores")
         hist = self.tokens.event_tokens(u, self.embed)  # [B, S, D]
         S = hist.shape[1]
         if self.tokens.pos_emb is not None:
@@ -64,4 +82,22 @@ class Ranker(nn.Module):
         mask = isolation_mask(u.length, S, K)
         for blk in self.blocks:
             x = blk(x, causal=False, key_mask=None, attn_mask=mask)
-        return self.head(self.ln_f(x[:, S:])).squeeze(-1)
+        logits = self.head(self.ln_f(x[:, S:])).squeeze(-1)
+        return logits if prior is None else logits + self.prior_scale * prior
+
+
+def load_ranker(
+    path: str | Path, expect_retriever: str | None = None, allow_mismatch: bool = False
+) -> tuple[Ranker, dict, str]:
+    """(ranker in eval mode, its saved config, its version) from a ranker directory (``PATH/checkpoint``);
+    refuses one trained against another retriever than ``expect_retriever`` unless ``allow_mismatch``."""
+    weights, config, state, _ = ckpt_read.load(Path(path) / "checkpoint")
+    if expect_retriever is not None and config.get("retriever_version") != expect_retriever and not allow_mismatch:
+        raise ArtifactError(
+            f"ranker {path} was trained against retriever {config.get('retriever_version')}, not {expect_retriever}: "
+            "train a ranker for this retriever (`twotower train-ranker`), or allow the mismatch explicitly"
+        )
+    mc = cfgmod.from_dict(ModelConfig, config["model"], where=f"{path}/checkpoint/config.json [model]")
+    ranker = Ranker(mc, config.get("prior_scale"))
+    ranker.load_state_dict(weights)
+    return ranker.eval(), config, str(state["model_version"])

@@ -36,6 +36,7 @@ from ..model import ModelConfig, TwoTower
 from ..model.checkpoint import load_model, served_dataset
 from .head import OnlineEncoder
 from .items import FeatureIndex, ItemTable, item_feature_columns
+from .rerank import ServedRanker, load_served_ranker
 from .unsplit import UnsplitEncoder, average_user
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class Bundle:
     actions: dict[str, int]  # action name -> bit
     surfaces: dict[str, int]  # surface name -> embedding index (0 = none/unknown)
     encoder: OnlineEncoder | UnsplitEncoder  # the online head as served (traced or eager), or the unsplit rule
-    data: SequenceData | None = None  # the served dataset (memory-mapped): user histories for GET /demo
+    data: SequenceData | None = None  # the served dataset (memory-mapped): user histories (ranker, GET /demo)
+    ranker: ServedRanker | None = None  # ROOT/rankers/CURRENT, checked against the model (see .rerank)
 
     @property
     def state_shape(self) -> tuple[int, int]:
@@ -177,7 +179,8 @@ def load_bundle(
         encoder: OnlineEncoder | UnsplitEncoder = OnlineEncoder(model, table.feat.shape[1], trace_head, like)
     else:
         encoder = UnsplitEncoder(model, average_user(root / "embeddings" / version, cfg.dim, cfg.similarity))
-    return Bundle(model, cfg, version, index, index_version, table, actions, surfaces, encoder, data)
+    ranker = load_served_ranker(root, version, cfg)
+    return Bundle(model, cfg, version, index, index_version, table, actions, surfaces, encoder, data, ranker)
 
 
 @dataclass

@@ -50,6 +50,13 @@ class ParsedRequest:
     exclude: list[str]
     allow: list[str] | None
     features: dict[str, list[str]] | None = None
+    rerank: int = 0  # K': candidates the ranker re-scores (0 = no rerank)
+    shortlist: int | None = None  # adaptive index: candidates per result re-scored at full width (None = default)
+
+    @property
+    def fetch_k(self) -> int:
+        """Items to retrieve: k, or the rerank shortlist when it is longer."""
+        return max(self.k, self.rerank)
 
 
 def parse_request(req: RetrieveRequest, bundle: Bundle, now: int | None = None) -> ParsedRequest:
@@ -69,6 +76,11 @@ def parse_request(req: RetrieveRequest, bundle: Bundle, now: int | None = None) 
     ctx = req.context
     allow, features = req.filters.allow_item_ids, req.filters.item_features or None
     check_feature_columns(bundle, features)
+    if req.shortlist is not None and not hasattr(bundle.index, "prefix_dim"):
+        raise RequestError(
+            "shortlist: the served index searches at full width (it is not an adaptive Matryoshka index); drop "
+            "the field, or publish an index with --prefix-dim"
+        )
     return ParsedRequest(
         user_id=req.user_id,
         k=req.k,
@@ -82,6 +94,8 @@ def parse_request(req: RetrieveRequest, bundle: Bundle, now: int | None = None) 
         exclude=req.exclude_item_ids,
         allow=allow,
         features=features,
+        rerank=req.rerank.candidates if req.rerank is not None else 0,
+        shortlist=req.shortlist,
     )
 
 

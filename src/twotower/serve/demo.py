@@ -16,13 +16,12 @@ import asyncio
 from importlib import resources
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, Response
 
 from ..errors import RequestError, StoreError
-from .bundle import Bundle
 from .deps import ServiceDep
+from .histories import histories
 from .schemas import json_response
 
 router = APIRouter(include_in_schema=False)  # a page for people, not part of the documented API
@@ -32,58 +31,6 @@ EXAMPLE_USERS = 12
 def page() -> str:
     """The page's HTML (read from the package on each call: small, and a dev-only route)."""
     return resources.files(__package__).joinpath("static/demo.html").read_text(encoding="utf-8")
-
-
-class UserHistories:
-    """User id -> the user's events in the served dataset; the id table is built on first use, per bundle."""
-
-    def __init__(self, bundle: Bundle) -> None:
-        self.bundle = bundle
-        self._rows: dict[str, int] | None = None
-
-    def row(self, user_id: str) -> int:
-        """The user's dense index, -1 when the served dataset does not know them."""
-        if self._rows is None:
-            data = self.bundle.data
-            ids = data.user_ids() if data is not None else np.zeros(0, object)
-            self._rows = {str(u): i for i, u in enumerate(ids.tolist())}
-        return self._rows.get(user_id, -1)
-
-    def last_events(self, user_id: str, n: int) -> tuple[int, list[dict]]:
-        """(events the dataset holds for the user, their last ``n`` as JSON dicts, oldest first)."""
-        data, row = self.bundle.data, self.row(user_id)
-        if data is None or row < 0:
-            return 0, []
-        lo, hi = int(data.user_offsets[row]), int(data.user_offsets[row + 1])
-        start = max(lo, hi - n)
-        names = list(data.manifest.get("actions", []))
-        surfaces = ["", *data.manifest.get("surfaces", [])]
-        items = self.bundle.items.ids
-        out = []
-        for e in range(start, hi):
-            bits = int(data.event_actions[e])
-            surface = int(data.event_surface[e])
-            out.append(
-                {
-                    "item_id": str(items[int(data.event_item[e])]),
-                    "timestamp": int(data.event_ts[e]),
-                    "actions": [a for i, a in enumerate(names) if bits >> i & 1],
-                    "surface": surfaces[surface] if 0 < surface < len(surfaces) else None,
-                }
-            )
-        return hi - lo, out
-
-
-_histories: dict[int, UserHistories] = {}
-
-
-def histories(bundle: Bundle) -> UserHistories:
-    """The :class:`UserHistories` of ``bundle`` (a reload makes a new one; the old one is dropped)."""
-    key = id(bundle)
-    if key not in _histories:
-        _histories.clear()
-        _histories[key] = UserHistories(bundle)
-    return _histories[key]
 
 
 @router.get("/demo", response_class=HTMLResponse)

@@ -23,7 +23,9 @@ from ..store import FeatureStore
 from .bundle import Bundle
 from .context import ParsedRequest, build_context, seen_items, seen_items_batch
 from .health import RateLimitedLog, StoreHealth
+from .histories import histories
 from .metrics import Metrics
+from .rerank import candidate_inputs, ranker_histories, rerank_scores
 
 log = logging.getLogger(__name__)
 # Why a filtered request has no item, by (allow-list given, item-feature filter given); sent in ``warnings``.
@@ -44,14 +46,22 @@ class Result:
     model_version: str
     index_version: str
     warnings: list[str] | None = None  # why filters matched little or nothing; only in the body when non-empty
+    retrieval_scores: np.ndarray | None = None  # float32 [K']: the index's scores, when the ranker re-scored
+    ranker_version: str | None = None
 
     def as_json(self, took_ms: float) -> dict:
         """The ``RetrieveResponse`` body (built directly: no pydantic on the hot path)."""
-        items = [{"item_id": i, "score": s} for i, s in zip(self.item_ids.tolist(), self.scores.tolist())]
+        if self.retrieval_scores is None:
+            items = [{"item_id": i, "score": s} for i, s in zip(self.item_ids.tolist(), self.scores.tolist())]
+        else:
+            items = [{"item_id": i, "score": s, "retrieval_score": r} for i, s, r in
+                     zip(self.item_ids.tolist(), self.scores.tolist(), self.retrieval_scores.tolist())]  # fmt: skip
         body = {"items": items, "model_version": self.model_version, "index_version": self.index_version,
                 "path": self.path, "took_ms": took_ms}  # fmt: skip
         if self.warnings:
             body["warnings"] = self.warnings
+        if self.ranker_version is not None:
+            body["ranker_version"] = self.ranker_version
         return body
 
 
@@ -104,10 +114,58 @@ class Retriever:
         q, paths = self.user_vectors(bundle, reqs)
         self._count_paths(bundle, reqs, paths)
         hits, warnings = self.search(bundle, q, reqs)
+        prior = self.rerank(bundle, reqs, hits, warnings)
+        ranker = bundle.ranker.version if bundle.ranker is not None else None
         return [
-            Result(bundle.items.ids[ids], scores, path, bundle.model_version, bundle.index_version, warn)
-            for (ids, scores), path, warn in zip(hits, paths, warnings)
+            Result(bundle.items.ids[ids], scores, path, bundle.model_version, bundle.index_version, warn, p,
+                   None if p is None else ranker)  # fmt: skip
+            for (ids, scores), path, warn, p in zip(hits, paths, warnings, prior)
         ]
+
+    def rerank(
+        self,
+        bundle: Bundle,
+        reqs: list[ParsedRequest],
+        hits: list[tuple[np.ndarray, np.ndarray]],
+        warnings: list[list[str]],
+    ) -> list[np.ndarray | None]:
+        """Re-score the shortlists of the requests that ask for it, in place (``hits[b]`` becomes the top k by
+        the ranker); returns each request's retrieval scores of its returned items (None: not re-scored).
+        Requests without rerank, or with nothing retrieved, keep their first k."""
+        out: list[np.ndarray | None] = [None] * len(reqs)
+        want = [b for b, r in enumerate(reqs) if r.rerank and len(hits[b][0])]
+        for b, r in enumerate(reqs):
+            if r.fetch_k > r.k and b not in want:
+                hits[b] = hits[b][0][: r.k], hits[b][1][: r.k]
+        if not want:
+            return out
+        if bundle.ranker is None:
+            self.metrics.rerank.labels("no_ranker").inc(len(want))
+            for b in want:
+                hits[b] = hits[b][0][: reqs[b].k], hits[b][1][: reqs[b].k]
+                warnings[b].append("rerank: no ranker is published for this service; answered from retrieval alone "
+                                   "(publish one with `twotower publish-ranker`)")  # fmt: skip
+            return out
+        ranker, data = bundle.ranker, bundle.data
+        lo, hi = histories(bundle).span([reqs[b].user_id for b in want])
+        sent = [(reqs[b].items, reqs[b].bits, reqs[b].ts, reqs[b].surface) for b in want]
+        cfg = ranker.module.cfg
+        hist = ranker_histories(bundle.items, data, lo, hi, sent, ranker.history, cfg.num_actions, cfg.time_buckets)
+        K = max(len(hits[b][0]) for b in want)
+        ids = np.full((len(want), K), -1, np.int64)
+        prior = np.zeros((len(want), K), np.float32)
+        for j, b in enumerate(want):
+            n = len(hits[b][0])
+            ids[j, :n], prior[j, :n] = hits[b][0], hits[b][1]
+        logits = rerank_scores(ranker.module, hist, candidate_inputs(bundle.items, ids), prior)
+        logits[ids < 0] = -np.inf
+        self.metrics.rerank.labels("reranked").inc(len(want))
+        for j, b in enumerate(want):
+            n, k = len(hits[b][0]), reqs[b].k
+            top = np.argsort(-logits[j, :n], kind="stable")[:k]
+            hits[b] = ids[j, top], logits[j, top]
+            out[b] = prior[j, top]
+        return out
 
     def user_vectors(self, bundle: Bundle, reqs: list[ParsedRequest]) -> tuple[np.ndarray, list[str]]:
         """One store read and one forward of the online head (or, unsplit, the cached vectors: ``.unsplit``):
@@ -158,14 +216,15 @@ class Retriever:
         """Top-k of each request's query ``q`` float32 [B, D], its seen items excluded: ((dense ids int64 [K'],
         scores float32 [K']) per request, warnings per request). Requests without a filter share one search."""
         found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        plain = [b for b, r in enumerate(reqs) if r.allow is None and r.features is None]
+        plain = [b for b, r in enumerate(reqs) if r.allow is None and r.features is None and r.shortlist is None]
         if plain:
             ex = seen_items_batch(bundle, [reqs[b] for b in plain])
-            k = max(reqs[b].k for b in plain)
+            k = max(reqs[b].fetch_k for b in plain)
             scores, ids = bundle.index.search(q[plain], k, exclude=ex if any(len(e) for e in ex) else None)
             for j, b in enumerate(plain):
-                keep = ids[j, : reqs[b].k] >= 0
-                found[b] = ids[j, : reqs[b].k][keep], scores[j, : reqs[b].k][keep]
+                n = reqs[b].fetch_k
+                keep = ids[j, :n] >= 0
+                found[b] = ids[j, :n][keep], scores[j, :n][keep]
         warnings: list[list[str]] = [[] for _ in reqs]
         for b, r in enumerate(reqs):
             if b not in found:
@@ -176,9 +235,10 @@ class Retriever:
     @staticmethod
     def _search(bundle: Bundle, q: np.ndarray, r: ParsedRequest) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Top-k for one query [1, D] with its seen items excluded inside the index search: (dense ids int64 [K'],
-        scores float32 [K'], warnings). The warnings name the allow-list ids and feature values that match
-        nothing, then why the answer is empty, if it is; they come from the id lookup and the feature match
-        the filter needs anyway (one each per request, in the worker, never on the event loop)."""
+        scores float32 [K'], warnings); an adaptive index re-scores the request's own ``shortlist``. The warnings
+        name the allow-list ids and feature values that match nothing, then why the answer is empty, if it is;
+        they come from the id lookup and the feature match the filter needs anyway (one each per request, in the
+        worker, never on the event loop)."""
         warnings: list[str] = []
         allow = None
         if r.allow is not None:
@@ -203,7 +263,8 @@ class Retriever:
             warnings.append(EMPTY_FILTER[r.allow is not None, r.features is not None])
             return np.zeros(0, np.int64), np.zeros(0, np.float32), warnings
         ex = seen_items(bundle, r)
-        scores, ids = bundle.index.search(q, r.k, exclude=[ex] if len(ex) else None, allow=allow)
+        kw = {"shortlist": r.shortlist} if r.shortlist is not None else {}  # adaptive only (checked at parse)
+        scores, ids = bundle.index.search(q, r.fetch_k, exclude=[ex] if len(ex) else None, allow=allow, **kw)
         keep = ids[0] >= 0
         if not keep.any():
             warnings.append(

@@ -101,6 +101,8 @@ class Metrics:
         self.batch_size = Histogram(
             "twotower_micro_batch_size", "requests per engine call", buckets=BATCH_BUCKETS, registry=r
         )
+        self.rerank = Counter("twotower_rerank", "rerank requests by result (reranked / no_ranker)", ["result"],
+                              registry=r)  # fmt: skip
         self.reloads = Counter("twotower_reloads", "admin reloads", ["result"], registry=r)
         self.index_fallbacks = Counter(
             "twotower_index_fallbacks", "starts on an older published index: CURRENT's did not load", registry=r

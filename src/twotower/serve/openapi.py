@@ -5,8 +5,8 @@ Which action names and item-feature columns are valid depends on the served data
 change them, so the pydantic models (:mod:`.schemas`) cannot say it; :mod:`.context` refuses unknown names with
 a 422 that lists the known ones. The schema served at ``/openapi.json`` says it too: ``Event.actions`` items are
 an enum of the served model's action names, ``Filters.item_features`` keys an enum of its item-feature columns
-(when the dataset records them), and ``BatchRequest.requests`` has the configured ``max_batch_requests`` as its
-``maxItems``. It is rebuilt when the served version changes. Before the first bundle is loaded (and in an app
+(when the dataset records them), ``RetrieveRequest.shortlist`` exists only over an adaptive (Matryoshka) index,
+and ``BatchRequest.requests`` has the configured ``max_batch_requests`` as its ``maxItems``. It is rebuilt when the served version changes. Before the first bundle is loaded (and in an app
 never started) the fields stay open strings, and the 422 is documented with what it refuses.
 """
 
@@ -37,6 +37,11 @@ def narrow_schema(base: dict, bundle: Bundle | None, max_batch_requests: int) ->
     if not bundle.actions:  # a model without actions: only the empty list is valid
         del actions["items"]["enum"]
         actions["maxItems"] = 0
+    if not hasattr(bundle.index, "prefix_dim"):  # a full-width index has no shortlist to choose
+        request = components["RetrieveRequest"]
+        request["properties"].pop("shortlist", None)
+        if "shortlist" in request.get("required", []):
+            request["required"].remove("shortlist")
     columns = bundle.items.features.columns
     if columns is not None:
         obj = next(

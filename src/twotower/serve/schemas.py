@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_K = 1000
+MAX_RERANK = 1000  # candidates one request may hand the ranker
 MAX_EVENTS = 1000  # only the last ``context_len`` after the snapshot reach the head; the rest are exclusions
 MAX_IDS = 10_000
 MAX_ACTIONS = 32
@@ -81,6 +82,14 @@ class Filters(_Strict):
     )
 
 
+class RerankOptions(_Strict):
+    """Re-score the retrieved shortlist with the published ranker (the funnel's second stage)."""
+
+    candidates: Annotated[int, WholeNumber] = Field(
+        100, ge=1, le=MAX_RERANK, description="K': items retrieved and re-scored; the top k of them are returned"
+    )
+
+
 class RetrieveRequest(_Strict):
     """Top-k items for one user, right now."""
 
@@ -108,6 +117,17 @@ class RetrieveRequest(_Strict):
     k: Annotated[int, WholeNumber] = Field(100, ge=1, le=MAX_K)
     exclude_item_ids: list[ItemId] = Field(default_factory=list, max_length=MAX_IDS)
     filters: Filters = Field(default_factory=Filters)
+    shortlist: Annotated[int, Field(ge=1, le=64), WholeNumber] | None = Field(
+        None,
+        description="adaptive (Matryoshka) indexes only: candidates per returned item that the prefix index "
+        "fetches and the full-width vectors re-score (default: the published index's); larger is closer to exact",
+    )
+    rerank: RerankOptions | None = Field(
+        None,
+        description="retrieve `candidates` items, re-score them with the ranker, return the top k with both scores "
+        "(`score`: the ranker's, `retrieval_score`: the index's); without a published ranker the answer is "
+        "retrieval's, with a warning",
+    )
 
 
 class BatchRequest(_Strict):
@@ -119,6 +139,7 @@ class BatchRequest(_Strict):
 class ScoredItem(BaseModel):
     item_id: str
     score: float
+    retrieval_score: float | None = Field(None, description="the index's score, when the ranker re-scored the item")
 
 
 class RetrieveResponse(BaseModel):
@@ -149,6 +170,7 @@ class RetrieveResponse(BaseModel):
         description="only when part of the request matched nothing: allow-list ids that are not items, item-feature "
         "values no item has, or why the filters left no item; each names what to check",
     )
+    ranker_version: str | None = Field(None, description="the ranker that re-scored the items (rerank requests)")
 
 
 class BatchResponse(BaseModel):
@@ -163,6 +185,8 @@ class ReloadResponse(BaseModel):
     previous_model_version: str
     previous_index_version: str
     took_ms: float
+    ranker_version: str | None = None
+    previous_ranker_version: str | None = None
 
 
 class ErrorResponse(BaseModel):

@@ -29,6 +29,7 @@ from .batcher import MicroBatcher
 from .bundle import Bundle, IndexFallback, load_bundle, load_serving_bundle
 from .engine import Retriever
 from .health import open_serving_store
+from .histories import histories
 from .metrics import Metrics
 from .schemas import ReloadResponse
 from .settings import ServeSettings
@@ -145,6 +146,7 @@ class Service:
                 )
             retriever = Retriever(bundle, store, self.metrics, retry_s=s.store_retry_s)
             status = await asyncio.to_thread(retriever.check_store)
+            await asyncio.to_thread(warm_histories, bundle)
         except BaseException:  # the lifespan never calls stop() after a failed start: close what start opened
             store.close()
             raise
@@ -223,6 +225,7 @@ class Service:
                     f"reload failed; still serving model {old.model_version} index {old.index_version}. "
                     f"Fix or roll back the published artifacts, then reload again. Cause: {self.last_reload_error}",
                 ) from exc
+            await asyncio.to_thread(warm_histories, new)
             self.retriever.swap(new)
             await asyncio.to_thread(self.retriever.check_store)  # warns when the store has no state of the new version
             _freeze_heap()  # the old bundle is freed by refcount once its requests in flight are done
@@ -235,7 +238,11 @@ class Service:
                 )
             self.metrics.reloads.labels("ok").inc()
             self.metrics.set_versions(new.model_version, new.index_version)
-        changed = (new.model_version, new.index_version) != (old.model_version, old.index_version)
+        changed = (new.model_version, new.index_version, _ranker(new)) != (
+            old.model_version,
+            old.index_version,
+            _ranker(old),
+        )
         log.info("reloaded: model %s index %s (changed: %s)", new.model_version, new.index_version, changed)
         return ReloadResponse(
             changed=changed,
@@ -243,6 +250,8 @@ class Service:
             index_version=new.index_version,
             previous_model_version=old.model_version,
             previous_index_version=old.index_version,
+            ranker_version=_ranker(new),
+            previous_ranker_version=_ranker(old),
             took_ms=round(1000 * (time.perf_counter() - t0), 1),
         )
 
@@ -253,7 +262,8 @@ class Service:
         (``result``, ``error``, versions, ``at``); ``last_reload_error``: the error of the newer of that and
         this worker's own last reload (a failure to follow another worker's reload shows on this worker).
         ``index_fallback``: ``{"wanted", "serving", "error"}`` while an older version serves because CURRENT's
-        does not load. ``tower``: "hybrid" (fresh events reach the user vector) or "unsplit" (cached vectors)."""
+        does not load. ``tower``: "hybrid" (fresh events reach the user vector) or "unsplit" (cached vectors).
+        ``ranker``: the served ranker (version, the retriever it was trained for), None without one."""
         r = self.retriever
         if r is None:
             return None
@@ -273,4 +283,15 @@ class Service:
         return {"status": "ready", "model_version": b.model_version, "index_version": b.index_version,
                 "tower": tower, "items": len(b.index), "store": store, "store_error": r.health.error,
                 "last_reload_error": error, "last_reload": last,
-                "index_fallback": vars(fallback).copy() if fallback is not None else None}  # fmt: skip
+                "index_fallback": vars(fallback).copy() if fallback is not None else None,
+                "ranker": b.ranker.describe() if b.ranker is not None else None}  # fmt: skip
+
+
+def _ranker(bundle: Bundle) -> str | None:
+    return bundle.ranker.version if bundle.ranker is not None else None
+
+
+def warm_histories(bundle: Bundle) -> None:
+    """Build the user-id table the ranker reads before requests need it (a bundle without a ranker: nothing)."""
+    if bundle.ranker is not None:
+        histories(bundle).row("")

@@ -6,7 +6,8 @@ training items already removed), plus the positive and ``random`` uniform items,
 is the listwise softmax over them. The ranker's embeddings start from the retriever's.
 
 A ranker directory holds one checkpoint (safetensors + JSON, :mod:`twotower.train.checkpoint`) whose config
-records the retriever's model version; :func:`load_ranker` refuses another retriever unless told.
+records the retriever's model version; :func:`~twotower.model.ranker.load_ranker` refuses another retriever
+unless told.
 
 :func:`rerank_metrics` measures the funnel: for each evaluated user the retriever's top ``K'`` (strict user
 vector, seen items removed), re-scored by the ranker; a target outside the shortlist keeps its retrieval rank,
@@ -31,9 +32,7 @@ from ..evaluate.evaluator import encode_corpus, encode_requests, seen_mask
 from ..evaluate.metrics import KS, summarize, target_ranks
 from ..features import Featurizer
 from ..features.inputs import ItemInputs
-from ..model import ModelConfig
-from ..model import checkpoint as ckpt_read
-from ..model.ranker import Ranker
+from ..model.ranker import Ranker, load_ranker
 from . import checkpoint as ckpt
 from .hard_negatives import MinedNegatives
 from .load import load_run
@@ -48,6 +47,9 @@ class RankerConfig:
 
     random: int = 4  # uniform random candidates per example, beside the mined ones and the positive
     num_layers: int = 2
+    history: int = 50  # the user's last events the ranker reads (its cost grows with history + candidates)
+    prior: bool = True  # add the retriever's score (learned scale): the ranker learns a correction of retrieval
+    warm_start: bool = False  # history tokens and blocks start from the retriever's user encoder (not only its tables)
     steps: int = 2000  # optimizer steps (the time budget may end it first)
     batch: int = 128  # examples per step
     lr: float = 1e-3
@@ -57,7 +59,7 @@ class RankerConfig:
     log_every: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("num_layers", "steps", "batch", "log_every"):
+        for name in ("num_layers", "steps", "batch", "log_every", "history"):
             cfgmod.check_int(self, name, 1)
         cfgmod.check_int(self, "random", 0)
         cfgmod.check_int(self, "seed", 0)
@@ -70,6 +72,35 @@ def candidate_inputs(feat: Featurizer, ids: np.ndarray) -> ItemInputs:
     """Item inputs of a [B, K] id matrix: ItemInputs of [B, K, ·]."""
     flat = feat.items(ids.reshape(-1))
     return ItemInputs(*(t.view(*ids.shape, -1) for t in (flat.item, flat.author, flat.feat)))
+
+
+class RetrieverScores:
+    """The retriever's score of candidates for training examples: user vector (strict) . item vector, [B, K]."""
+
+    def __init__(self, model, feat: Featurizer) -> None:
+        self.model, self.feat = model, feat
+        with torch.no_grad():
+            self.items = encode_corpus(model, feat)  # [N, D]
+
+    @torch.no_grad()
+    def __call__(self, users: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> torch.Tensor:
+        q = encode_requests(self.model, self.feat, users, rows).float()  # [B, D]
+        return torch.einsum("bd,bkd->bk", q, self.items[torch.from_numpy(ids)])
+
+
+def warm_start(ranker: Ranker, model) -> None:
+    """Copy the retriever's user encoder into the ranker where shapes agree: the history token projections,
+    time-gap and position embeddings (the first ``max_len`` positions), and its blocks into the ranker's."""
+    src, dst = model.user_encoder.state_dict(), ranker.tokens.state_dict()
+    for key, value in src.items():
+        if key in dst and dst[key].shape == value.shape:
+            dst[key] = value
+        elif key == "pos_emb.weight" and key in dst:
+            dst[key] = value[: dst[key].shape[0]]
+    ranker.tokens.load_state_dict(dst)
+    for mine, theirs in zip(ranker.blocks, model.user_encoder.blocks):
+        if all(a.shape == b.shape for a, b in zip(mine.state_dict().values(), theirs.state_dict().values())):
+            mine.load_state_dict(theirs.state_dict())
 
 
 def train_ranker(
@@ -94,11 +125,21 @@ def train_ranker(
             f"{mined} was mined with model {cands.model_version}, the retriever {run} is {version}: mine its "
             f"candidates with `twotower mine-negatives --run {run} --from 1 --to 100`"
         )
-    mc = replace(rc.model, num_layers=cfg.num_layers, online_head=False, user_token=False)
+    mc = replace(
+        rc.model,
+        num_layers=cfg.num_layers,
+        online_head=False,
+        user_token=False,
+        max_len=min(cfg.history, rc.model.max_len),
+    )
     torch.manual_seed(cfg.seed)
-    ranker = Ranker(mc)
+    prior_scale = 1.0 / rc.train.temperature if cfg.prior else None
+    ranker = Ranker(mc, prior_scale)
     ranker.embed.load_state_dict(model.embed.state_dict())  # start from the retriever's id tables
+    if cfg.warm_start:
+        warm_start(ranker, model)
     feat = Featurizer(data, mc)
+    retriever = RetrieverScores(model, Featurizer(data, rc.model)) if cfg.prior else None
     opt = torch.optim.AdamW(ranker.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     rows_all, items_all = cands.rows.numpy(), cands.items.numpy()
@@ -119,7 +160,8 @@ def train_ranker(
         labels = np.argmax(order == 0, axis=1)
         pos = data.event_item[rows].astype(np.int64)
         twin = (ids == pos[:, None]) & (np.arange(ids.shape[1])[None, :] != labels[:, None])  # a random hit
-        logits = ranker(feat.histories_before(user_of[rows], rows), candidate_inputs(feat, ids))
+        prior = None if retriever is None else retriever(user_of[rows], rows, ids)
+        logits = ranker(feat.histories_before(user_of[rows], rows), candidate_inputs(feat, ids), prior)
         loss = F.cross_entropy(logits.masked_fill(torch.from_numpy(twin), float("-inf")), torch.from_numpy(labels))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -133,26 +175,11 @@ def train_ranker(
         if cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s:
             break
     secs = time.perf_counter() - t0
-    config = {"ranker": asdict(cfg), "model": asdict(mc), "retriever_version": version, "mined": str(mined)}
+    config = {"ranker": asdict(cfg), "model": asdict(mc), "retriever_version": version, "mined": str(mined),
+              "prior_scale": prior_scale}  # fmt: skip
     state = {"step": step, "train_seconds": round(secs, 1), "loss": float(np.mean(losses[-cfg.log_every :]))}
     ranker_version = ckpt.save(Path(out) / "checkpoint", ranker, config, state)
     return {**state, "ranker_version": ranker_version, "retriever_version": version, "candidates": int(ids.shape[1])}
-
-
-def load_ranker(
-    path: str | Path, expect_retriever: str | None = None, allow_mismatch: bool = False
-) -> tuple[Ranker, dict, str]:
-    """(ranker in eval mode, its saved config, its version); refuses one trained against another retriever."""
-    weights, config, state, _ = ckpt_read.load(Path(path) / "checkpoint")
-    if expect_retriever is not None and config.get("retriever_version") != expect_retriever and not allow_mismatch:
-        raise ArtifactError(
-            f"ranker {path} was trained against retriever {config.get('retriever_version')}, not {expect_retriever}: "
-            "train a ranker for this retriever (`twotower train-ranker`), or allow the mismatch explicitly"
-        )
-    mc = cfgmod.from_dict(ModelConfig, config["model"], where=f"{path}/checkpoint/config.json [model]")
-    ranker = Ranker(mc)
-    ranker.load_state_dict(weights)
-    return ranker.eval(), config, str(state["model_version"])
 
 
 @torch.no_grad()
@@ -160,19 +187,23 @@ def rerank_metrics(
     run: str | Path,
     ranker_dir: str | Path,
     which: str = "test",
-    shortlist: int = 100,
+    shortlist: int | tuple[int, ...] = 100,
     max_users: int | None = None,
     data: SequenceData | None = None,
     batch: int = 64,
-) -> dict[str, dict[str, float]]:
+) -> dict:
     """``{"retrieval": metrics, "rerank": metrics}`` (filtered, strict) over ``which``'s targets; see the
-    module docstring for how a target outside the shortlist counts."""
+    module docstring for how a target outside the shortlist counts. A tuple of shortlists gives
+    ``{"retrieval": metrics, "rerank": {K': metrics}}`` from one ranker pass over the longest: a candidate's
+    score does not depend on the other candidates (isolation), so a shorter shortlist's scores are a prefix's."""
     model, rc, version = load_run(run)
     ranker, rconf, _ = load_ranker(ranker_dir, expect_retriever=version)
     if data is None:
         from .run import load_dataset, recorded_dataset
 
         data = load_dataset(recorded_dataset(Path(run), None))
+    lists = (shortlist,) if isinstance(shortlist, int) else tuple(shortlist)
+    longest = min(max(lists), data.num_items)
     feat = Featurizer(data, rc.model)
     rfeat = Featurizer(data, ranker.cfg)
     items = encode_corpus(model, feat)
@@ -180,19 +211,30 @@ def rerank_metrics(
     if max_users is not None and len(users) > max_users:
         keep = np.sort(np.random.default_rng(0).choice(len(users), max_users, replace=False))
         users, rows = users[keep], rows[keep]
-    base, reranked = [], []
+    base: list[np.ndarray] = []
+    reranked: dict[int, list[np.ndarray]] = {k: [] for k in lists}
     for lo in range(0, len(users), batch):
         u, r = users[lo : lo + batch], rows[lo : lo + batch]
         scores = encode_requests(model, feat, u, r).float() @ items.T  # [B, N]
         seen = seen_mask(data, u, r)
         target = torch.from_numpy(data.event_item[r].astype(np.int64))
         rank = target_ranks(scores, target, seen)  # [B]
-        top = torch.topk(scores.masked_fill(seen, float("-inf")), min(shortlist, data.num_items), dim=1).indices
-        logits = ranker(rfeat.histories_before(u, r), candidate_inputs(rfeat, top.numpy()))
-        new = torch.argsort(logits, dim=1, descending=True, stable=True)
-        hit = top.gather(1, new) == target[:, None]  # [B, K']
-        pos = hit.float().argmax(1)  # the target's place after re-ranking
-        inside = hit.any(1)
+        top = torch.topk(scores.masked_fill(seen, float("-inf")), longest, dim=1).indices  # retrieval order
+        prior = scores.gather(1, top) if ranker.prior_scale is not None else None
+        logits = ranker(rfeat.histories_before(u, r), candidate_inputs(rfeat, top.numpy()), prior)
+        # a shortlist longer than the unseen items holds seen ones (a seen target is a miss, as in retrieval)
+        masked = seen.gather(1, top)
+        logits = logits.masked_fill(masked, float("-inf"))
         base.append(rank.numpy())
-        reranked.append(torch.where(inside, pos, rank).numpy())
-    return {"retrieval": summarize(np.concatenate(base), KS), "rerank": summarize(np.concatenate(reranked), KS)}
+        for key in lists:
+            k = min(key, longest)
+            new = torch.argsort(logits[:, :k], dim=1, descending=True, stable=True)
+            hit = (top[:, :k] == target[:, None]) & ~masked[:, :k]
+            hit = hit.gather(1, new)  # [B, K'] in the reranked order
+            pos = hit.float().argmax(1)  # the target's place after re-ranking
+            reranked[key].append(torch.where(hit.any(1), pos, rank).numpy())
+    retrieval = summarize(np.concatenate(base), KS)
+    out = {k: summarize(np.concatenate(v), KS) for k, v in reranked.items()}
+    if isinstance(shortlist, int):
+        return {"retrieval": retrieval, "rerank": out[shortlist]}
+    return {"retrieval": retrieval, "rerank": out}
