@@ -5,9 +5,10 @@ Which action names and item-feature columns are valid depends on the served data
 change them, so the pydantic models (:mod:`.schemas`) cannot say it; :mod:`.context` refuses unknown names with
 a 422 that lists the known ones. The schema served at ``/openapi.json`` says it too: ``Event.actions`` items are
 an enum of the served model's action names, ``Filters.item_features`` keys an enum of its item-feature columns
-(when the dataset records them), ``RetrieveRequest.shortlist`` exists only over an adaptive (Matryoshka) index,
-and ``BatchRequest.requests`` has the configured ``max_batch_requests`` as its ``maxItems``. It is rebuilt when the served version changes. Before the first bundle is loaded (and in an app
-never started) the fields stay open strings, and the 422 is documented with what it refuses.
+(when the dataset records them), ``RetrieveRequest.shortlist`` exists only over an adaptive (Matryoshka)
+index, and ``BatchRequest.requests`` has the configured ``max_batch_requests`` as its ``maxItems``. It is
+rebuilt when the served version changes. Before the first bundle is loaded (and in an app never started) the
+fields stay open strings, and the 422 is documented with what it refuses.
 """
 
 from __future__ import annotations
