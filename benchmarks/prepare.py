@@ -1,10 +1,12 @@
-"""Wall time and peak RSS of `twotower prepare` on ML-1M and on synthetic logs of 1M and 10M events.
+"""Wall time and peak RSS of `twotower prepare` on ML-1M and on synthetic logs of 1M and 10M events (and,
+with ``--sizes ... 50000000 --partitioned 10``, 50M events, and the largest log again as a hive-partitioned
+directory of that many Parquet files: ``part=NN/data.parquet``, read as one pyarrow dataset).
 
 Each size runs in its own child process, so its peak RSS is its own; ``import_rss_mib`` is that process's RSS
 after the imports, before preparing. Targets (2 cores): ML-1M <= 30 s and <= 2 GB; time about linear in events;
 10M synthetic events <= ~1.2 GB. Usage::
 
-    python benchmarks/prepare.py [--sizes 1000000 10000000] [--out benchmarks/results/prepare.json]
+    python benchmarks/prepare.py [--sizes 1000000 10000000] [--partitioned N] [--out benchmarks/results/prepare.json]
 """
 
 from __future__ import annotations
@@ -66,10 +68,35 @@ def run_one(kind: str, src: str, out: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def partition(src: str, out: str, parts: int) -> int:
+    """Rewrite the Parquet log ``src`` as ``out/part=NN/data.parquet``, ``parts`` contiguous row ranges, streamed."""
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(src)
+    per = -(-f.metadata.num_rows // parts)
+    writer, part, written = None, -1, per
+    for batch in f.iter_batches(batch_size=1 << 20):
+        while batch.num_rows:
+            if written >= per:
+                if writer is not None:
+                    writer.close()
+                part += 1
+                Path(out, f"part={part:02d}").mkdir(parents=True)
+                writer, written = pq.ParquetWriter(Path(out, f"part={part:02d}", "data.parquet"), batch.schema), 0
+            take = min(per - written, batch.num_rows)
+            writer.write_batch(batch.slice(0, take))
+            written += take
+            batch = batch.slice(take)
+    if writer is not None:
+        writer.close()
+    return part + 1
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[1_000_000, 10_000_000])
     ap.add_argument("--out", default="benchmarks/results/prepare.json")
+    ap.add_argument("--partitioned", type=int, default=0, help="also the largest log as N partition files")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -88,6 +115,10 @@ def main() -> None:
             rows.append(
                 {"input": f"synth-{n}", "synth_seconds": round(gen_s, 1), **run_one("synth", log, f"{tmp}/s{n}")}
             )
+        if args.partitioned and args.sizes:
+            n = args.sizes[-1]
+            parts = partition(f"{tmp}/synth_{n}.parquet", f"{tmp}/synth_{n}_dir", args.partitioned)
+            rows.append({"input": f"synth-{n}-hive{parts}", **run_one("synth", f"{tmp}/synth_{n}_dir", f"{tmp}/p{n}")})
     base = rows[1] if len(rows) > 1 else rows[0]
     print(
         f"{'input':<16}{'events':>12}{'users':>10}{'items':>10}{'seconds':>10}{'peak MiB':>10}{'us/event':>10}"

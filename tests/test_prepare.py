@@ -442,3 +442,32 @@ def test_importing_the_data_package_loads_no_preparation_code():
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_a_partitioned_parquet_directory_prepares_like_the_one_file(tmp_path):
+    """A hive-partitioned directory (Spark's layout: part=NN/*.parquet, _SUCCESS, hidden files) is read as
+    one log, in sorted path order, and gives the dataset the single file gives."""
+    import pyarrow.parquet as pq
+
+    from twotower.data import LogSchema
+    from twotower.data.synth import generate
+
+    generate(80, 50, 3000, tmp_path / "log.parquet", seed=3, progress=False)
+    table = pq.read_table(tmp_path / "log.parquet")
+    logdir = tmp_path / "logdir"
+    for p, lo in enumerate(range(0, table.num_rows, 700)):  # contiguous chunks: the file's order is kept
+        (logdir / f"part={p:02d}").mkdir(parents=True)
+        pq.write_table(table.slice(lo, 700), logdir / f"part={p:02d}" / "data.parquet")
+    (logdir / "_SUCCESS").write_text("")
+    pq.write_table(table.slice(0, 5), logdir / "part=00" / ".tmp-attempt.parquet")  # hidden: not part of the log
+    cfg = PrepareConfig(log=LogSchema(actions=["click", "like"], surface="surface"))
+    prepare_files(tmp_path / "log.parquet", tmp_path / "a", cfg)
+    prepare_files(logdir, tmp_path / "b", cfg)
+    one, many = SequenceData.load(tmp_path / "a"), SequenceData.load(tmp_path / "b")
+    assert many.num_events == one.num_events == table.num_rows
+    for name in ("user_offsets", "event_item", "event_ts", "event_actions", "event_surface", "split_loo", "item_hash"):
+        assert np.array_equal(getattr(many, name), getattr(one, name)), name
+    assert many.manifest["source"] == str(logdir)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .parquet files"):
+        prepare_files(tmp_path / "empty", tmp_path / "c", cfg)

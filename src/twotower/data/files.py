@@ -2,9 +2,12 @@
 
 Two ways in: :func:`read_table` reads a whole (catalogue-sized) file; :func:`open_stream` gives a file's
 column names and a function that streams chosen columns in record batches, so an event-sized log is
-never held whole. Both refuse missing, empty, unparsable and header-only files with a
-:class:`~twotower.errors.DataError`. CSV columns named ``text`` are read as strings, never inferred as
-numbers (``007`` stays an id), and the delimiter follows the file name unless given (:func:`delimiter_for`).
+never held whole. A log may also be a directory of Parquet files, hive-partitioned or not
+(``events/date=2024-01-01/part-0.parquet``): read as one pyarrow dataset, its files in sorted path order,
+the partition keys as columns, one batch at a time (:func:`parquet_files`). Both refuse missing, empty,
+unparsable and header-only inputs with a :class:`~twotower.errors.DataError`. CSV columns named ``text``
+are read as strings, never inferred as numbers (``007`` stays an id), and the delimiter follows the file
+name unless given (:func:`delimiter_for`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,38 @@ def check_file(path: Path, what: str) -> None:
 
 def is_parquet(path: Path) -> bool:
     return path.suffix in (".parquet", ".pq")
+
+
+def parquet_files(path: Path) -> list[Path]:
+    """The Parquet files under directory ``path`` (recursively), sorted by path; hidden and ``_``-prefixed files
+    and directories (``_SUCCESS``, ``.crc``, ``_temporary``) are skipped, as Spark and Hive write them."""
+
+    def visible(p: Path) -> bool:
+        return not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+
+    return sorted(p for p in path.rglob("*") if p.is_file() and is_parquet(p) and visible(p))
+
+
+def _dataset_stream(path: Path, what: str, batch_rows: int):
+    """(names, rows, batches) of a directory of Parquet files read as one hive-partitioned pyarrow dataset."""
+    import pyarrow.dataset as ds
+
+    files = parquet_files(path)
+    if not files:
+        raise DataError(
+            f"{what} {path} is a directory with no .parquet files; give a CSV/TSV or Parquet file, or a directory "
+            "of Parquet files (hive-partitioned like date=2024-01-01/part-0.parquet, or not)"
+        )
+    dataset = ds.dataset([str(f) for f in files], format="parquet", partitioning="hive", partition_base_dir=str(path))
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+    def batches(columns: list[str]) -> Iterable[pa.RecordBatch]:
+        # no threads and no read-ahead beyond one batch: the files' order is kept and memory stays one batch deep
+        return dataset.to_batches(
+            columns=columns, batch_size=batch_rows, use_threads=False, batch_readahead=1, fragment_readahead=1
+        )
+
+    return dataset.schema.names, rows, batches
 
 
 DELIMITER_NAMES = {"\\t": "\t", "tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
@@ -147,6 +182,14 @@ def open_stream(
     in file order (CSV ``text`` columns as strings; Parquet batches of ``batch_rows`` rows, CSV ones of a
     block of :data:`CSV_BLOCK_BYTES`). Raises :func:`read_table`'s errors for missing, empty,
     unparsable and header-only files."""
+    if path.is_dir():
+        try:
+            names, rows, batches = _dataset_stream(path, what, batch_rows)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise unparsable(path, what, ",", exc) from exc
+        if rows == 0:
+            raise _no_rows(path, what)
+        return names, batches
     check_file(path, what)
     try:
         if is_parquet(path):

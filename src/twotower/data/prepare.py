@@ -36,6 +36,7 @@ from . import readers, tables
 from .config import PrepareConfig
 from .encoding import EventColumns, count_duplicates, encode_events
 from .entities import item_arrays, item_texts, user_arrays
+from .files import parquet_files
 from .splits import split_labels, split_sizes, warn_degenerate_splits
 from .writer import check_out, stats_tables, write_dataset
 
@@ -274,8 +275,14 @@ def prepare_movielens(out: str | Path, path: str | Path | None = None, cfg: Prep
 
 
 def _sha256(path: str | Path) -> str:
+    """SHA-256 of a file, or of a directory of Parquet files (each file's relative path and bytes, in order)."""
+    path = Path(path)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    files = parquet_files(path) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            h.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()

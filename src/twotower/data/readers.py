@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError
 from .columns import as_id_strings, as_numbers
-from .files import delimiter_for, guarded, is_parquet, open_stream, require
+from .files import delimiter_for, guarded, is_parquet, open_stream, parquet_files, require
 from .rules import ActionRule, evaluate
 from .schemas import LogSchema
 from .timestamps import parse_timestamps
@@ -136,12 +136,12 @@ def iter_log(path: str | Path, schema: LogSchema, chunk_rows: int | None = None)
 
 
 def log_rows(path: str | Path) -> int | None:
-    """Number of rows of a Parquet log file, from its metadata; None for CSV (unknown until read)."""
+    """Number of rows of a Parquet log (a file or a directory of them), from the metadata; None for CSV (unknown
+    until read)."""
     path = Path(path)
-    if not (is_parquet(path) and path.is_file()):
-        return None
+    files = parquet_files(path) if path.is_dir() else [path] if is_parquet(path) and path.is_file() else []
     try:
-        return pq.ParquetFile(path).metadata.num_rows
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files) if files else None
     except (pa.ArrowInvalid, OSError):
         return None  # iter_log reports the problem
 
