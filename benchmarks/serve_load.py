@@ -11,9 +11,12 @@
 3. Phases: steady rate; the same with ``POST /admin/reload`` to the other version mid-run (no failed request
    allowed); a closed-loop saturation run; and the steady rate with micro-batching off.
 
-Prints a table and writes ``benchmarks/results/serve_load.json``. Usage::
+Prints a table and writes ``benchmarks/results/serve_load.json``. ``--root ROOT`` loads an existing artifact
+root instead of building one; ``--rerank K`` asks the published ranker to re-score a shortlist of K in every
+request; ``--phases steady`` runs the steady rate and the saturation run only. Usage::
 
     python benchmarks/serve_load.py [--rate 500] [--seconds 30] [--items 1000000]
+    python benchmarks/serve_load.py --root ROOT --rerank 100 --k 10 --phases steady --out FILE
 """
 
 from __future__ import annotations
@@ -131,22 +134,27 @@ def publish_copy(root: Path) -> str:
     return new
 
 
-def request_bodies(root: Path, n: int, seed: int = 1) -> list[bytes]:
-    """POST bodies: 90 % known users with 0-5 recent events and exclusions, 10 % unknown users; k = 100."""
+def request_bodies(root: Path, n: int, seed: int = 1, k: int = 100, rerank: int = 0) -> list[bytes]:
+    """POST bodies: 90 % known users with 0-5 recent events and exclusions, 10 % unknown users; ``k`` items,
+    re-scored by the ranker from a shortlist of ``rerank`` when it is > 0."""
     from twotower.data import SequenceData
 
     data = SequenceData.load(Path((next((root / "models").iterdir()) / "data_path.txt").read_text().strip()))
     users, items = data.user_ids().astype(str), data.item_ids().astype(str)
+    action = (data.manifest.get("actions") or [None])[0]
+    surface = (data.manifest.get("surfaces") or [None])[0]
     rng = np.random.default_rng(seed)
     t_end = int(data.event_ts.max())
     out = []
     for i in range(n):
         uid = users[rng.integers(len(users))] if rng.random() < 0.9 else f"new-user-{i}"
-        ev = [{"item_id": items[rng.integers(len(items))], "actions": ["click"], "timestamp": t_end + 10 + j}
-              for j in range(int(rng.integers(0, 6)))]  # fmt: skip
-        ctx = {"recent_events": ev, "surface": "home", "timestamp": t_end + 60}
+        ev = [{"item_id": items[rng.integers(len(items))], "actions": [action] if action else [],
+               "timestamp": t_end + 10 + j} for j in range(int(rng.integers(0, 6)))]  # fmt: skip
+        ctx = {"recent_events": ev, "surface": surface, "timestamp": t_end + 60}
         excl = [items[rng.integers(len(items))] for _ in range(int(rng.integers(0, 20)))]
-        body = {"user_id": uid, "k": 100, "context": ctx, "exclude_item_ids": excl}
+        body = {"user_id": uid, "k": k, "context": ctx, "exclude_item_ids": excl}
+        if rerank:
+            body["rerank"] = {"candidates": rerank}
         payload = json.dumps(body).encode()
         head = (f"POST /v1/retrieve HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(payload)}\r\n\r\n").encode()  # fmt: skip
@@ -286,12 +294,16 @@ def main() -> int:
         help="server setting, e.g. faiss_threads=2 (becomes TWOTOWER_FAISS_THREADS)",
     )
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_load.json"))
+    p.add_argument("--root", help="an existing artifact root (default: build the synthetic 1M-item one)")
+    p.add_argument("--k", type=int, default=100, help="items per request")
+    p.add_argument("--rerank", type=int, default=0, help="K': the ranker re-scores this shortlist (0 = off)")
+    p.add_argument("--phases", choices=["all", "steady"], default="all")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t_build = time.perf_counter()
-    root = build(Path(args.cache), args.items, args.users)
+    root = Path(args.root) if args.root else build(Path(args.cache), args.items, args.users)
     build_s = time.perf_counter() - t_build
-    bodies = request_bodies(root, 4000)
+    bodies = request_bodies(root, 4000, k=args.k, rerank=args.rerank)
     token = secrets.token_urlsafe(24)
     results: dict = {}
     swap: dict = {}
@@ -301,6 +313,10 @@ def main() -> int:
     try:
         asyncio.run(load(server.port, bodies, 3.0, args.rate, args.conns))  # warm-up, not recorded
         results["steady"] = asyncio.run(load(server.port, bodies, args.seconds, args.rate, args.conns))
+        if args.phases == "steady":
+            results["saturation (closed loop)"] = asyncio.run(load(server.port, bodies, args.seconds / 3, None, 16))
+            _, ready = server._get("/readyz")
+            return report(args, root, ready, results, {}, server_env, build_s)
         target = publish_copy(root)
 
         async def do_reload() -> None:
@@ -324,18 +340,29 @@ def main() -> int:
     finally:
         server.stop()
 
-    print(f"\n1M-item HNSW service on 2 cores (server + load generator), rate {args.rate:.0f} req/s, k=100")
+    return report(args, root, ready, results, swap, server_env, build_s)
+
+
+def report(args, root: Path, ready: dict, results: dict, swap: dict, server_env: dict, build_s: float) -> int:
+    """Print the table, write the JSON; 0 when no request failed (and a hot swap, if run, answered 200)."""
+    what = f"k={args.k}" + (f", rerank K'={args.rerank}" if args.rerank else "")
+    print(f"\n{ready.get('items', 0):,}-item service on 2 cores (server + load generator), rate {args.rate:.0f} req/s, "
+          f"{what}")  # fmt: skip
     keys = ["requests", "errors", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
     print(f"{'phase':<30}" + "".join(f"{k:>15}" for k in keys))
     for name, r in results.items():
         print(f"{name:<30}" + "".join(f"{str(r[k]):>15}" for k in keys))
-    print(f"hot swap: HTTP {swap.get('status')} in {swap.get('seconds')} s -> {swap.get('target')}")
+    if swap:
+        print(f"hot swap: HTTP {swap.get('status')} in {swap.get('seconds')} s -> {swap.get('target')}")
     out = {
         "protocol": "n/a: latency, throughput and ANN recall against exact (no user-quality figure)",
         "seeds": [0],
         "items": int(ready.get("items", 0)),
         "index_recall": _recall(root),
         "rate": args.rate,
+        "k": args.k,
+        "rerank": args.rerank,
+        "ranker": ready.get("ranker"),
         "seconds_per_phase": args.seconds,
         "connections": args.conns,
         "server_settings": server_env,
@@ -348,7 +375,7 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")
-    ok = swap.get("status") == 200 and all(r["errors"] == 0 for r in results.values())
+    ok = (not swap or swap.get("status") == 200) and all(r["errors"] == 0 for r in results.values())
     return 0 if ok else 1
 
 
