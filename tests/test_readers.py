@@ -216,8 +216,10 @@ def test_wrong_kind_of_file_gets_the_right_message(tmp_path):
     with pytest.raises(DataError, match="log.parquet is not a readable Parquet file: .*Rewrite it as Parquet") as e:
         read_log(p, LogSchema())
     assert "delimiter" not in str(e.value)
-    with pytest.raises(DataError, match="is a directory; give the path of a CSV/TSV or Parquet file"):
+    # a directory is a partitioned log: every .parquet file in it must be one
+    with pytest.raises(DataError, match="a file in it is not a readable Parquet file") as e:
         read_log(tmp_path, LogSchema())
+    assert "log.parquet" in str(e.value) and "delimiter" not in str(e.value)
 
 
 def test_empty_author_and_feature_cells_are_no_value(tmp_path):

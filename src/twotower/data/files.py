@@ -186,7 +186,10 @@ def open_stream(
         try:
             names, rows, batches = _dataset_stream(path, what, batch_rows)
         except (pa.ArrowInvalid, OSError) as exc:
-            raise unparsable(path, what, ",", exc) from exc
+            raise DataError(
+                f"{what} directory {path}: a file in it is not a readable Parquet file ({exc}); rewrite or remove "
+                "it (every .parquet file under the directory is part of the log)"
+            ) from exc
         if rows == 0:
             raise _no_rows(path, what)
         return names, batches
