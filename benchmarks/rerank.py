@@ -99,6 +99,11 @@ def serving_cost(data, work: Path, requests: int = 300) -> dict:
     return {"items": int(data.num_items), "requests": requests, "index": "exact", **out}
 
 
+def serving_summary(cost: dict) -> dict:
+    """The summary keys of :func:`serving_cost`'s figures: ``serve_k_prime_<K'>_p50_ms`` / ``_p99_ms``."""
+    return {f"serve_{k}_{q}": v[q] for k, v in cost.items() if k.startswith("k_prime") for q in ("p50_ms", "p99_ms")}
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return round(statistics.mean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
 
@@ -124,8 +129,7 @@ def main() -> int:
         result = json.loads(out.read_text()) if out.is_file() else {"benchmark": "rerank", "protocol": "strict",
                                                                      "seeds": [0], "summary": {}}  # fmt: skip
         result["serving"] = cost
-        result["summary"].update({f"serve_{k}_{q}": v[q] for k, v in cost.items() if k.startswith("k_prime")
-                                  for q in ("p50_ms", "p99_ms")})  # fmt: skip
+        result["summary"].update(serving_summary(cost))
         out.write_text(json.dumps(result, indent=2))
         print(f"-> {out}")
         return 0
@@ -152,8 +156,7 @@ def main() -> int:
     summary["ranker_steps"] = mean_std([r["ranker_steps"] for r in runs])[0]
     summary["target_gain"] = 0.08
     summary["target_met"] = bool(summary["ndcg_at_10_gain_test_k100"] >= 0.08)
-    summary.update({f"serve_{k}_{q}": v[q] for k, v in cost.items() if k.startswith("k_prime")
-                    for q in ("p50_ms", "p99_ms")})  # fmt: skip
+    summary.update(serving_summary(cost))
     result = {"benchmark": "rerank", "protocol": "strict", "seeds": args.seeds, "dataset": str(args.data),
               "retriever_budget_s": args.budget, "ranker_budget_s": args.ranker_budget,
               "shortlists": list(SHORTLISTS), "summary": summary, "runs": runs, "serving": cost,

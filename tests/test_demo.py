@@ -12,14 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from redis_server import free_port
-from test_serve_support import TOKEN, settings, shared_artifacts
+from test_serve_support import TOKEN, settings, shared_artifacts, wait_ready
 
 from twotower.data import SequenceData
 from twotower.serve.app import create_app
@@ -80,17 +79,7 @@ def demo_server(art):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, "twotower serve exited"
-            time.sleep(0.2)
-        else:
-            pytest.fail("the service was not ready in 60 s")
+        wait_ready(url, proc)
         yield url
     finally:
         proc.terminate()

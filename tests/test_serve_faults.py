@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from redis_server import RedisServer, free_port
-from test_serve_support import TOKEN, settings, shared_artifacts
+from test_serve_support import TOKEN, settings, shared_artifacts, wait_ready
 
 from twotower.data import SequenceData
 from twotower.errors import ArtifactError, StoreMissing, StoreUnavailable
@@ -250,15 +250,7 @@ def test_sigterm_drains_requests_in_flight(art):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("server did not become ready in 60 s")
+        wait_ready(url, proc)
 
         clients = [httpx.Client(base_url=url, timeout=10) for _ in range(8)]
         for c in clients:  # connect first (keep-alive), so every request below is accepted before SIGTERM

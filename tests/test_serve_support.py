@@ -53,3 +53,24 @@ def settings(root: Path, **kw):
     from twotower.serve import ServeSettings
 
     return ServeSettings(artifacts=root, admin_token=TOKEN, **kw)
+
+
+def wait_ready(url: str, proc=None, seconds: float = 60.0) -> None:
+    """Poll ``url``/readyz until it answers 200; fail the test after ``seconds``, or at once if ``proc`` (the
+    server's subprocess) exits."""
+    import time
+
+    import httpx
+    import pytest
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the server exited ({proc.returncode}) before it was ready")
+        time.sleep(0.1)
+    pytest.fail(f"the server was not ready in {seconds:.0f} s")

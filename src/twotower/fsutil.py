@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 _LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(-\w+)?")
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace the small file ``path`` (a pointer such as ``CURRENT``) whole: readers see the old or the new text,
+    never half. The temporary is ``.<name>.tmp-<pid>`` beside it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def file_in_the_way(out: Path) -> str | None:
     """Why directory ``out`` cannot be used (``"is a file"``, or the file among its parents that keeps it from
     being created), or None when it exists as a directory or can be created."""

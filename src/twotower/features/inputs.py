@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -57,6 +58,31 @@ class UserInputs:
             self.surface.to(device),
             self.gap.to(device),
             self.length.to(device),
+        )
+
+    @classmethod
+    def events_only(
+        cls,
+        item: np.ndarray,
+        author: np.ndarray,
+        feat: np.ndarray,
+        actions: np.ndarray,
+        surface: np.ndarray,
+        gap: np.ndarray,
+        length: np.ndarray,
+    ) -> UserInputs:
+        """Event tokens from arrays (``item``/``author`` int64 [B, S, H], ``feat`` [B, S, F], ``actions`` float32
+        [B, S, A], ``surface``/``gap`` int64 [B, S], ``length`` int64 [B]), the user fields zeros [B, H]: for
+        readers of event tokens only (the online head's context events, the ranker's history)."""
+        zeros = torch.zeros(item.shape[0], item.shape[2], dtype=torch.int64)
+        return cls(
+            user=zeros,
+            user_feat=zeros,
+            history=ItemInputs(torch.from_numpy(item), torch.from_numpy(author), torch.from_numpy(feat)),
+            actions=torch.from_numpy(actions),
+            surface=torch.from_numpy(surface),
+            gap=torch.from_numpy(gap),
+            length=torch.from_numpy(length),
         )
 
     def __getitem__(self, idx: int | slice | torch.Tensor) -> UserInputs:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexError_, RecallTooLow
-from ..fsutil import pid_alive
+from ..fsutil import pid_alive, write_text_atomic
 from ..fsutil import remove_leftovers as remove_leftover_dirs
 from .adaptive import AdaptiveIndex, build_index, open_index
 from .base import IndexConfig
@@ -71,13 +71,7 @@ def measure_recall(index: VectorIndex, oracle: VectorIndex, queries: np.ndarray,
     return out
 
 
-_POINTERS = ("CURRENT", "history.json")  # the small files _write_atomic replaces
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+_POINTERS = ("CURRENT", "history.json")  # the small files write_text_atomic replaces
 
 
 def remove_leftovers(root: str | Path, published: Collection[str] = ()) -> None:
@@ -257,8 +251,8 @@ def publish_index(
     }
     index.save(root / "versions" / version, extra=extra)
     hist = earlier + [version]
-    _write_atomic(root / "history.json", json.dumps(hist, indent=2) + "\n")
-    _write_atomic(root / "CURRENT", version + "\n")  # the switch: readers see the old or the new, never half
+    write_text_atomic(root / "history.json", json.dumps(hist, indent=2) + "\n")
+    write_text_atomic(root / "CURRENT", version + "\n")  # the switch: readers see the old or the new, never half
     return {"version": version, **extra}
 
 
@@ -276,7 +270,7 @@ def rollback(root: str | Path, to: str | None = None) -> str:
     if not (root / "versions" / to).is_dir():
         raise IndexError_(f"version {to} does not exist under {root}/versions; published: {hist}")
     open_index(root / "versions" / to)  # refuse to switch to something that does not load
-    _write_atomic(root / "CURRENT", to + "\n")
+    write_text_atomic(root / "CURRENT", to + "\n")
     return to
 
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import ArtifactError
-from ..fsutil import remove_leftovers, sibling_names, swap_dir
+from ..fsutil import remove_leftovers, sibling_names, swap_dir, write_text_atomic
 from ..index import IndexConfig
 from ..index.publish import build_and_publish
 from ..model.checkpoint import load_model, load_state_version, resolve
@@ -105,20 +105,15 @@ def publish_ranker(ranker_dir: str | Path, root: str | Path, allow_mismatch: boo
     serves (``index/CURRENT``'s), unless ``allow_mismatch`` (recorded in ``publish.json``, which the service
     honours). Returns the ranker and model versions and where it went."""
     import json
-    import os
 
+    from ..index.base import read_manifest
     from ..index.publish import current_path
     from ..model.ranker import load_ranker
 
     ranker_dir, root = Path(ranker_dir), Path(root)
     if not (root / "index").is_dir():
         raise ArtifactError(f"{root} is not an artifact root; run `twotower serve-prepare` first")
-    try:
-        serving = json.loads((current_path(root / "index") / "manifest.json").read_text())["model_version"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ArtifactError(
-            f"{root}/index has no readable current version ({exc}); run `twotower serve-prepare`"
-        ) from exc
+    serving = read_manifest(current_path(root / "index"), verify=False)["model_version"]
     _, config, version = load_ranker(ranker_dir, expect_retriever=serving, allow_mismatch=allow_mismatch)
     dest = root / "rankers" / version
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -133,10 +128,7 @@ def publish_ranker(ranker_dir: str | Path, root: str | Path, allow_mismatch: boo
     meta = {"allow_mismatch": bool(allow_mismatch), "retriever_version": config.get("retriever_version"),
             "published_for_model": serving, "source": str(ranker_dir.resolve())}  # fmt: skip
     (dest / "publish.json").write_text(json.dumps(meta, indent=2) + "\n")
-    pointer = root / "rankers" / "CURRENT"
-    tmp_pointer = pointer.with_name(f".CURRENT.tmp-{os.getpid()}")
-    tmp_pointer.write_text(version + "\n")
-    os.replace(tmp_pointer, pointer)  # the switch: a reload reads the old or the new name, never half
+    write_text_atomic(root / "rankers" / "CURRENT", version + "\n")  # a reload reads the old or the new name
     log.info("ranker %s published to %s (trained for %s, serving model %s)", version, dest,
              config.get("retriever_version"), serving)  # fmt: skip
     return {"ranker_version": version, "model_version": serving, "path": str(dest),

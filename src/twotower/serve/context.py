@@ -180,16 +180,8 @@ def build_context(
     if has_subj.any():  # most requests have no subject: skip the lookup (and on-the-fly hashing) entirely
         subj_ids = [r.subject for r in reqs if r.subject is not None]
         s_item[has_subj], s_author[has_subj], s_feat[has_subj] = table.hashed(subj_ids, table.dense(subj_ids))
-    zeros_bh = torch.zeros(B, H, dtype=torch.int64)
-    events = UserInputs(
-        user=zeros_bh,  # the head ignores the user fields of context events
-        user_feat=zeros_bh,
-        history=ItemInputs(torch.from_numpy(hist_item), torch.from_numpy(hist_author), torch.from_numpy(hist_feat)),
-        actions=torch.from_numpy(actions),
-        surface=torch.from_numpy(ev_surface),
-        gap=torch.from_numpy(ev_gap),
-        length=torch.from_numpy(length),
-    )
+    # the head ignores the user fields of context events
+    events = UserInputs.events_only(hist_item, hist_author, hist_feat, actions, ev_surface, ev_gap, length)
     return Context(
         events=events,
         surface=torch.from_numpy(np.fromiter((r.request_surface for r in reqs), np.int64, B)),

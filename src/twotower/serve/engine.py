@@ -134,17 +134,17 @@ class Retriever:
         Requests without rerank, or with nothing retrieved, keep their first k."""
         out: list[np.ndarray | None] = [None] * len(reqs)
         want = [b for b, r in enumerate(reqs) if r.rerank and len(hits[b][0])]
-        for b, r in enumerate(reqs):
-            if r.fetch_k > r.k and b not in want:
-                hits[b] = hits[b][0][: r.k], hits[b][1][: r.k]
-        if not want:
-            return out
-        if bundle.ranker is None:
+        if want and bundle.ranker is None:
             self.metrics.rerank.labels("no_ranker").inc(len(want))
             for b in want:
-                hits[b] = hits[b][0][: reqs[b].k], hits[b][1][: reqs[b].k]
                 warnings[b].append("rerank: no ranker is published for this service; answered from retrieval alone "
                                    "(publish one with `twotower publish-ranker`)")  # fmt: skip
+            want = []
+        rescored = set(want)
+        for b, r in enumerate(reqs):  # the others return their first k of the fetched shortlist
+            if r.fetch_k > r.k and b not in rescored:
+                hits[b] = hits[b][0][: r.k], hits[b][1][: r.k]
+        if not want:
             return out
         ranker, data = bundle.ranker, bundle.data
         lo, hi = histories(bundle).span([reqs[b].user_id for b in want])

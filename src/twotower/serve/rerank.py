@@ -154,16 +154,7 @@ def ranker_histories(
             actions[b, :n] = (bi[:, None] >> np.arange(A)) & 1
         surface[b, :n] = su
         gap[b, :n] = gap_buckets(ga, time_buckets)
-    zeros = torch.zeros(B, H, dtype=torch.int64)
-    return UserInputs(
-        user=zeros,  # the ranker reads no user fields
-        user_feat=zeros,
-        history=ItemInputs(torch.from_numpy(item), torch.from_numpy(author), torch.from_numpy(feat)),
-        actions=torch.from_numpy(actions),
-        surface=torch.from_numpy(surface),
-        gap=torch.from_numpy(gap),
-        length=torch.from_numpy(length),
-    )
+    return UserInputs.events_only(item, author, feat, actions, surface, gap, length)  # the ranker reads no user
 
 
 def candidate_inputs(table: ItemTable, ids: np.ndarray) -> ItemInputs:
