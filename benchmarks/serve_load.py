@@ -1,4 +1,4 @@
-"""Load test of the online service over a 1M-item HNSW index, on loopback: latency, throughput, hot swap.
+"""Load test of the online service over a 1M-item index, on loopback: latency, throughput, hot swap, memory.
 
 1. Artifacts (cached under ``runs/bench_serve``): a synthetic log in which every one of 1M items occurs,
    a hybrid model (the ML-1M hybrid shape, dim 64) trained for a short time budget, the real candidate tower
@@ -13,16 +13,24 @@
 
 Prints a table and writes ``benchmarks/results/serve_load.json``. ``--root ROOT`` loads an existing artifact
 root instead of building one; ``--rerank K`` asks the published ranker to re-score a shortlist of K in every
-request; ``--phases steady`` runs the steady rate and the saturation run only. Usage::
+request; ``--phases steady`` runs the steady rate and the saturation run only. ``--matryoshka 16 32`` trains
+the synthetic root's model with those Matryoshka prefixes (its own cache), and ``--index``, ``--prefix-dim``,
+``--shortlist``, ``--nprobe``, ``--ef-search``, ``--pq-m``, ``--no-refine`` choose the index it publishes
+(adaptive retrieval when ``--prefix-dim`` > 0; a cached root with another index gets a new version). The
+server's resident memory (RSS, anonymous and file-backed, over its processes) is read after the steady phase.
+Usage::
 
     python benchmarks/serve_load.py [--rate 500] [--seconds 30] [--items 1000000]
     python benchmarks/serve_load.py --root ROOT --rerank 100 --k 10 --phases steady --out FILE
+    python benchmarks/serve_load.py --matryoshka 16 32 --index ivfpq --prefix-dim 16 --pq-m 8 --no-refine \
+        --nprobe 8 --out benchmarks/results/serve_load_adaptive.json
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -40,28 +48,47 @@ REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("serve_load")
 
 
-def build(cache: Path, n_items: int, n_users: int, topics: int = 1000) -> Path:
+def build(
+    cache: Path,
+    n_items: int,
+    n_users: int,
+    topics: int = 1000,
+    matryoshka: tuple[int, ...] = (),
+    index_cfg=None,
+) -> Path:
     """The artifact root (cached). The log has structure, so the trained item vectors do: every item belongs
     to one of ``topics`` topics (its author in the item table), every user follows two topics, and 80 % of a
-    user's events are items of those topics. Every item occurs at least once."""
+    user's events are items of those topics. Every item occurs at least once.
+
+    ``matryoshka``: prefix widths the model is trained with (``train.matryoshka_dims``; its own cache);
+    ``index_cfg``: the published index (default HNSW M=16 over the full width). A cached root whose current
+    index was built with another config gets a new version published with this one."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from twotower.data import ItemSchema, LogSchema, PrepareConfig, SequenceData, prepare_files
     from twotower.index import IndexConfig
+    from twotower.index.publish import build_and_publish
     from twotower.jobs.serving import build_artifacts
     from twotower.train.config import RunConfig
     from twotower.train.trainer import Trainer
 
-    cache = cache / f"topics-{n_items}"
+    cache = cache / (f"topics-{n_items}" + ("-mrl" + "-".join(map(str, matryoshka)) if matryoshka else ""))
     root = cache / "root"
-    index_cfg = IndexConfig(backend="hnsw", hnsw_m=16, hnsw_ef_construction=64, hnsw_ef_search=64)
-    if (root / "index" / "CURRENT").is_file():
-        return root
+    index_cfg = index_cfg or IndexConfig(backend="hnsw", hnsw_m=16, hnsw_ef_construction=64, hnsw_ef_search=64)
     emb = [d for d in (root / "embeddings").glob("*") if (d / "manifest.json").is_file()] if root.is_dir() else []
-    if emb and (root / "states.db").is_file():  # an earlier run got as far as the index: publish only
-        from twotower.index.publish import build_and_publish
+    if (root / "index" / "CURRENT").is_file():
+        from twotower.index.base import read_manifest
+        from twotower.index.publish import current_path
 
+        published = read_manifest(current_path(root / "index"), verify=False).get("config", {})
+        wanted = dataclasses.asdict(index_cfg)
+        if all(published.get(k) == v for k, v in wanted.items() if k != "extra"):
+            return root
+        log.info("the cached root's index differs from the one asked for: publishing a new version")
+        build_and_publish(emb[0], root / "index", index_cfg)
+        return root
+    if emb and (root / "states.db").is_file():  # an earlier run got as far as the index: publish only
         build_and_publish(emb[0], root / "index", index_cfg)
         return root
     rng = np.random.default_rng(0)
@@ -106,6 +133,7 @@ def build(cache: Path, n_items: int, n_users: int, topics: int = 1000) -> Path:
     cfg.model.max_len = 50
     cfg.train.epochs, cfg.train.time_budget_s, cfg.train.eval_users, cfg.train.num_uniform = 1, 30, 0, 256
     cfg.train.holdout_users, cfg.train.eval_every = 0.0, 0  # no full-corpus validation over 1M items
+    cfg.train.matryoshka_dims = list(matryoshka)
     Trainer(SequenceData.load(cache / "data"), cfg, cache / "run", overwrite=True).fit(progress=False)
     # The default recall floor (0.95 @100 against exact, on the model's user vectors) applies.
     res = build_artifacts(cache / "run", root, index_config=index_cfg, progress=False)
@@ -265,6 +293,28 @@ class Server:
         except OSError:
             return 0, {}
 
+    def memory(self) -> dict:
+        """Resident memory of the server and its workers (MiB, from /proc): total, anonymous (private to a
+        process: FAISS structures, tables) and file-backed (memory-mapped arrays, shared between workers)."""
+        pids = [self.proc.pid]
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):  # children of any of its threads
+            try:
+                pids += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        out: dict = {"processes": len(pids)}
+        for pid in pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            for line in status:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+                    mib = round(int(value.split()[0]) / 1024, 1)
+                    out[f"{key}_mib"] = round(out.get(f"{key}_mib", 0.0) + mib, 1)
+        return out
+
     async def reload(self) -> tuple[int, dict]:
         return await asyncio.to_thread(self._get, "/admin/reload", "POST", {"Authorization": f"Bearer {self.token}"})
 
@@ -298,10 +348,35 @@ def main() -> int:
     p.add_argument("--k", type=int, default=100, help="items per request")
     p.add_argument("--rerank", type=int, default=0, help="K': the ranker re-scores this shortlist (0 = off)")
     p.add_argument("--phases", choices=["all", "steady"], default="all")
+    p.add_argument("--matryoshka", type=int, nargs="*", default=[], metavar="D",
+                   help="train the synthetic root's model with these Matryoshka prefixes, e.g. 16 32")  # fmt: skip
+    p.add_argument("--index", default="hnsw", help="backend of the synthetic root's index (hnsw, ivfflat, ...)")
+    p.add_argument("--prefix-dim", type=int, default=0, help="adaptive retrieval: index this prefix (0 = off)")
+    p.add_argument("--shortlist", type=int, default=4, help="adaptive retrieval: re-score shortlist x k")
+    p.add_argument("--nprobe", type=int, default=32, help="IVF lists probed")
+    p.add_argument("--ef-search", type=int, default=64, help="HNSW search depth")
+    p.add_argument("--pq-m", type=int, default=16, help="IVF-PQ sub-quantisers (must divide the indexed width)")
+    p.add_argument("--no-refine", action="store_true", help="IVF-PQ without a float refine of its shortlist")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t_build = time.perf_counter()
-    root = Path(args.root) if args.root else build(Path(args.cache), args.items, args.users)
+    if args.root:
+        root = Path(args.root)
+    else:
+        from twotower.index import IndexConfig
+
+        index_cfg = IndexConfig(
+            backend=args.index,
+            hnsw_m=16,
+            hnsw_ef_construction=64,
+            hnsw_ef_search=args.ef_search,
+            ivf_nprobe=args.nprobe,
+            prefix_dim=args.prefix_dim,
+            shortlist=args.shortlist,
+            pq_m=args.pq_m,
+            refine=not args.no_refine,
+        )
+        root = build(Path(args.cache), args.items, args.users, matryoshka=tuple(args.matryoshka), index_cfg=index_cfg)
     build_s = time.perf_counter() - t_build
     bodies = request_bodies(root, 4000, k=args.k, rerank=args.rerank)
     token = secrets.token_urlsafe(24)
@@ -313,10 +388,11 @@ def main() -> int:
     try:
         asyncio.run(load(server.port, bodies, 3.0, args.rate, args.conns))  # warm-up, not recorded
         results["steady"] = asyncio.run(load(server.port, bodies, args.seconds, args.rate, args.conns))
+        memory = server.memory()
         if args.phases == "steady":
             results["saturation (closed loop)"] = asyncio.run(load(server.port, bodies, args.seconds / 3, None, 16))
             _, ready = server._get("/readyz")
-            return report(args, root, ready, results, {}, server_env, build_s)
+            return report(args, root, ready, results, {}, server_env, build_s, memory)
         target = publish_copy(root)
 
         async def do_reload() -> None:
@@ -340,10 +416,12 @@ def main() -> int:
     finally:
         server.stop()
 
-    return report(args, root, ready, results, swap, server_env, build_s)
+    return report(args, root, ready, results, swap, server_env, build_s, memory)
 
 
-def report(args, root: Path, ready: dict, results: dict, swap: dict, server_env: dict, build_s: float) -> int:
+def report(
+    args, root: Path, ready: dict, results: dict, swap: dict, server_env: dict, build_s: float, memory: dict
+) -> int:
     """Print the table, write the JSON; 0 when no request failed (and a hot swap, if run, answered 200)."""
     what = f"k={args.k}" + (f", rerank K'={args.rerank}" if args.rerank else "")
     print(f"\n{ready.get('items', 0):,}-item service on 2 cores (server + load generator), rate {args.rate:.0f} req/s, "
@@ -354,6 +432,9 @@ def report(args, root: Path, ready: dict, results: dict, swap: dict, server_env:
         print(f"{name:<30}" + "".join(f"{str(r[k]):>15}" for k in keys))
     if swap:
         print(f"hot swap: HTTP {swap.get('status')} in {swap.get('seconds')} s -> {swap.get('target')}")
+    print(f"server memory after the steady phase ({memory.get('processes')} processes): RSS "
+          f"{memory.get('VmRSS_mib')} MiB, anonymous {memory.get('RssAnon_mib')} MiB, file-backed "
+          f"{memory.get('RssFile_mib')} MiB")  # fmt: skip
     out = {
         "protocol": "n/a: latency, throughput and ANN recall against exact (no user-quality figure)",
         "seeds": [0],
@@ -370,7 +451,21 @@ def report(args, root: Path, ready: dict, results: dict, swap: dict, server_env:
         "build_or_cache_seconds": round(build_s, 1),
         "phases": results,
         "hot_swap": swap,
+        "server_memory_after_steady": memory,
         "note": "server and load generator share the machine's cores; timings taken under contention",
+    }
+    steady = results.get("steady", {})
+    out["summary"] = {
+        "index_version": ready.get("index_version"),
+        "index_recall_at_100": _recall(root).get("recall@100"),
+        "steady_p50_ms": steady.get("p50_ms"),
+        "steady_p99_ms": steady.get("p99_ms"),
+        "steady_throughput_rps": steady.get("throughput_rps"),
+        "saturation_throughput_rps": results.get("saturation (closed loop)", {}).get("throughput_rps"),
+        "errors": sum(r["errors"] for r in results.values()),
+        "hot_swap_status": swap.get("status"),
+        "server_rss_mib": memory.get("VmRSS_mib"),
+        "server_rss_anon_mib": memory.get("RssAnon_mib"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

@@ -63,6 +63,17 @@ def test_recall_against_exact_and_save_load(corpus, backend, tmp_path):
     s2, got2 = again.search(q, 100)
     np.testing.assert_array_equal(got, got2)
     np.testing.assert_allclose(s, s2)
+    # one copy in memory: beside a FAISS structure the float32 rows are a read-only map of the file, and the
+    # exact scans that complete a filtered search read them there (a small allow-list is searched exactly)
+    assert isinstance(again.vectors, np.memmap) == (backend != "exact")
+    allow = ids[::97]
+    want = exact.search(q, 10, allow=allow)[1]
+    np.testing.assert_array_equal(again.search(q, 10, allow=allow)[1], want)
+    np.testing.assert_array_equal(again.search(q[:3], 10, allow=allow)[1], want[:3])  # the few-query scan
+    again.upsert(ids[:5], x[5:10])  # mutation copies what it changes; the file stays as saved
+    assert not isinstance(again.vectors, np.memmap)
+    np.testing.assert_array_equal(again.vectors[again.labels_of(ids[:5])], x[5:10])
+    np.testing.assert_array_equal(np.load(tmp_path / "i" / "vectors.npy"), x)
 
 
 def test_exact_equals_brute_force(corpus):
@@ -401,3 +412,20 @@ def test_sigkilled_index_build_leaves_nothing_after_the_rerun(tmp_path, corpus):
     assert [p.name for p in (root / "versions").iterdir()] == [res["version"]]
     assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
     assert history(root) == [res["version"]] and len(VectorIndex.load(current_path(root))) == 2000
+
+
+@pytest.mark.parametrize("spacing", [1, 7])  # dense ids (a direct table) and sparse ones (a binary search)
+def test_labels_of_dense_and_sparse_ids_agree_with_a_dict(spacing):
+    rng = np.random.default_rng(0)
+    x = clustered(500, d=8)
+    ids = rng.permutation(500).astype(np.int64) * spacing + 3
+    idx = VectorIndex.build(ids, x, IndexConfig(backend="exact"))
+    idx.delete(ids[:50])
+    idx.upsert(ids[:10], x[:10])  # back, under new labels
+    idx.upsert(np.array([ids.max() + 1, ids.max() + 2 * spacing]), x[:2])  # beyond the old range
+    assert idx._lookup is None  # built lazily, on the first lookup after a change
+    alive = {int(i): lab for lab, i in enumerate(idx.ids) if idx.alive[lab]}
+    probe = np.concatenate([idx.ids, [-5, -1, 0, 1, 2, ids.max() + 10**6]]).reshape(-1, 2)  # any shape
+    want = np.vectorize(lambda i: alive.get(int(i), -1))(probe)
+    np.testing.assert_array_equal(idx.labels_of(probe), want)
+    assert len(idx._lookup) == (1 if spacing == 1 else 2)

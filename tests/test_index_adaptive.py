@@ -38,6 +38,25 @@ def test_a_whole_corpus_shortlist_is_exact_full_width_search_with_filters(corpus
         np.testing.assert_allclose(s, s_ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["exact", "ivfflat"])
+def test_one_query_at_a_time_equals_the_batch_and_leaves_the_query_alone(corpus, backend):
+    """A single row's column slice counts as contiguous in numpy: normalising the prefix of a one-query batch
+    must not write into the caller's query (it once did, and re-scored with the mutated vector)."""
+    ids, emb, _, q = corpus
+    idx = AdaptiveIndex.build(ids, emb, P, IndexConfig(backend=backend, ivf_nlist=16, ivf_nprobe=16), shortlist=4)
+    before = q.copy()
+    s_batch, got_batch = idx.search(q, 10)
+    for i in range(len(q)):
+        s, got = idx.search(q[i : i + 1], 10)
+        np.testing.assert_array_equal(got[0], got_batch[i])
+        np.testing.assert_allclose(s[0], s_batch[i], rtol=1e-6)
+        np.testing.assert_allclose(s[0], np.sort(emb[(got[0] - 7) // 3].astype(np.float16) @ q[i])[::-1], rtol=1e-3)
+    np.testing.assert_array_equal(q, before)
+    one = q[0:1]
+    prefix_of(one, P)
+    np.testing.assert_array_equal(one, before[0:1])
+
+
 def test_a_short_list_over_an_hnsw_prefix_keeps_most_of_the_recall(corpus):
     ids, emb, oracle, q = corpus
     idx = AdaptiveIndex.build(ids, emb, P, IndexConfig(backend="hnsw"), "m1", shortlist=4)

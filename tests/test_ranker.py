@@ -131,3 +131,50 @@ def test_a_ranker_trains_on_its_retrievers_candidates_and_refuses_another_retrie
     for key, want in ((50, m["rerank"]), (10, ten["rerank"])):
         for metric_name, value in want.items():
             assert abs(both["rerank"][key][metric_name] - value) < 1e-9, (key, metric_name)
+
+
+def test_a_killed_ranker_training_resumes_to_the_uninterrupted_weights(synth_data, tmp_path, monkeypatch):
+    import pytest
+
+    import twotower.train.ranker as tr
+    from twotower.errors import ArtifactError
+    from twotower.jobs.mine import mine_negatives
+    from twotower.train.hard_negatives import MineConfig
+    from twotower.train.trainer import Trainer
+
+    data = SequenceData.load(synth_data)
+    Trainer(data, small_run_config(epochs=1), tmp_path / "r").fit(progress=False)
+    mine_negatives(tmp_path / "r", tmp_path / "m", MineConfig(rank_from=1, rank_to=30, count=6), data, progress=False)
+    cfg = tr.RankerConfig(steps=10, batch=16, save_every=3)
+    whole = tr.train_ranker(tmp_path / "r", tmp_path / "m", tmp_path / "whole", cfg, data, False)
+    assert not (tmp_path / "whole" / "resume").exists()  # removed once the ranker is written
+
+    save = tr._save_resume
+
+    def killed_after_step_6(path, ranker, opt, rng, config, state):
+        save(path, ranker, opt, rng, config, state)
+        if state["step"] == 6:
+            raise KeyboardInterrupt  # the process dies here: steps 7.. are lost
+
+    monkeypatch.setattr(tr, "_save_resume", killed_after_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train_ranker(tmp_path / "r", tmp_path / "m", tmp_path / "cut", cfg, data, False)
+    assert not (tmp_path / "cut" / "checkpoint").exists() and (tmp_path / "cut" / "resume").is_dir()
+    monkeypatch.setattr(tr, "_save_resume", save)
+    # other training settings do not resume it: the error names them and the way out
+    with pytest.raises(ArtifactError, match=r"ranker\.lr.*--fresh"):
+        tr.train_ranker(tmp_path / "r", tmp_path / "m", tmp_path / "cut", tr.RankerConfig(steps=10, batch=16, lr=0.1),
+                        data, False)  # fmt: skip
+    resumed = tr.train_ranker(tmp_path / "r", tmp_path / "m", tmp_path / "cut", cfg, data, False)
+    assert resumed["step"] == 10 and resumed["ranker_version"] == whole["ranker_version"]  # same weights, bit for bit
+    a = tr.load_ranker(tmp_path / "whole")[0].state_dict()
+    b = tr.load_ranker(tmp_path / "cut")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # afresh: the interrupted state is dropped, and training starts from step 1
+    monkeypatch.setattr(tr, "_save_resume", killed_after_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train_ranker(tmp_path / "r", tmp_path / "m", tmp_path / "again", cfg, data, False)
+    monkeypatch.setattr(tr, "_save_resume", save)
+    short = tr.RankerConfig(steps=4, batch=16, save_every=3)
+    fresh = tr.train_ranker(tmp_path / "r", tmp_path / "m", tmp_path / "again", short, data, False, resume=False)
+    assert fresh["step"] == 4

@@ -314,6 +314,10 @@ def declare_train_ranker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shortlist", type=int, default=100, help="K': retrieved candidates re-ranked at evaluation")
     p.add_argument("--eval-users", type=int, default=2000, help="users scored on valid and test (0 = all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=200, help="steps between resumable checkpoints (OUT/resume)")
+    p.add_argument(
+        "--fresh", action="store_true", help="drop an interrupted training's OUT/resume instead of continuing it"
+    )
     p.set_defaults(func=cmd_train_ranker)
 
 
@@ -324,9 +328,9 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
 
     cfg = RankerConfig(random=args.random, num_layers=args.layers, steps=args.steps, batch=args.batch,
                        time_budget_s=args.time_budget, seed=args.seed, history=args.history, lr=args.lr,
-                       prior=not args.no_prior, warm_start=args.warm_start)  # fmt: skip
+                       prior=not args.no_prior, warm_start=args.warm_start, save_every=args.save_every)  # fmt: skip
     data = load_dataset(recorded_dataset(Path(args.run), None))
-    s = train_ranker(args.run, args.mined, args.out, cfg, data)
+    s = train_ranker(args.run, args.mined, args.out, cfg, data, resume=not args.fresh)
     print(
         f"ranker {s['ranker_version']} for retriever {s['retriever_version']}: {s['step']} steps, "
         f"{s['train_seconds']:.0f} s, {s['candidates']} candidates per example, loss {s['loss']:.4f} -> {args.out}"

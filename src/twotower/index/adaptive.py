@@ -30,7 +30,9 @@ from .vector_index import VectorIndex
 def prefix_of(vectors: np.ndarray, dim: int, normalized: bool = True) -> np.ndarray:
     """The first ``dim`` coordinates of ``vectors`` [N, D] as float32 [N, dim], unit again when the vectors
     are (cosine models); a dot-product model's prefix keeps its norm."""
-    p = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[:, :dim])
+    # always a copy: the slice of a single row counts as contiguous, and normalising a view in place would
+    # change the caller's vectors (a one-query search then re-scored with a mutated query)
+    p = np.array(np.asarray(vectors)[:, :dim], dtype=np.float32, order="C", copy=True)
     if normalized:
         p /= np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
     return p
@@ -77,7 +79,9 @@ class AdaptiveIndex:
             raise ValueError(f"prefix_dim must be within [1, {emb.shape[1] - 1}] for {list(emb.shape)} vectors")
         check_finite(emb, np.asarray(ids))
         cfg = dataclasses.replace(config or IndexConfig(), prefix_dim=prefix_dim, shortlist=shortlist)
-        inner = VectorIndex.build(ids, prefix_of(emb, prefix_dim, normalized), cfg, model_version, progress)
+        prefix = prefix_of(emb, prefix_dim, normalized)
+        prefix.flags.writeable = False  # ours alone: the prefix index keeps it without a copy
+        inner = VectorIndex.build(ids, prefix, cfg, model_version, progress)
         return cls(inner, emb.astype(np.float16), shortlist, normalized)
 
     def __len__(self) -> int:
@@ -122,13 +126,15 @@ class AdaptiveIndex:
         return top_s, top_i
 
     def memory_bytes(self) -> int:
-        """Bytes this index holds in memory: the prefix vectors, its FAISS structure and the float16 rows."""
+        """Bytes a served index keeps in memory: its FAISS structure over the prefix and the float16 full rows.
+        The float32 prefix rows are a read-only memory map once loaded (only exact completion scans read
+        them): ``self.inner.vectors.nbytes`` more on disk, touched on demand."""
         import faiss
 
         structure = 0
         if self.inner._faiss_index is not None:
             structure = int(faiss.serialize_index(self.inner._faiss_index).nbytes)
-        return int(self.inner.vectors.nbytes + structure + self.full.nbytes)
+        return int(structure + self.full.nbytes)
 
     # --- the VectorIndex surface the service and publishing read ------------------------------------------
     @property

@@ -31,6 +31,10 @@ def manifest_kind(emb_dir: str | Path) -> str | None:
 def load_embeddings(emb_dir: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """(ids int64 [N], embeddings float32 [N, D], manifest) of an export directory.
 
+    The embeddings are read-only: a float32 export is memory-mapped (no copy in memory; an index built from it
+    keeps the mapping rather than a copy, :meth:`~twotower.index.VectorIndex.build`), a float16 one is
+    converted once.
+
     A missing or unreadable array is a ``FileNotFoundError``; a damaged manifest, or arrays whose shapes
     disagree with it, an :class:`~twotower.errors.EmbeddingsError`; both name the export command that redoes it.
     """
@@ -46,7 +50,10 @@ def load_embeddings(emb_dir: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
         raise EmbeddingsError(f"{mf} is damaged ({type(exc).__name__}: {exc}); {redo}") from exc
     try:
         ids = np.load(emb_dir / "ids.npy", allow_pickle=False)
-        emb = np.load(emb_dir / "embeddings.npy", allow_pickle=False).astype(np.float32)
+        emb = np.load(emb_dir / "embeddings.npy", allow_pickle=False, mmap_mode="r")
+        if emb.dtype != np.float32:
+            emb = emb.astype(np.float32)
+            emb.flags.writeable = False
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(f"{emb_dir}: embeddings unreadable ({exc}); {redo}") from exc
     if emb.shape != (count, dim) or ids.shape != (count,):

@@ -20,6 +20,8 @@ default install builds no C.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 DEFAULT_BLOCK = 2048
@@ -42,7 +44,9 @@ def blocked_topk(
     import torch  # here, not at the top: `twotower index list` and the CLI's help load this package
 
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    with warnings.catch_warnings():  # a served index's vectors are a read-only memory map; only read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
     B, N = q.shape[0], v.shape[0]
     k = min(k, N)
     if B == 0 or k == 0:

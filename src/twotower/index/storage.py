@@ -98,11 +98,21 @@ def read_index_manifest(path: Path) -> dict:
 
 def read_index_data(path: Path) -> tuple[dict[str, np.ndarray], Any]:
     """``({"ids", "alive", "vectors"}, faiss index or None)`` of a directory whose manifest was read (and its
-    checksums verified) by :func:`read_index_manifest`. An unreadable file is an :class:`IndexError_`."""
+    checksums verified) by :func:`read_index_manifest`. An unreadable file is an :class:`IndexError_`.
+
+    One copy of the vectors in memory: beside a FAISS structure (which holds what its searches read),
+    ``vectors`` is memory-mapped read-only; only the scans that complete a filtered search touch its pages
+    (and worker processes share them). Directories are replaced whole, never rewritten in place, so the
+    mapping stays valid after a publish or rollback. The exact backend reads its vectors on every query and
+    keeps them in memory."""
     try:
-        names = list(ARRAY_FILES) + [n for n in OPTIONAL_ARRAYS if (path / n).exists()]
-        arrays = {name.removesuffix(".npy"): np.load(path / name, allow_pickle=False) for name in names}
         faiss_index = faiss_backend.read(str(path / FAISS_FILE)) if (path / FAISS_FILE).exists() else None
+        names = list(ARRAY_FILES) + [n for n in OPTIONAL_ARRAYS if (path / n).exists()]
+        mapped = {"vectors.npy"} if faiss_index is not None else set()
+        arrays = {}
+        for name in names:
+            mode = "r" if name in mapped else None
+            arrays[name.removesuffix(".npy")] = np.load(path / name, allow_pickle=False, mmap_mode=mode)
     except (OSError, ValueError, RuntimeError) as exc:
         raise IndexError_(f"cannot read index {path}: {exc}; rebuild it or roll back") from exc
     slots = len(arrays["alive"])

@@ -39,7 +39,9 @@ class VectorIndex:
         self._faiss_index = None
         # items beyond the dataset's catalogue (``twotower index upsert``): storage.ADDED_ARRAYS, or empty
         self.catalogue: dict[str, np.ndarray] = {}
-        self._lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted live ids, their labels)
+        # id -> label: a direct table over [0, max id] when the live ids are dense (an export's item indexes),
+        # else (sorted live ids, their labels) for a binary search
+        self._lookup: tuple[np.ndarray, ...] | None = None
         self._alive_sel = None
         self._n_alive: int | None = None  # cached: counting 1M flags costs more than a FAISS search
         # Query rows the ANN search returned short (filters, or too few items in the probed lists) and that
@@ -57,7 +59,11 @@ class VectorIndex:
         progress: bool = False,
     ) -> VectorIndex:
         """Index ``embeddings`` [N, D] (unit norm) under ``ids`` [N] (unique int64); ``progress``: a bar over
-        the vectors added to the FAISS structure (added in slices of 64k)."""
+        the vectors added to the FAISS structure (added in slices of 64k).
+
+        Read-only float32 ``embeddings`` (a memory-mapped export, :func:`~twotower.index.embeddings.
+        load_embeddings`) are kept as they are, not copied: the build holds one copy of the vectors beside
+        FAISS's; a writeable array is copied, so the caller may change it afterwards."""
         emb = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
         ids = np.asarray(ids, dtype=np.int64)
         if emb.ndim != 2 or len(emb) != len(ids):
@@ -84,7 +90,10 @@ class VectorIndex:
                 self._faiss_index.add(emb[lo : lo + step])
         self.ids = np.concatenate([self.ids, ids])
         self.alive = np.concatenate([self.alive, np.ones(len(ids), bool)])
-        self.vectors = np.concatenate([self.vectors, emb]) if len(self.vectors) else emb.copy()
+        if len(self.vectors):
+            self.vectors = np.concatenate([self.vectors, emb])
+        else:  # nobody can change a read-only array under us: share it (a memory map stays one)
+            self.vectors = emb if not emb.flags.writeable else emb.copy()
         self._invalidate()
 
     def _invalidate(self) -> None:
@@ -97,13 +106,29 @@ class VectorIndex:
         return self._n_alive
 
     def labels_of(self, ids: np.ndarray) -> np.ndarray:
-        """Internal labels of live ``ids`` (-1 where unknown or deleted). int64, same shape."""
+        """Internal labels of live ``ids`` (-1 where unknown or deleted). int64, same shape.
+
+        Dense ids (non-negative, the largest below 4x the live count: an export's item indexes and the items
+        upserted after them) go through a direct table, one memory access per id; others through a binary
+        search of the sorted live ids (about 20 cache misses per id at 1M items: 0.16 ms for an adaptive
+        index's 400-candidate shortlist, against 0.02 ms by the table)."""
         if self._lookup is None:
             live = np.flatnonzero(self.alive)
-            order = np.argsort(self.ids[live], kind="stable")
-            self._lookup = (self.ids[live][order], live[order])
-        keys, labels = self._lookup
+            live_ids = self.ids[live]
+            top = int(live_ids.max()) + 1 if len(live) else 0
+            if len(live) and int(live_ids.min()) >= 0 and top <= 4 * len(live) + 1024:
+                table = np.full(top, -1, np.int64)
+                table[live_ids] = live
+                self._lookup = (table,)
+            else:
+                order = np.argsort(live_ids, kind="stable")
+                self._lookup = (live_ids[order], live[order])
         ids = np.asarray(ids, dtype=np.int64)
+        if len(self._lookup) == 1:
+            table = self._lookup[0]
+            inside = (ids >= 0) & (ids < len(table))
+            return np.where(inside, table[np.where(inside, ids, 0)] if len(table) else -1, -1)
+        keys, labels = self._lookup
         pos = np.minimum(np.searchsorted(keys, ids), max(len(keys) - 1, 0))
         found = (keys[pos] == ids) if len(keys) else np.zeros(ids.shape, bool)
         return np.where(found, labels[pos] if len(keys) else -1, -1)

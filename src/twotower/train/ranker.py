@@ -17,6 +17,7 @@ so HR@K' is the same for both and the gain shows at the top.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..evaluate.evaluator import encode_corpus, encode_requests, seen_mask
 from ..evaluate.metrics import KS, summarize, target_ranks
 from ..features import Featurizer
 from ..features.inputs import ItemInputs
+from ..model import checkpoint as ckpt_read
 from ..model.ranker import Ranker, load_ranker
 from . import checkpoint as ckpt
 from .hard_negatives import MinedNegatives
@@ -57,10 +59,12 @@ class RankerConfig:
     time_budget_s: float = 0.0  # 0 = no limit
     seed: int = 0
     log_every: int = 50
+    save_every: int = 200  # steps between resumable checkpoints (OUT/resume; 0 = none)
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "steps", "batch", "log_every", "history"):
             cfgmod.check_int(self, name, 1)
+        cfgmod.check_int(self, "save_every", 0)
         cfgmod.check_int(self, "random", 0)
         cfgmod.check_int(self, "seed", 0)
         cfgmod.check_float(self, "lr", 0.0, lo_open=True)
@@ -103,6 +107,36 @@ def warm_start(ranker: Ranker, model) -> None:
             mine.load_state_dict(theirs.state_dict())
 
 
+# Settings that may change between a killed run and its resumption: they do not change what a step computes.
+RESUMABLE_CHANGES = ("steps", "time_budget_s", "log_every", "save_every")
+
+
+def _save_resume(path: Path, ranker: Ranker, opt, rng: np.random.Generator, config: dict, state: dict) -> None:
+    """The periodic checkpoint ``OUT/resume``: weights, optimizer moments, both RNG states and the step."""
+    ckpt.save(path, ranker, config, {**state, "numpy_rng": rng.bit_generator.state}, opt,
+              {"torch_rng": torch.get_rng_state()})  # fmt: skip
+
+
+def _restore(path: Path, ranker: Ranker, opt, rng: np.random.Generator, config: dict) -> dict:
+    """Load ``OUT/resume`` into the ranker, optimizer and RNGs; its state (step, seconds, losses). Refuses one
+    written for another retriever, other candidates or other training settings."""
+    weights, saved, state, extra = ckpt_read.load(path)
+    mine = {k: v for k, v in config["ranker"].items() if k not in RESUMABLE_CHANGES}
+    theirs = {k: v for k, v in saved.get("ranker", {}).items() if k not in RESUMABLE_CHANGES}
+    differ = [k for k in ("retriever_version", "mined") if saved.get(k) != config[k]]
+    differ += [f"ranker.{k}" for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+    if differ:
+        raise ArtifactError(
+            f"{path} is a ranker training interrupted with other settings ({', '.join(differ)} differ); rerun "
+            f"with the same ones to resume it, or start afresh (`twotower train-ranker ... --fresh`)"
+        )
+    ranker.load_state_dict(weights)
+    ckpt.restore_optimizer(opt, extra, state)
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(extra["extra.torch_rng"])
+    return state
+
+
 def train_ranker(
     run: str | Path,
     mined: str | Path,
@@ -110,10 +144,17 @@ def train_ranker(
     cfg: RankerConfig | None = None,
     data: SequenceData | None = None,
     progress: bool = True,
+    resume: bool = True,
 ) -> dict:
     """Train a ranker for retriever ``run`` on the candidates mined with it (``mined``); write it to ``out``.
-    Returns the summary (steps, seconds, final loss, the ranker and retriever versions)."""
+    Returns the summary (steps, seconds, final loss, the ranker and retriever versions).
+
+    Every ``cfg.save_every`` steps the training state goes to ``out/resume``; a run killed mid-way and
+    started again with the same arguments continues from there (``resume=False``: start afresh) and ends
+    with the weights the uninterrupted run ends with. ``out/resume`` is removed once ``out/checkpoint`` is
+    written."""
     cfg = cfg or RankerConfig()
+    out = Path(out)
     model, rc, version = load_run(run)
     if data is None:
         from .run import load_dataset, recorded_dataset
@@ -144,9 +185,18 @@ def train_ranker(
     rng = np.random.default_rng(cfg.seed)
     rows_all, items_all = cands.rows.numpy(), cands.items.numpy()
     user_of = data.user_of_event()
+    config = {"ranker": asdict(cfg), "model": asdict(mc), "retriever_version": version,
+              "mined": str(Path(mined).resolve()), "prior_scale": prior_scale}  # fmt: skip
+    saved, start, elapsed, losses = out / "resume", 0, 0.0, []
+    if not resume:
+        shutil.rmtree(saved, ignore_errors=True)
+    elif ckpt_read.resolve(saved) is not None:
+        st = _restore(saved, ranker, opt, rng, config)
+        start, elapsed, losses = int(st["step"]), float(st["train_seconds"]), list(st["losses"])
+        log.info("ranker: resuming %s at step %d (%.0f s trained)", out, start, elapsed)
     ranker.train()
-    t0, losses, step = time.perf_counter(), [], 0
-    for step in range(1, cfg.steps + 1):
+    t0, step = time.perf_counter() - elapsed, start
+    for step in range(start + 1, cfg.steps + 1):
         pick = rng.integers(0, len(rows_all), cfg.batch)
         rows = rows_all[pick]
         mined_ids = items_all[pick]
@@ -174,12 +224,16 @@ def train_ranker(
             )
         if cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s:
             break
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+            state = {"step": step, "train_seconds": time.perf_counter() - t0, "losses": losses[-cfg.log_every :]}
+            _save_resume(saved, ranker, opt, rng, config, state)
     secs = time.perf_counter() - t0
-    config = {"ranker": asdict(cfg), "model": asdict(mc), "retriever_version": version, "mined": str(mined),
-              "prior_scale": prior_scale}  # fmt: skip
-    state = {"step": step, "train_seconds": round(secs, 1), "loss": float(np.mean(losses[-cfg.log_every :]))}
-    ranker_version = ckpt.save(Path(out) / "checkpoint", ranker, config, state)
-    return {**state, "ranker_version": ranker_version, "retriever_version": version, "candidates": int(ids.shape[1])}
+    loss = float(np.mean(losses[-cfg.log_every :])) if losses else float("nan")
+    state = {"step": step, "train_seconds": round(secs, 1), "loss": loss}
+    ranker_version = ckpt.save(out / "checkpoint", ranker, config, state)
+    shutil.rmtree(saved, ignore_errors=True)
+    width = int(items_all.shape[1]) + 1 + cfg.random
+    return {**state, "ranker_version": ranker_version, "retriever_version": version, "candidates": width}
 
 
 @torch.no_grad()
