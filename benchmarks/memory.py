@@ -32,20 +32,25 @@ from pathlib import Path
 
 import numpy as np
 
+from ann import clustered  # benchmarks/ann.py: this directory is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 DIM = 64
 
 SERVE = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 from twotower.index.adaptive import open_index
 from twotower.index.publish import current_path
 root, n_q = sys.argv[1], int(sys.argv[2])
-def rss():
+def memory():
+    out = {}
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) * 1024
-before = rss()  # this process with its imports, before the index
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+before = memory()["VmRSS"]  # this process with its imports, before the index
 t0 = time.perf_counter()
 index = open_index(current_path(root))
 load_s = time.perf_counter() - t0
@@ -54,12 +59,7 @@ rng = np.random.default_rng(0)
 for i in range(n_q):
     ex = [rng.integers(0, len(index), 20)] if i % 4 == 0 else None
     index.search(q[i % len(q)][None], 100, exclude=ex)
-mem = {}
-for line in open("/proc/self/status"):
-    key, _, value = line.partition(":")
-    if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
-        mem[key] = int(value.split()[0]) * 1024
-print(json.dumps({"load_s": load_s, "before_index": before, **mem}))
+print(json.dumps({"load_s": load_s, "before_index": before, **memory()}))
 """
 
 FLOOR = r"""
@@ -70,17 +70,6 @@ for line in open("/proc/self/status"):
 """
 
 
-def clustered(n: int, d: int, seed: int = 0, centres: int = 1000, spread: float = 0.6) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    c = rng.normal(size=(centres, d)).astype(np.float32)
-    out = np.empty((n, d), np.float32)
-    for lo in range(0, n, 500_000):
-        hi = min(n, lo + 500_000)
-        x = c[rng.integers(0, centres, hi - lo)] + spread * rng.normal(size=(hi - lo, d)).astype(np.float32)
-        out[lo:hi] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
-
-
 def write_export(path: Path, n: int) -> None:
     """A float32 embeddings export (as `twotower export` writes it) of ``n`` clustered vectors, written in
     slices through a memory map so this process never holds them all."""
@@ -88,11 +77,11 @@ def write_export(path: Path, n: int) -> None:
     emb = np.lib.format.open_memmap(path / "embeddings.npy", mode="w+", dtype=np.float32, shape=(n, DIM))
     for lo in range(0, n, 1_000_000):
         hi = min(n, lo + 1_000_000)
-        emb[lo:hi] = clustered(hi - lo, DIM, seed=lo)
+        emb[lo:hi] = clustered(hi - lo, DIM, 1000, seed=lo)
     emb.flush()
     del emb
     np.save(path / "ids.npy", np.arange(n, dtype=np.int64))
-    np.save(path / "users_sample.npy", clustered(1000, DIM, seed=10**9))
+    np.save(path / "users_sample.npy", clustered(1000, DIM, 1000, seed=10**9))
     manifest = {"kind": "twotower-embeddings", "model_version": "synthetic", "dim": DIM, "count": n,
                 "dtype": "float32", "normalized": True, "created_at": "now"}  # fmt: skip
     (path / "manifest.json").write_text(json.dumps(manifest))

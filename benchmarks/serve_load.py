@@ -78,17 +78,11 @@ def build(
     index_cfg = index_cfg or IndexConfig(backend="hnsw", hnsw_m=16, hnsw_ef_construction=64, hnsw_ef_search=64)
     emb = [d for d in (root / "embeddings").glob("*") if (d / "manifest.json").is_file()] if root.is_dir() else []
     if (root / "index" / "CURRENT").is_file():
-        from twotower.index.base import read_manifest
-        from twotower.index.publish import current_path
-
-        published = read_manifest(current_path(root / "index"), verify=False).get("config", {})
-        wanted = dataclasses.asdict(index_cfg)
-        if all(published.get(k) == v for k, v in wanted.items() if k != "extra"):
+        published = _published(root).get("config", {})
+        if all(published.get(k) == v for k, v in dataclasses.asdict(index_cfg).items() if k != "extra"):
             return root
         log.info("the cached root's index differs from the one asked for: publishing a new version")
-        build_and_publish(emb[0], root / "index", index_cfg)
-        return root
-    if emb and (root / "states.db").is_file():  # an earlier run got as far as the index: publish only
+    if emb and (root / "states.db").is_file():  # an earlier run got as far as the index (or another one): publish
         build_and_publish(emb[0], root / "index", index_cfg)
         return root
     rng = np.random.default_rng(0)
@@ -141,11 +135,16 @@ def build(
     return root
 
 
-def _recall(root: Path) -> dict:
+def _published(root: Path) -> dict:
+    """The manifest of the root's current index (its config, its measured recall)."""
     from twotower.index.base import read_manifest
     from twotower.index.publish import current_path
 
-    return read_manifest(current_path(root / "index"), verify=False).get("recall", {})
+    return read_manifest(current_path(root / "index"), verify=False)
+
+
+def _recall(root: Path) -> dict:
+    return _published(root).get("recall", {})
 
 
 def publish_copy(root: Path) -> str:
@@ -457,7 +456,7 @@ def report(
     steady = results.get("steady", {})
     out["summary"] = {
         "index_version": ready.get("index_version"),
-        "index_recall_at_100": _recall(root).get("recall@100"),
+        "index_recall_at_100": out["index_recall"].get("recall@100"),
         "steady_p50_ms": steady.get("p50_ms"),
         "steady_p99_ms": steady.get("p99_ms"),
         "steady_throughput_rps": steady.get("throughput_rps"),

@@ -126,15 +126,9 @@ class AdaptiveIndex:
         return top_s, top_i
 
     def memory_bytes(self) -> int:
-        """Bytes a served index keeps in memory: its FAISS structure over the prefix and the float16 full rows.
-        The float32 prefix rows are a read-only memory map once loaded (only exact completion scans read
-        them): ``self.inner.vectors.nbytes`` more on disk, touched on demand."""
-        import faiss
-
-        structure = 0
-        if self.inner._faiss_index is not None:
-            structure = int(faiss.serialize_index(self.inner._faiss_index).nbytes)
-        return int(structure + self.full.nbytes)
+        """Bytes a served index keeps in memory: the prefix index's (:meth:`VectorIndex.memory_bytes`: its
+        FAISS structure, the float32 prefix rows being a memory map beside it) and the float16 full rows."""
+        return self.inner.memory_bytes() + int(self.full.nbytes)
 
     # --- the VectorIndex surface the service and publishing read ------------------------------------------
     @property

@@ -126,8 +126,8 @@ class VectorIndex:
         ids = np.asarray(ids, dtype=np.int64)
         if len(self._lookup) == 1:
             table = self._lookup[0]
-            inside = (ids >= 0) & (ids < len(table))
-            return np.where(inside, table[np.where(inside, ids, 0)] if len(table) else -1, -1)
+            inside = (ids >= 0) & (ids < len(table))  # the table is never empty: it was built from live ids
+            return np.where(inside, table[np.where(inside, ids, 0)], -1)
         keys, labels = self._lookup
         pos = np.minimum(np.searchsorted(keys, ids), max(len(keys) - 1, 0))
         found = (keys[pos] == ids) if len(keys) else np.zeros(ids.shape, bool)
@@ -155,6 +155,15 @@ class VectorIndex:
 
     def __len__(self) -> int:
         return self.n_alive
+
+    def memory_bytes(self) -> int:
+        """Bytes a loaded index keeps in memory for its searches: its FAISS structure, or the exact backend's
+        float32 rows. Beside a FAISS structure the rows are a read-only memory map once loaded
+        (:func:`~twotower.index.storage.read_index_data`), touched only by the scans completing a filtered
+        search: ``self.vectors.nbytes`` more on disk."""
+        if self._faiss_index is None:
+            return int(self.vectors.nbytes)
+        return int(fb.faiss_module().serialize_index(self._faiss_index).nbytes)
 
     # --- search ----------------------------------------------------------------------------------------
     def search(
