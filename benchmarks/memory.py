@@ -17,6 +17,7 @@ it opens the index. ``--src DIR`` runs another source tree's ``twotower`` (e.g. 
 ``git worktree`` of an earlier commit: the "before" row). Usage::
 
     python benchmarks/memory.py [--sizes 1000000] [--backends hnsw ivfpq] [--src DIR] [--label after] [--out FILE]
+    python benchmarks/memory.py --sizes 10000000 --backends ivfpq --rows-dtype float16 --label 10m
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def main() -> None:
     ap.add_argument("--src", help="another source tree to measure (its src/ goes first on PYTHONPATH)")
     ap.add_argument("--label", default="this tree")
     ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--rows-dtype", default="float32", choices=["float32", "float16"],
+                    help="the index's own rows (IVF-PQ re-scores from them; memory-mapped when served)")  # fmt: skip
     ap.add_argument("--work", help="keep exports here (default: a temporary directory)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory.json"))
     args = ap.parse_args()
@@ -141,7 +144,8 @@ def main() -> None:
             # recall is not what this measures (random clustered queries are hard for a graph); M and the
             # structure's size stay the defaults, a shallower construction search only saves build time
             cmd = ["twotower", "index", "build", "--emb", str(export), "--out", str(root), "--backend", backend,
-                   "--no-progress", "--recall-floor", "0", "--hnsw-ef-construction", "64"]  # fmt: skip
+                   "--no-progress", "--recall-floor", "0", "--hnsw-ef-construction", "64",
+                   "--rows-dtype", args.rows_dtype]  # fmt: skip
             _, build_s, build_peak = run(cmd, env)
             current = (root / "CURRENT").read_text().strip()
             faiss_bytes = (root / "versions" / current / "faiss.index").stat().st_size
@@ -150,6 +154,7 @@ def main() -> None:
             s = json.loads(serve[0])
             row = {
                 "n": n, "dim": DIM, "backend": backend, "label": args.label, "build_s": round(build_s, 1),
+                "rows_dtype": args.rows_dtype, "rows_mib": round(n * DIM * np.dtype(args.rows_dtype).itemsize / 2**20),
                 "float32_copy_mib": round(copy / 2**20, 1), "faiss_mib": round(faiss_bytes / 2**20, 1),
                 "floor_mib": round(floor / 2**20, 1),
                 "build_peak_rss_mib": round(build_peak / 2**20, 1),

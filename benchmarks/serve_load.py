@@ -15,8 +15,8 @@ Prints a table and writes ``benchmarks/results/serve_load.json``. ``--root ROOT`
 root instead of building one; ``--rerank K`` asks the published ranker to re-score a shortlist of K in every
 request; ``--phases steady`` runs the steady rate and the saturation run only. ``--matryoshka 16 32`` trains
 the synthetic root's model with those Matryoshka prefixes (its own cache), and ``--index``, ``--prefix-dim``,
-``--shortlist``, ``--nprobe``, ``--ef-search``, ``--pq-m``, ``--no-refine`` choose the index it publishes
-(adaptive retrieval when ``--prefix-dim`` > 0; a cached root with another index gets a new version). The
+``--shortlist``, ``--nprobe``, ``--ef-search``, ``--pq-m``, ``--no-refine``, ``--rows-dtype`` choose the index it
+publishes (adaptive retrieval when ``--prefix-dim`` > 0; a cached root with another index gets a new version). The
 server's resident memory (RSS, anonymous and file-backed, over its processes) is read after the steady phase.
 Usage::
 
@@ -24,6 +24,8 @@ Usage::
     python benchmarks/serve_load.py --root ROOT --rerank 100 --k 10 --phases steady --out FILE
     python benchmarks/serve_load.py --matryoshka 16 32 --index ivfpq --prefix-dim 16 --pq-m 8 --no-refine \
         --nprobe 8 --out benchmarks/results/serve_load_adaptive.json
+    python benchmarks/serve_load.py --items 10000000 --index ivfpq --rows-dtype float16 --nprobe 16 \
+        --out benchmarks/results/serve_load_10m.json
 """
 
 from __future__ import annotations
@@ -356,6 +358,8 @@ def main() -> int:
     p.add_argument("--ef-search", type=int, default=64, help="HNSW search depth")
     p.add_argument("--pq-m", type=int, default=16, help="IVF-PQ sub-quantisers (must divide the indexed width)")
     p.add_argument("--no-refine", action="store_true", help="IVF-PQ without a float refine of its shortlist")
+    p.add_argument("--rows-dtype", default="float32", choices=["float32", "float16"],
+                   help="the index's own rows (IVF-PQ re-scoring; memory-mapped when served)")  # fmt: skip
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t_build = time.perf_counter()
@@ -374,6 +378,7 @@ def main() -> int:
             shortlist=args.shortlist,
             pq_m=args.pq_m,
             refine=not args.no_refine,
+            rows_dtype=args.rows_dtype,
         )
         root = build(Path(args.cache), args.items, args.users, matryoshka=tuple(args.matryoshka), index_cfg=index_cfg)
     build_s = time.perf_counter() - t_build

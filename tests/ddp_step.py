@@ -1,5 +1,6 @@
 """Run under ``torchrun --nproc_per_node 2`` by ``tests/test_distributed.py``: one training step at world size
-2, rank r on batch r of epoch 0's plan, then rank 0 writes the parameters (safetensors) to ARGV[3].
+2, rank r on batch r of epoch 0's plan (a hybrid tower: with the pseudo contexts the loop draws for it), then
+rank 0 writes the parameters (safetensors) to ARGV[3].
 
 Usage: torchrun --nproc_per_node 2 tests/ddp_step.py DATA CONFIG_JSON OUT_FILE"""
 
@@ -23,7 +24,8 @@ def main() -> None:
     trainer = Trainer(data, cfg, out.parent / "run", overwrite=True)
     batches = plan_epoch(trainer.lengths, cfg.train.batch_tokens, cfg.train.seed, 0)
     rank = trainer.dist.rank
-    inputs, rows, pseudo = WindowBatches(trainer.feat, trainer.windows, [batches[rank]])[0]
+    # a hybrid's snapshots and contexts are drawn from (epoch, global batch index), as in Trainer.fit
+    inputs, rows, pseudo = WindowBatches(trainer.feat, trainer.windows, [batches[rank]], trainer.pseudo, 0, rank)[0]
     stats = trainer.step(inputs, rows, pseudo)
     if trainer.main:
         state = {k: v.detach().contiguous() for k, v in trainer.model.state_dict().items()}

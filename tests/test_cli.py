@@ -77,9 +77,12 @@ def test_export_index_build_rollback(synth_data, tmp_path, capsys):
     assert current_version(root) == first
     assert main(["index", "list", "--root", str(root)]) == 0
     # the IVF-PQ knobs reach the published config
-    assert main([*pq, "--pq-bits", "4", "--refine-factor", "8", "--recall-floor", "0"]) == 0
+    assert main([*pq, "--pq-bits", "4", "--refine-factor", "8", "--recall-floor", "0", "--rows-dtype", "float16"]) == 0
     built = json.loads((root / "versions" / current_version(root) / "manifest.json").read_text())["config"]
-    assert (built["pq_bits"], built["refine_factor"], built["pq_m"]) == (4, 8, 4)
+    assert (built["pq_bits"], built["refine_factor"], built["pq_m"], built["rows_dtype"]) == (4, 8, 4, "float16")
+    served = load_current(root, expect_model_version=version)  # re-scores from float16 rows, memory-mapped
+    assert served.vectors.dtype == np.float16 and isinstance(served.vectors, np.memmap)
+    assert main([*pq, "--rows-dtype", "int8"]) == 2 and "rows_dtype" in capsys.readouterr().err
 
 
 # --- refusals and errors: one line on stderr, exit 2, nothing lost ---------------------------------------------

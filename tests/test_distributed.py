@@ -1,9 +1,10 @@
 """Data-parallel training under torchrun (2 processes, gloo, CPU): one step with in-batch negatives gathered
-across ranks equals the single-process step over the same global batch, and a killed 2-process run resumes
-to the weights of an uninterrupted one."""
+across ranks equals the single-process step over the same global batch (unsplit and hybrid towers), and a killed
+2-process run resumes to the weights of an uninterrupted one."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import small_run_config
 from safetensors import safe_open
@@ -40,8 +42,43 @@ def step_config(**train):
     return cfg
 
 
-def test_one_step_at_world_size_two_equals_the_single_process_step(synth_data, tmp_path):
-    cfg = step_config(negatives=["in_batch", "uniform"], batch_tokens=256)
+def hybrid_step_config(**train):
+    """``step_config`` for the hybrid split with what ``--hybrid`` switches on: online head, the encoder's own
+    loss, the head on a sample of the targets (so head and encoder losses are means over other targets, in other
+    proportions on each rank); missing states and subject items among the pseudo contexts."""
+    cfg = step_config(encoder_loss_weight=1.0, head_fraction=0.5, no_state_prob=0.2, subject_prob=0.5, **train)
+    cfg.model.online_head, cfg.model.state_tokens, cfg.model.context_len = True, 2, 4
+    cfg.train.max_lag = 8
+    return cfg
+
+
+def _cat(a, b):
+    """Two PseudoBatches (or their fields) concatenated along the target dimension."""
+    if a is None:
+        return None
+    if isinstance(a, torch.Tensor):
+        return torch.cat([a, b])
+    if isinstance(a, np.ndarray):
+        return np.concatenate([a, b])
+    return type(a)(**{f.name: _cat(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)})
+
+
+def union_batch(trainer: Trainer, first: np.ndarray, second: np.ndarray):
+    """One process's (inputs, rows, pseudo) over two ranks' batches: the windows of both, and a hybrid's pseudo
+    contexts drawn for each batch under its own key (epoch 0, global index 0 / 1) as the ranks drew them."""
+    inputs, rows, _ = WindowBatches(trainer.feat, trainer.windows, [np.concatenate([first, second])])[0]
+    if trainer.pseudo is None:
+        return inputs, rows, None
+    draws = WindowBatches(trainer.feat, trainer.windows, [first, second], trainer.pseudo, 0, 0)
+    (_, _, a), (_, _, b) = draws[0], draws[1]
+    pseudo = _cat(a, b)
+    pseudo.batch = torch.cat([a.batch, b.batch + len(first)])  # window rows of the second batch come after
+    return inputs, rows, pseudo
+
+
+@pytest.mark.parametrize("make_config", [step_config, hybrid_step_config], ids=["unsplit", "hybrid"])
+def test_one_step_at_world_size_two_equals_the_single_process_step(synth_data, tmp_path, make_config):
+    cfg = make_config(negatives=["in_batch", "uniform"], batch_tokens=256)
     cfgmod.save(cfg, tmp_path / "config.json")
     proc = subprocess.run(
         torchrun(str(HERE / "ddp_step.py"), str(synth_data), str(tmp_path / "config.json"), str(tmp_path / "ddp.st")),
@@ -52,18 +89,20 @@ def test_one_step_at_world_size_two_equals_the_single_process_step(synth_data, t
     data = SequenceData.load(synth_data)
     trainer = Trainer(data, cfg, tmp_path / "single")
     batches = plan_epoch(trainer.lengths, cfg.train.batch_tokens, cfg.train.seed, 0)
-    union = np.concatenate([batches[0], batches[1]])
-    inputs, rows, pseudo = WindowBatches(trainer.feat, trainer.windows, [union])[0]
+    inputs, rows, pseudo = union_batch(trainer, batches[0], batches[1])
+    assert (pseudo is not None) == cfg.model.online_head
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     stats = trainer.step(inputs, rows, pseudo)
     with safe_open(str(tmp_path / "ddp.st"), "pt") as f:
         assert int(f.metadata()["targets"]) == stats["targets"]  # the global batch's targets, counted over ranks
-        moved = 0
+        moved = []
         for name, value in trainer.model.state_dict().items():
             got = f.get_tensor(name)
             torch.testing.assert_close(got, value, atol=1e-5, rtol=0, msg=name)
-            moved += int(not torch.equal(value, before[name]))
-    assert moved > 5  # the step changed the towers (not a comparison of two untouched models)
+            if not torch.equal(value, before[name]):
+                moved.append(name)
+    assert len(moved) > 5  # the step changed the towers (not a comparison of two untouched models)
+    assert any(name.startswith("head.") for name in moved) == cfg.model.online_head  # ... and a hybrid's head
 
 
 def _run(args: list[str], **kw) -> subprocess.Popen:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -429,3 +430,68 @@ def test_labels_of_dense_and_sparse_ids_agree_with_a_dict(spacing):
     want = np.vectorize(lambda i: alive.get(int(i), -1))(probe)
     np.testing.assert_array_equal(idx.labels_of(probe), want)
     assert len(idx._lookup) == (1 if spacing == 1 else 2)
+
+
+def test_ivfpq_rescoring_from_the_rows_equals_faiss_refine_flat(corpus, tmp_path):
+    """IVF-PQ's exact re-scoring reads the index's own rows (a memory map once loaded) instead of FAISS's
+    IndexRefineFlat, which would hold a second float32 copy: same PQ shortlist, same exact scores, same top k."""
+    import faiss
+
+    ids, x, q = corpus
+    idx = VectorIndex.build(ids, x, cfg("ivfpq"))
+    idx.save(tmp_path / "i")
+    idx = VectorIndex.load(tmp_path / "i")
+    base = faiss.clone_index(idx._faiss_index)
+    ref = faiss.IndexRefineFlat(base, faiss.swig_ptr(x))  # the reference: FAISS's own refine, its own copy of x
+    params = faiss.IndexRefineSearchParameters(k_factor=4.0, base_index_params=faiss.SearchParametersIVF(nprobe=16))
+    want_s, want_l = ref.search(q, 100, params=params)
+    got_s, got = idx.search(q, 100)
+    assert idx.memory_bytes() < x.nbytes / 2  # FAISS holds the codes; the rows are the memory map
+    np.testing.assert_allclose(got_s, want_s, atol=1e-5)
+    same = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(got, ids[want_l])])
+    assert same >= 0.999  # identical up to the order of exact ties
+    # an index saved with the refine wrapper (the earlier format) loads as the IVF-PQ alone, same answers
+    faiss.write_index(ref, str(tmp_path / "old.index"))
+    from twotower.index import faiss_backend
+
+    old = faiss_backend.read(str(tmp_path / "old.index"))
+    assert isinstance(old, faiss.IndexIVFPQ) and old.ntotal == len(x)
+    np.testing.assert_array_equal(old.search(q, 10)[1], idx._faiss_index.search(q, 10)[1])
+
+
+@pytest.mark.parametrize("backend", ["exact", "ivfpq"])
+def test_float16_rows_score_like_exact_search_over_the_rounded_vectors(corpus, backend, tmp_path):
+    ids, x, q = corpus
+    rounded = VectorIndex.build(ids, x.astype(np.float16).astype(np.float32), IndexConfig(backend="exact"))
+    idx = VectorIndex.build(ids, x, dataclasses.replace(cfg(backend), rows_dtype="float16"))
+    assert idx.vectors.dtype == np.float16
+    idx.save(tmp_path / "i")
+    assert np.load(tmp_path / "i" / "vectors.npy").dtype == np.float16
+    again = VectorIndex.load(tmp_path / "i")
+    assert again.vectors.dtype == np.float16 and isinstance(again.vectors, np.memmap) == (backend != "exact")
+    _, truth = rounded.search(q, 100)
+    s, got = again.search(q, 100)
+    assert recall(got, truth) >= (0.999 if backend == "exact" else 0.95)
+    allow = ids[::97]  # a small allow-list: the exact scan over the float16 rows (few and many queries)
+    want = rounded.search(q, 10, allow=allow)
+    for sub in (slice(0, 3), slice(None)):
+        s_got, got = again.search(q[sub], 10, allow=allow)
+        np.testing.assert_allclose(s_got, want[0][sub], atol=1e-5)
+        assert recall(got, want[1][sub]) >= 0.999
+    again.upsert(ids[:5], x[5:10])  # upserted rows are kept as float16 too
+    assert again.vectors.dtype == np.float16
+    np.testing.assert_array_equal(again.vectors[again.labels_of(ids[:5])], x[5:10].astype(np.float16))
+
+
+def test_rows_of_another_dtype_than_the_manifest_are_refused(corpus, tmp_path):
+    ids, x, _ = corpus
+    VectorIndex.build(ids[:500], x[:500], cfg("hnsw")).save(tmp_path / "i")
+    np.save(tmp_path / "i" / "vectors.npy", x[:500].astype(np.float16))
+    from twotower.index.base import read_manifest, write_manifest
+
+    manifest = read_manifest(tmp_path / "i", verify=False)
+    write_manifest(tmp_path / "i", {k: v for k, v in manifest.items() if k != "files"}, list(manifest["files"]))
+    with pytest.raises(IndexError_, match="rows are float16.*rebuild"):
+        VectorIndex.load(tmp_path / "i")
+    with pytest.raises(ConfigError, match="rows_dtype"):
+        IndexConfig(rows_dtype="int8")

@@ -24,6 +24,7 @@ INDEX_KNOBS = (
     ("pq_m", int, "ivfpq: sub-quantisers; must divide the dimension"),
     ("pq_bits", int, "ivfpq: bits per code; training wants about 39 x 2^bits items"),
     ("refine_factor", int, "ivfpq: PQ candidates re-scored exactly per result"),
+    ("rows_dtype", str, "the index's own rows (IVF-PQ re-scoring, filtered-search completion): float32 | float16"),
     (
         "prefix_dim",
         int,

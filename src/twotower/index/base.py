@@ -25,6 +25,7 @@ from ..config import check, check_float, check_int
 from ..errors import IndexError_
 
 BACKENDS = ("exact", "hnsw", "ivfflat", "ivfpq")
+ROWS_DTYPES = ("float32", "float16")
 # integer knobs: (lowest, highest or None)
 _INT_BOUNDS = {
     "hnsw_m": (2, 512),
@@ -58,8 +59,12 @@ class IndexConfig:
     ivf_nprobe: int = 32
     pq_m: int = 16  # sub-quantisers (dim must be divisible)
     pq_bits: int = 8
-    refine: bool = True  # IVF-PQ: re-rank the PQ shortlist with exact inner products
+    refine: bool = True  # IVF-PQ: re-rank the PQ shortlist with exact inner products (from the rows below)
     refine_factor: int = 4
+    # The index's own copy of the vectors (vectors.npy: the exact backend's data, the scans that complete a
+    # filtered search, IVF-PQ's re-scoring; memory-mapped beside a FAISS structure once loaded). float16
+    # halves it on disk and in the page cache; scores computed from it are float16-rounded.
+    rows_dtype: str = "float32"  # float32 | float16
     exact_block: int = 2048  # exact backend, BLAS path: items per GEMM tile (the [B, block] tile stays in cache)
     filter_exact_below: float = 0.02  # allow-lists smaller than this fraction are searched exactly
     threads: int = 0  # FAISS OpenMP threads (0 = library default)
@@ -71,6 +76,7 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         check(self.backend in BACKENDS, "backend", self.backend, f"use one of {', '.join(BACKENDS)}")
+        check(self.rows_dtype in ROWS_DTYPES, "rows_dtype", self.rows_dtype, f"use one of {', '.join(ROWS_DTYPES)}")
         # FAISS takes these as C ints: a zero or negative one crashes it (HNSW M <= 0, pq_bits 0) or asks
         # it for all memory (M = -1), so each is checked here, before any FAISS call
         for name, (lo, hi) in _INT_BOUNDS.items():

@@ -35,7 +35,8 @@ def kernel() -> str:
 def blocked_topk(
     queries: np.ndarray, vectors: np.ndarray, k: int, block: int = DEFAULT_BLOCK, dead: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` rows of ``vectors`` [N, D] by inner product with each of ``queries`` [B, D].
+    """Exact top-``k`` rows of ``vectors`` [N, D] (float32, or float16 widened per tile) by inner product
+    with each of ``queries`` [B, D].
 
     ``dead``: bool [N], rows never returned. Returns (scores float32 [B, k'], labels int64 [B, k']) best
     first, k' = min(k, N); a row with fewer than k' live candidates is padded with -inf / -1.
@@ -44,9 +45,10 @@ def blocked_topk(
     import torch  # here, not at the top: `twotower index list` and the CLI's help load this package
 
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    half = np.asarray(vectors).dtype == np.float16  # an index's float16 rows: converted one tile at a time
     with warnings.catch_warnings():  # a served index's vectors are a read-only memory map; only read here
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float16 if half else np.float32))
     B, N = q.shape[0], v.shape[0]
     k = min(k, N)
     if B == 0 or k == 0:
@@ -58,7 +60,7 @@ def blocked_topk(
     for lo in range(0, N, block):
         hi = min(lo + block, N)
         out = tile[:, : hi - lo] if hi - lo == block else torch.empty(B, hi - lo)
-        torch.mm(q, v[lo:hi].T, out=out)
+        torch.mm(q, v[lo:hi].float().T if half else v[lo:hi].T, out=out)
         if dead_t is not None:
             d = dead_t[lo:hi]
             if bool(d.any()):

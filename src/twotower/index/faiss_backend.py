@@ -74,10 +74,10 @@ def new_faiss_index(cfg: IndexConfig, dim: int, train: np.ndarray) -> Any:
     sample = train[np.random.default_rng(0).permutation(len(train))[: max(nlist * 64, pq_wants, 10000)]]
     index.train(sample)
     index.quantizer_trains_alone = 0
-    keep: tuple = (quantizer,)  # Python-side objects the C++ index points to: they live as long as it does
-    if cfg.backend == "ivfpq" and cfg.refine:
-        keep, index = (quantizer, index), faiss.IndexRefineFlat(index)
-    index.__dict__["_keep"] = keep
+    # the Python-side quantizer the C++ index points to lives as long as it does. IVF-PQ's exact re-scoring
+    # is not FAISS's IndexRefineFlat (it would hold a second float32 copy of every vector): VectorIndex
+    # re-scores the PQ shortlist from its own rows, memory-mapped once the index is loaded
+    index.__dict__["_keep"] = (quantizer,)
     return index
 
 
@@ -86,10 +86,12 @@ def search_params(cfg: IndexConfig, selector: Any) -> Any:
     faiss = faiss_module()
     if cfg.backend == "hnsw":
         return faiss.SearchParametersHNSW(sel=selector, efSearch=max(cfg.hnsw_ef_search, 1))
-    ivf = faiss.SearchParametersIVF(sel=selector, nprobe=cfg.ivf_nprobe)
-    if cfg.backend == "ivfpq" and cfg.refine:
-        return faiss.IndexRefineSearchParameters(k_factor=float(cfg.refine_factor), base_index_params=ivf)
-    return ivf
+    return faiss.SearchParametersIVF(sel=selector, nprobe=cfg.ivf_nprobe)
+
+
+def refines(cfg: IndexConfig) -> bool:
+    """Whether searches re-score the FAISS shortlist exactly from the index's rows (IVF-PQ with ``refine``)."""
+    return cfg.backend == "ivfpq" and cfg.refine
 
 
 def bitmap_selector(mask: np.ndarray) -> Any:
@@ -125,5 +127,11 @@ def write(index: Any, path: str) -> None:
 
 
 def read(path: str) -> Any:
-    """Read an index written by :func:`write`."""
-    return faiss_module().read_index(path)
+    """Read an index written by :func:`write`. An IVF-PQ index written before the re-scoring moved out of
+    FAISS (an ``IndexRefineFlat`` around it, with its own float32 copy of the vectors) comes back as the
+    IVF-PQ alone: the index's rows re-score it now, and the copy is freed."""
+    faiss = faiss_module()
+    index = faiss.read_index(path)
+    if isinstance(index, faiss.IndexRefine):
+        index = faiss.clone_index(faiss.downcast_index(index.base_index))
+    return index

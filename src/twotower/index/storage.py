@@ -6,7 +6,8 @@ Layout (``N`` slots: live and tombstoned items, ``D`` dim)::
                      and the sha256 of every other file (checked before anything is loaded)
     ids.npy          int64   [N]     external id of each internal label
     alive.npy        bool    [N]     False = deleted (tombstone)
-    vectors.npy      float32 [N, D]  unit vectors (the exact backend's data, and the completion scans')
+    vectors.npy      float32 or float16 (IndexConfig.rows_dtype) [N, D]  unit vectors (the exact backend's
+                     data, IVF-PQ's re-scoring, the completion scans')
     faiss.index      FAISS's own format, no pickle (absent for the exact backend)
     full.npy         float16 [N, D'] full-width vectors of an adaptive index (the others then hold a prefix;
                      :mod:`twotower.index.adaptive`), absent otherwise

@@ -35,7 +35,7 @@ class VectorIndex:
         self.dim, self.config, self.model_version = dim, config or IndexConfig(), model_version
         self.ids = np.zeros(0, np.int64)  # external id of each internal label
         self.alive = np.zeros(0, bool)
-        self.vectors = np.zeros((0, dim), np.float32)
+        self.vectors = np.zeros((0, dim), self.config.rows_dtype)
         self._faiss_index = None
         # items beyond the dataset's catalogue (``twotower index upsert``): storage.ADDED_ARRAYS, or empty
         self.catalogue: dict[str, np.ndarray] = {}
@@ -63,7 +63,8 @@ class VectorIndex:
 
         Read-only float32 ``embeddings`` (a memory-mapped export, :func:`~twotower.index.embeddings.
         load_embeddings`) are kept as they are, not copied: the build holds one copy of the vectors beside
-        FAISS's; a writeable array is copied, so the caller may change it afterwards."""
+        FAISS's; a writeable array is copied, so the caller may change it afterwards. With
+        ``config.rows_dtype = "float16"`` the index keeps float16 rows instead (converted in slices)."""
         emb = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
         ids = np.asarray(ids, dtype=np.int64)
         if emb.ndim != 2 or len(emb) != len(ids):
@@ -90,10 +91,11 @@ class VectorIndex:
                 self._faiss_index.add(emb[lo : lo + step])
         self.ids = np.concatenate([self.ids, ids])
         self.alive = np.concatenate([self.alive, np.ones(len(ids), bool)])
+        rows = _rows(emb, self.config.rows_dtype)
         if len(self.vectors):
-            self.vectors = np.concatenate([self.vectors, emb])
-        else:  # nobody can change a read-only array under us: share it (a memory map stays one)
-            self.vectors = emb if not emb.flags.writeable else emb.copy()
+            self.vectors = np.concatenate([self.vectors, rows])
+        else:
+            self.vectors = rows
         self._invalidate()
 
     def _invalidate(self) -> None:
@@ -158,9 +160,9 @@ class VectorIndex:
 
     def memory_bytes(self) -> int:
         """Bytes a loaded index keeps in memory for its searches: its FAISS structure, or the exact backend's
-        float32 rows. Beside a FAISS structure the rows are a read-only memory map once loaded
-        (:func:`~twotower.index.storage.read_index_data`), touched only by the scans completing a filtered
-        search: ``self.vectors.nbytes`` more on disk."""
+        rows. Beside a FAISS structure the rows are a read-only memory map once loaded
+        (:func:`~twotower.index.storage.read_index_data`), touched only by IVF-PQ's re-scoring (the
+        shortlists' rows) and the scans completing a filtered search: ``self.vectors.nbytes`` more on disk."""
         if self._faiss_index is None:
             return int(self.vectors.nbytes)
         return int(fb.faiss_module().serialize_index(self._faiss_index).nbytes)
@@ -194,7 +196,7 @@ class VectorIndex:
         n_dead = len(allowed) - (self.n_alive if allowed is self.alive else int(allowed.sum()))
         n_ex = 0 if ex_labels is None else max((len(e) for e in ex_labels), default=0)
         few = len(q) <= 8  # FAISS's per-query scan up to 8 queries, the GEMM tiles from 9 on
-        if few and n_dead + n_ex <= 1024 and len(self.vectors):
+        if few and n_dead + n_ex <= 1024 and len(self.vectors) and self.vectors.dtype == np.float32:
             return self._exact_scan(q, k, allowed, ex_labels, n_dead + n_ex)
         if not len(self.vectors):
             return pad_results([np.zeros(0)] * len(q), [np.zeros(0, np.int64)] * len(q), k)
@@ -251,7 +253,13 @@ class VectorIndex:
             post_ex = None
         extra = 0 if post_ex is None else max(len(e) for e in post_ex)
         fetch = min(k + extra, len(self.alive))
-        D, L = self._faiss_index.search(q, fetch, params=fb.search_params(self.config, base))
+        params = fb.search_params(self.config, base)
+        if fb.refines(self.config):  # IVF-PQ: refine_factor x more PQ candidates, re-scored from the rows
+            wide = min(fetch * self.config.refine_factor, len(self.alive))
+            _, wide_labels = self._faiss_index.search(q, wide, params=params)
+            D, L = self._rescore(q, wide_labels, fetch)
+        else:
+            D, L = self._faiss_index.search(q, fetch, params=params)
         scores_out, ids_out, short = [], [], []
         for b in range(len(q)):
             lab = L[b]
@@ -271,6 +279,16 @@ class VectorIndex:
             for j, b in enumerate(short):
                 scores_out[b], ids_out[b] = es[j][ei[j] >= 0], ei[j][ei[j] >= 0]
         return pad_results(scores_out, ids_out, k)
+
+    def _rescore(self, q: np.ndarray, labels: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact inner products of ``q`` [B, D] with the rows of ``labels`` [B, F] (-1 = none): the best
+        ``keep`` per query as (scores float32 [B, keep], labels int64 [B, keep]), best first, -1 padded."""
+        ok = labels >= 0
+        rows = self.vectors[np.where(ok, labels, 0)].astype(np.float32)  # [B, F, D]: the shortlist's rows only
+        scores = np.where(ok, np.einsum("bfd,bd->bf", rows, q), -np.inf).astype(np.float32)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
+        top = np.take_along_axis(scores, order, 1)
+        return top, np.where(np.isfinite(top), np.take_along_axis(labels, order, 1), -1)
 
     def set_search_params(self, **kw) -> None:
         """Change search-time knobs in place: ``hnsw_ef_search``, ``ivf_nprobe``, ``refine_factor`` (positive
@@ -328,6 +346,12 @@ class VectorIndex:
     def from_stored(cls, manifest: dict, arrays: dict[str, np.ndarray], faiss_index) -> VectorIndex:
         """The index a verified manifest and its arrays (:mod:`twotower.index.storage`) describe."""
         idx = cls(manifest["dim"], from_dict(IndexConfig, manifest["config"]), manifest.get("model_version"))
+        rows = arrays["vectors"]
+        if rows.dtype != np.dtype(idx.config.rows_dtype) or rows.shape[1:] != (idx.dim,):
+            raise IndexError_(
+                f"the index's rows are {rows.dtype} {list(rows.shape)}, its manifest says {idx.config.rows_dtype} "
+                f"[N, {idx.dim}]: the directory was altered; rebuild the index or roll back"
+            )
         idx._faiss_index = faiss_index
         idx.ids, idx.alive, idx.vectors = arrays["ids"], arrays["alive"], arrays["vectors"]
         idx.catalogue = {k: arrays[k] for k in storage.ADDED_ARRAYS if k in arrays}
@@ -344,3 +368,15 @@ class VectorIndex:
                 }
             )
         )
+
+
+def _rows(emb: np.ndarray, dtype: str) -> np.ndarray:
+    """The index's own rows for the float32 vectors ``emb`` [n, D]: a read-only float32 array as it is (nobody
+    can change it under us; a memory map stays one), a writeable one copied, float16 converted in slices
+    (no whole float32 temporary)."""
+    if dtype == "float32":
+        return emb if not emb.flags.writeable else emb.copy()
+    out = np.empty(emb.shape, np.float16)
+    for lo in range(0, len(emb), 1 << 18):
+        out[lo : lo + (1 << 18)] = emb[lo : lo + (1 << 18)]
+    return out

@@ -8,8 +8,9 @@ on CPU, NCCL on CUDA). What each part of training does with it:
   ``g*N .. g*N+N-1``, one per rank (:meth:`Dist.shard`); the epoch's last ``len % N`` batches are dropped so
   every rank runs the same number of steps;
 * **gradients**: the model and the task train inside ``DistributedDataParallel`` (gradients averaged in
-  buckets, overlapped with the backward pass); each rank's loss is scaled by its share of the global batch
-  (:meth:`Dist.share`), so the averaged gradient is the gradient of the global batch's loss;
+  buckets, overlapped with the backward pass); each mean in a rank's loss is scaled by its targets' share of
+  the global batch (:meth:`Dist.share`; the hybrid's head and encoder losses each by their own), so the
+  averaged gradient is the gradient of the global batch's loss;
 * **in-batch negatives across ranks**: the positives' ids are gathered from every rank (:meth:`Dist.gather_ids`)
   and every rank scores its queries against all of them (plus the shared uniform draws, the same on every rank:
   one seed); each rank runs the candidate tower over the gathered ids itself, so the gradient through every
@@ -98,13 +99,20 @@ class LossModule(nn.Module):
     def __init__(self, model: nn.Module, task: nn.Module, loss, group: Dist):
         super().__init__()
         self.model, self.task = model, task
-        self.step_loss, self.group = loss, group  # loss(inputs, rows, pseudo) -> (TaskOutput, Targets)
+        # loss(inputs, rows, pseudo, share) -> (TaskOutput, Targets, loss to minimise): Trainer.loss
+        self.step_loss, self.group = loss, group
 
     def forward(self, inputs, rows: torch.Tensor, pseudo):
-        """(this rank's loss scaled by its share of the global batch, the TaskOutput, the Targets)."""
-        out, targets = self.step_loss(inputs, rows, pseudo)
+        """(this rank's loss, each mean in it scaled by its targets' share of the global batch, the
+        TaskOutput, the Targets)."""
+        out, targets, loss = self.step_loss(inputs, rows, pseudo, self.share)
+        return loss, out, targets
+
+    def share(self, targets) -> float:
+        """The factor for this rank's mean loss over ``targets`` (:meth:`Dist.share` of their weight: a
+        weighted mean divides by it); one collective, so every rank asks for the same sets in one order."""
         local = float(targets.weight.sum()) if targets.weight is not None else float(len(targets.items))
-        return out.loss * self.group.share(local), out, targets
+        return self.group.share(local)
 
 
 def from_env(device: str) -> Dist | None:

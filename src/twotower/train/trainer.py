@@ -174,10 +174,12 @@ class Trainer:
         return state["train_seconds"] / self.cfg.train.time_budget_s if state else 0.0
 
     # --- one step ----------------------------------------------------------------------------------------
-    def loss(
-        self, inputs: UserInputs, rows: torch.Tensor, pseudo: PseudoBatch | None = None
-    ) -> tuple[TaskOutput, Targets]:
-        """The task's loss on a window batch (inputs [B, S], target rows int64 [B, S], -1 = padding)."""
+    def loss(self, inputs: UserInputs, rows: torch.Tensor, pseudo: PseudoBatch | None = None, share=None):
+        """The task's loss on a window batch (inputs [B, S], target rows int64 [B, S], -1 = padding):
+        (TaskOutput, Targets, the loss to minimise). ``share`` (under torchrun: Targets -> this rank's share of
+        the global batch's, :meth:`~.distributed.LossModule.share`) weights each mean by its own targets' share,
+        so DDP's averaged gradient is the global batch's: the hybrid's head loss (over a sample) and encoder
+        loss are means over different targets. Without ``share`` the loss to minimise is ``out.loss``."""
         dev = self.device
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp and dev.type == "cuda"):
             snapshots = None if pseudo is None else pseudo.to(dev)
@@ -188,10 +190,14 @@ class Trainer:
                 head, enc = self.task(qh, head_targets), self.task(qe, enc_targets)
                 loss = head.loss + weight * enc.loss
                 terms = {**head.terms, "head": head.loss.detach(), "encoder": enc.loss.detach()}
-                return TaskOutput(loss, head.candidates + enc.candidates, terms), enc_targets
+                out = TaskOutput(loss, head.candidates + enc.candidates, terms)
+                if share is None:
+                    return out, enc_targets, loss
+                return out, enc_targets, head.loss * share(head_targets) + weight * enc.loss * share(enc_targets)
             queries, target_rows = self.model.training_queries(inputs.to(dev), rows.to(dev), snapshots)  # [T, D]
             targets = self._targets(target_rows)
-            return self.task(queries, targets), targets
+            out = self.task(queries, targets)
+            return out, targets, out.loss if share is None else out.loss * share(targets)
 
     def _targets(self, rows: torch.Tensor) -> Targets:
         """The targets of event rows ``rows`` [T]; under torchrun with every rank's positives (one gather)."""
@@ -212,8 +218,7 @@ class Trainer:
         if self.ddp is not None:
             loss, out, targets = self.ddp(inputs, rows, pseudo)  # this rank's share of the global batch's loss
         else:
-            out, targets = self.loss(inputs, rows, pseudo)
-            loss = out.loss
+            out, targets, loss = self.loss(inputs, rows, pseudo)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if tc.grad_clip else 0.0
@@ -251,20 +256,10 @@ class Trainer:
                     )
                 # Own generator: the DataLoader would otherwise draw its worker seed from the global RNG,
                 # shifting dropout masks between an uninterrupted and a resumed run.
-                loader = DataLoader(
-                    ds,
-                    batch_size=None,
-                    shuffle=False,
-                    num_workers=tc.num_workers,
-                    generator=torch.Generator().manual_seed(tc.seed + epoch),
-                )
-                bar = tqdm(
-                    loader,
-                    total=len(ds),
-                    desc=f"epoch {epoch + 1}/{tc.epochs}",
-                    disable=not progress,
-                    dynamic_ncols=True,
-                )
+                gen = torch.Generator().manual_seed(tc.seed + epoch)
+                loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=tc.num_workers, generator=gen)
+                desc = f"epoch {epoch + 1}/{tc.epochs}"
+                bar = tqdm(loader, total=len(ds), desc=desc, disable=not progress, dynamic_ncols=True)
                 t_epoch, n_epoch = time.perf_counter(), 0
                 t0 = time.perf_counter()  # training time = batch preparation + step (checkpoints excluded)
                 for inputs, rows, pseudo in bar:
