@@ -169,7 +169,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.is_file() else {}
-    kept = [r for r in doc.get("rows", []) if r["label"] != args.label]
+    done = {(r["label"], r["n"], r["backend"]) for r in rows}  # rows of other labels, sizes, backends stay
+    kept = [r for r in doc.get("rows", []) if (r["label"], r["n"], r["backend"]) not in done]
     doc = {"benchmark": "memory", "protocol": "n/a: memory and time, no quality figure", "seeds": [0],
            "rows": kept + rows}  # fmt: skip
     doc["summary"] = {

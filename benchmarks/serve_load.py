@@ -15,17 +15,18 @@ Prints a table and writes ``benchmarks/results/serve_load.json``. ``--root ROOT`
 root instead of building one; ``--rerank K`` asks the published ranker to re-score a shortlist of K in every
 request; ``--phases steady`` runs the steady rate and the saturation run only. ``--matryoshka 16 32`` trains
 the synthetic root's model with those Matryoshka prefixes (its own cache), and ``--index``, ``--prefix-dim``,
-``--shortlist``, ``--nprobe``, ``--ef-search``, ``--pq-m``, ``--no-refine``, ``--rows-dtype`` choose the index it
-publishes (adaptive retrieval when ``--prefix-dim`` > 0; a cached root with another index gets a new version). The
-server's resident memory (RSS, anonymous and file-backed, over its processes) is read after the steady phase.
+``--shortlist``, ``--nprobe``, ``--ef-search``, ``--pq-m``, ``--no-refine``, ``--refine-factor``, ``--rows-dtype``
+choose the index it publishes (adaptive retrieval when ``--prefix-dim`` > 0; a cached root with another index
+gets a new version). The server's resident memory (RSS, anonymous and file-backed, over its processes) is read
+after the steady phase.
 Usage::
 
     python benchmarks/serve_load.py [--rate 500] [--seconds 30] [--items 1000000]
     python benchmarks/serve_load.py --root ROOT --rerank 100 --k 10 --phases steady --out FILE
     python benchmarks/serve_load.py --matryoshka 16 32 --index ivfpq --prefix-dim 16 --pq-m 8 --no-refine \
         --nprobe 8 --out benchmarks/results/serve_load_adaptive.json
-    python benchmarks/serve_load.py --items 10000000 --index ivfpq --rows-dtype float16 --nprobe 16 \
-        --out benchmarks/results/serve_load_10m.json
+    python benchmarks/serve_load.py --items 10000000 --index ivfpq --pq-m 32 --refine-factor 16 --nprobe 32 \
+        --rows-dtype float16 --out benchmarks/results/serve_load_10m.json
 """
 
 from __future__ import annotations
@@ -303,17 +304,21 @@ class Server:
                 pids += [int(c) for c in (task / "children").read_text().split()]
             except OSError:
                 continue
-        out: dict = {"processes": len(pids)}
+        out: dict = {"processes": len(pids), "per_process": []}
         for pid in pids:
-            try:
-                status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            try:  # smaps_rollup's Pss counts a page shared by n processes as 1/n in each: its sum counts it once
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+                lines += Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
             except OSError:
                 continue
-            for line in status:
+            mine = {}
+            for line in lines:
                 key, _, value = line.partition(":")
-                if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
-                    mib = round(int(value.split()[0]) / 1024, 1)
-                    out[f"{key}_mib"] = round(out.get(f"{key}_mib", 0.0) + mib, 1)
+                if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM", "Pss"):
+                    mine[f"{key}_mib"] = round(int(value.split()[0]) / 1024, 1)
+            for key, mib in mine.items():
+                out[key] = round(out.get(key, 0.0) + mib, 1)
+            out["per_process"].append(mine)
         return out
 
     async def reload(self) -> tuple[int, dict]:
@@ -358,6 +363,7 @@ def main() -> int:
     p.add_argument("--ef-search", type=int, default=64, help="HNSW search depth")
     p.add_argument("--pq-m", type=int, default=16, help="IVF-PQ sub-quantisers (must divide the indexed width)")
     p.add_argument("--no-refine", action="store_true", help="IVF-PQ without a float refine of its shortlist")
+    p.add_argument("--refine-factor", type=int, default=4, help="IVF-PQ: candidates re-scored per result")
     p.add_argument("--rows-dtype", default="float32", choices=["float32", "float16"],
                    help="the index's own rows (IVF-PQ re-scoring; memory-mapped when served)")  # fmt: skip
     args = p.parse_args()
@@ -378,6 +384,7 @@ def main() -> int:
             shortlist=args.shortlist,
             pq_m=args.pq_m,
             refine=not args.no_refine,
+            refine_factor=args.refine_factor,
             rows_dtype=args.rows_dtype,
         )
         root = build(Path(args.cache), args.items, args.users, matryoshka=tuple(args.matryoshka), index_cfg=index_cfg)
@@ -438,7 +445,7 @@ def report(
         print(f"hot swap: HTTP {swap.get('status')} in {swap.get('seconds')} s -> {swap.get('target')}")
     print(f"server memory after the steady phase ({memory.get('processes')} processes): RSS "
           f"{memory.get('VmRSS_mib')} MiB, anonymous {memory.get('RssAnon_mib')} MiB, file-backed "
-          f"{memory.get('RssFile_mib')} MiB")  # fmt: skip
+          f"{memory.get('RssFile_mib')} MiB; proportional (shared pages once) {memory.get('Pss_mib')} MiB")  # fmt: skip
     out = {
         "protocol": "n/a: latency, throughput and ANN recall against exact (no user-quality figure)",
         "seeds": [0],
@@ -470,6 +477,7 @@ def report(
         "hot_swap_status": swap.get("status"),
         "server_rss_mib": memory.get("VmRSS_mib"),
         "server_rss_anon_mib": memory.get("RssAnon_mib"),
+        "server_pss_mib": memory.get("Pss_mib"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

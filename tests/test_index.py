@@ -495,3 +495,44 @@ def test_rows_of_another_dtype_than_the_manifest_are_refused(corpus, tmp_path):
         VectorIndex.load(tmp_path / "i")
     with pytest.raises(ConfigError, match="rows_dtype"):
         IndexConfig(rows_dtype="int8")
+
+
+def _rss_file_mib() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_a_scan_over_a_memory_mapped_export_keeps_one_slice_resident(tmp_path):
+    """release_rows drops what a scan has read from the process's resident set; the values stay readable."""
+    from twotower.index.embeddings import release_rows
+
+    x = clustered(300_000, d=64)  # 73 MiB
+    np.save(tmp_path / "x.npy", x)
+    view = np.asarray(np.load(tmp_path / "x.npy", mmap_mode="r"))  # a plain view of the map, as build sees it
+    base = _rss_file_mib()
+    assert float(view[:, 0].sum()) == pytest.approx(float(x[:, 0].sum()), rel=1e-5)  # touches every page
+    assert _rss_file_mib() - base > 50
+    for lo in range(0, len(view), 50_000):
+        release_rows(view, lo, lo + 50_000)
+    assert _rss_file_mib() - base < 5
+    np.testing.assert_array_equal(view, x)
+    release_rows(x, 0, 10)  # not a memory map: nothing happens
+    private = np.load(tmp_path / "x.npy", mmap_mode="c")  # a writeable copy-on-write map keeps its changes
+    private[0, 0] = 7.0
+    release_rows(private)
+    assert private[0, 0] == 7.0
+
+
+def test_an_index_built_from_a_memory_mapped_export_equals_one_built_in_memory(corpus, tmp_path):
+    from twotower.index.embeddings import load_embeddings
+
+    ids, x, q = corpus
+    emb = write_export(tmp_path / "emb", ids, x, q)
+    _, mapped, _ = load_embeddings(emb)
+    config = dataclasses.replace(cfg("ivfpq"), rows_dtype="float16")
+    a, b = VectorIndex.build(ids, mapped, config), VectorIndex.build(ids, x, config)
+    for one, two in zip(a.search(q, 100), b.search(q, 100)):
+        np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(a.vectors, b.vectors)

@@ -9,6 +9,7 @@ job that writes it. Only ``.npy`` (``allow_pickle=False``) and JSON are read.
 from __future__ import annotations
 
 import json
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,36 @@ def load_embeddings(emb_dir: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
             f"(count {count}, dim {dim}); {redo}"
         )
     return ids, emb, manifest
+
+
+def _mapping(rows: np.ndarray) -> mmap.mmap | None:
+    """The ``mmap`` under ``rows`` (a ``np.memmap``, or a view of one), else None."""
+    obj = rows
+    while obj is not None:
+        if isinstance(obj, mmap.mmap):
+            return obj
+        if isinstance(obj, np.memmap) and isinstance(getattr(obj, "_mmap", None), mmap.mmap):
+            return obj._mmap
+        obj = getattr(obj, "base", None)
+    return None
+
+
+def release_rows(rows: np.ndarray, lo: int = 0, hi: int | None = None) -> None:
+    """Drop rows ``lo:hi`` of a memory-mapped array [N, ...] from this process's resident memory once a scan
+    has read them (``madvise(MADV_DONTNEED)`` on a read-only file mapping): the pages stay in the kernel's page
+    cache and a later read maps them again without a disk read, but a scan over a memory-mapped export holds
+    one slice at a time instead of the whole file in its RSS. A no-op for an array that is not a read-only memory
+    map (a writeable copy-on-write map would lose its changes)."""
+    if rows.flags.writeable or not rows.flags.c_contiguous:
+        return
+    mm = _mapping(rows)
+    hi = len(rows) if hi is None else min(hi, len(rows))
+    if mm is None or hi <= lo or not hasattr(mm, "madvise"):
+        return
+    part = rows[lo:hi]
+    start = part.ctypes.data - np.frombuffer(mm, np.uint8).ctypes.data
+    first = start - start % mmap.PAGESIZE
+    # whole pages only inside the slice's span; the pages it shares with its neighbours go too (harmless:
+    # a later read maps them again)
+    length = start + part.nbytes - first
+    mm.madvise(mmap.MADV_DONTNEED, first, min(length, len(mm) - first))

@@ -24,6 +24,8 @@ import warnings
 
 import numpy as np
 
+from .embeddings import release_rows
+
 DEFAULT_BLOCK = 2048
 
 
@@ -66,6 +68,7 @@ def blocked_topk(
             if bool(d.any()):
                 out.masked_fill_(d[None, :], float("-inf"))
         heaps.heaps.addn(hi - lo, faiss.swig_ptr(out.numpy()), lo, 0, B)
+        release_rows(vectors, lo, hi)  # memory-mapped rows: one tile resident at a time
     heaps.finalize()
     scores, labels = heaps.D, heaps.I
     lost = (labels < 0) | ~np.isfinite(scores)  # an empty heap slot (fewer than k live rows)

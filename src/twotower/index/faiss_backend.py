@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .base import IndexConfig
+from .embeddings import release_rows
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def new_faiss_index(cfg: IndexConfig, dim: int, train: np.ndarray) -> Any:
             len(train), 2**cfg.pq_bits, cfg.pq_bits, pq_wants, int(np.log2(max(len(train) // per, 2))),
         )  # fmt: skip
     sample = train[np.random.default_rng(0).permutation(len(train))[: max(nlist * 64, pq_wants, 10000)]]
+    release_rows(train)  # the random draw touched most pages of a memory-mapped export
     index.train(sample)
     index.quantizer_trains_alone = 0
     # the Python-side quantizer the C++ index points to lives as long as it does. IVF-PQ's exact re-scoring
