@@ -221,8 +221,13 @@ def test_ctrl_c_during_training_says_how_to_resume(trained, synth_data, tmp_path
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(Trainer, "step", step)
+    # Python's own SIGINT handler, even when the runner started us with SIGINT ignored (a shell's background job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     run = tmp_path / "run"
-    assert train(synth_data, run, "--config", str(trained[0])) == 130
+    try:
+        assert train(synth_data, run, "--config", str(trained[0])) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("interrupted; the last checkpoint (epoch 0, step 2) is ")
     assert err.endswith(f"continue with: twotower train --data {synth_data} --out {run} --resume")

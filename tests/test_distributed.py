@@ -76,9 +76,13 @@ def union_batch(trainer: Trainer, first: np.ndarray, second: np.ndarray):
     return inputs, rows, pseudo
 
 
-@pytest.mark.parametrize("make_config", [step_config, hybrid_step_config], ids=["unsplit", "hybrid"])
-def test_one_step_at_world_size_two_equals_the_single_process_step(synth_data, tmp_path, make_config):
-    cfg = make_config(negatives=["in_batch", "uniform"], batch_tokens=256)
+@pytest.mark.parametrize(
+    "make_config, negatives",
+    [(step_config, ["in_batch", "uniform"]), (hybrid_step_config, ["in_batch", "uniform"]), (step_config, ["full"])],
+    ids=["unsplit", "hybrid", "full-softmax"],
+)
+def test_one_step_at_world_size_two_equals_the_single_process_step(synth_data, tmp_path, make_config, negatives):
+    cfg = make_config(negatives=negatives, batch_tokens=256)
     cfgmod.save(cfg, tmp_path / "config.json")
     proc = subprocess.run(
         torchrun(str(HERE / "ddp_step.py"), str(synth_data), str(tmp_path / "config.json"), str(tmp_path / "ddp.st")),
