@@ -76,13 +76,34 @@ def union_batch(trainer: Trainer, first: np.ndarray, second: np.ndarray):
     return inputs, rows, pseudo
 
 
+@pytest.fixture(scope="module")
+def mined(synth_data, tmp_path_factory):
+    """Hard negatives mined with a 1-epoch run's index (`twotower mine-negatives`)."""
+    from twotower.jobs.mine import mine_negatives
+    from twotower.train.hard_negatives import MineConfig
+
+    out = tmp_path_factory.mktemp("ddp_mined")
+    Trainer(SequenceData.load(synth_data), small_run_config(epochs=1), out / "base").fit(progress=False)
+    mine_negatives(out / "base", out / "mined", MineConfig(rank_from=11, rank_to=40, count=4), progress=False)
+    return out / "mined"
+
+
 @pytest.mark.parametrize(
     "make_config, negatives",
-    [(step_config, ["in_batch", "uniform"]), (hybrid_step_config, ["in_batch", "uniform"]), (step_config, ["full"])],
-    ids=["unsplit", "hybrid", "full-softmax"],
+    [
+        (step_config, ["in_batch", "uniform"]),
+        (hybrid_step_config, ["in_batch", "uniform"]),
+        (step_config, ["full"]),
+        (step_config, ["in_batch", "uniform", "mined"]),
+    ],
+    ids=["unsplit", "hybrid", "full-softmax", "mined-hard"],
 )
-def test_one_step_at_world_size_two_equals_the_single_process_step(synth_data, tmp_path, make_config, negatives):
-    cfg = make_config(negatives=negatives, batch_tokens=256)
+def test_one_step_at_world_size_two_equals_the_single_process_step(synth_data, tmp_path, make_config, negatives, request):  # noqa: E501
+    extra = {}
+    if "mined" in negatives:  # mined hard negatives join the in-batch and uniform ones from the first step
+        negatives = negatives[:-1]
+        extra = {"hard_negatives": str(request.getfixturevalue("mined")), "hard_start": 0.0}
+    cfg = make_config(negatives=negatives, batch_tokens=256, **extra)
     cfgmod.save(cfg, tmp_path / "config.json")
     proc = subprocess.run(
         torchrun(str(HERE / "ddp_step.py"), str(synth_data), str(tmp_path / "config.json"), str(tmp_path / "ddp.st")),
@@ -97,6 +118,7 @@ def test_one_step_at_world_size_two_equals_the_single_process_step(synth_data, t
     assert (pseudo is not None) == cfg.model.online_head
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     stats = trainer.step(inputs, rows, pseudo)
+    assert (trainer.task.hard is not None and trainer.task.hard_active) == bool(extra)  # the mined ones took part
     with safe_open(str(tmp_path / "ddp.st"), "pt") as f:
         assert int(f.metadata()["targets"]) == stats["targets"]  # the global batch's targets, counted over ranks
         moved = []
