@@ -40,7 +40,7 @@ def main() -> None:
     from twotower.features import Featurizer
     from twotower.index.publish import load_current
     from twotower.model.checkpoint import load_model, served_dataset
-    from twotower.serve.bundle import _item_id_table
+    from twotower.serve.bundle import item_id_table
 
     root = Path(args.root)
     steps = [("imports", memory())]
@@ -52,7 +52,7 @@ def main() -> None:
     data = SequenceData.load(served_dataset(root, model_dir), mmap=True)
     feat = Featurizer(data, cfg)
     steps.append(("dataset and featurizer", memory()))
-    table = _item_id_table(data)
+    table = item_id_table(data)
     steps.append(("item id table", memory()))
     kept = (model, feat, table)
     rows = []

@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import ConfigError, IndexError_, VersionMismatch
 from . import storage
 from .base import IndexConfig, as_queries, check_finite
+from .exact import rescore
 from .vector_index import VectorIndex
 
 
@@ -111,13 +112,8 @@ class AdaptiveIndex:
             raise ValueError(f"shortlist must be >= 1, got {factor}")
         fetch = max(k, min(factor * k, len(self.inner.alive)))
         _, cand = self.inner.search(prefix_of(q, self.prefix_dim, self.normalized), fetch, exclude, allow)
-        labels = self.inner.labels_of(np.maximum(cand, 0))  # [B, F]; -1 where padded
-        ok = (cand >= 0) & (labels >= 0)
-        rows = self.full[np.maximum(labels, 0)].astype(np.float32)  # [B, F, D]
-        scores = np.einsum("bfd,bd->bf", rows, q)
-        scores = np.where(ok, scores, -np.inf).astype(np.float32)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        top_s = np.take_along_axis(scores, order, 1)
+        labels = np.where(cand >= 0, self.inner.labels_of(np.maximum(cand, 0)), -1)  # [B, F]; -1 where padded
+        top_s, order = rescore(q, self.full, labels, k)  # at full width, from the float16 rows
         top_i = np.where(np.isfinite(top_s), np.take_along_axis(cand, order, 1), -1)
         if top_s.shape[1] < k:  # a corpus smaller than k
             pad = k - top_s.shape[1]

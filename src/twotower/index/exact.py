@@ -34,6 +34,20 @@ def kernel() -> str:
     return "blas+faiss-heaps"
 
 
+def rescore(
+    queries: np.ndarray, rows: np.ndarray, labels: np.ndarray, keep: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact re-scoring of a shortlist: inner products of ``queries`` [B, D] with ``rows[labels]`` (labels int64
+    [B, F], -1 = no candidate; rows float32 or float16 [N, D], only the shortlist's are read). Returns the best
+    ``keep`` per query as (scores float32 [B, keep'], columns of ``labels`` int64 [B, keep']), best first,
+    keep' = min(keep, F); a score is -inf where the row had fewer candidates."""
+    ok = labels >= 0
+    picked = rows[np.where(ok, labels, 0)].astype(np.float32)  # [B, F, D]
+    scores = np.where(ok, np.einsum("bfd,bd->bf", picked, queries), -np.inf).astype(np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
+    return np.take_along_axis(scores, order, 1), order
+
+
 def blocked_topk(
     queries: np.ndarray, vectors: np.ndarray, k: int, block: int = DEFAULT_BLOCK, dead: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ from . import faiss_backend as fb
 from . import storage
 from .base import IndexConfig, as_queries, check_finite, normalise_exclude, pad_results
 from .embeddings import release_rows
-from .exact import blocked_topk
+from .exact import blocked_topk, rescore
 
 SEARCH_KNOBS = ("hnsw_ef_search", "ivf_nprobe", "refine_factor", "exact_block", "filter_exact_below")
 
@@ -259,7 +259,8 @@ class VectorIndex:
         if fb.refines(self.config):  # IVF-PQ: refine_factor x more PQ candidates, re-scored from the rows
             wide = min(fetch * self.config.refine_factor, len(self.alive))
             _, wide_labels = self._faiss_index.search(q, wide, params=params)
-            D, L = self._rescore(q, wide_labels, fetch)
+            D, order = rescore(q, self.vectors, wide_labels, fetch)  # from the rows, not a FAISS-held copy
+            L = np.where(np.isfinite(D), np.take_along_axis(wide_labels, order, 1), -1)
         else:
             D, L = self._faiss_index.search(q, fetch, params=params)
         scores_out, ids_out, short = [], [], []
@@ -281,16 +282,6 @@ class VectorIndex:
             for j, b in enumerate(short):
                 scores_out[b], ids_out[b] = es[j][ei[j] >= 0], ei[j][ei[j] >= 0]
         return pad_results(scores_out, ids_out, k)
-
-    def _rescore(self, q: np.ndarray, labels: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact inner products of ``q`` [B, D] with the rows of ``labels`` [B, F] (-1 = none): the best
-        ``keep`` per query as (scores float32 [B, keep], labels int64 [B, keep]), best first, -1 padded."""
-        ok = labels >= 0
-        rows = self.vectors[np.where(ok, labels, 0)].astype(np.float32)  # [B, F, D]: the shortlist's rows only
-        scores = np.where(ok, np.einsum("bfd,bd->bf", rows, q), -np.inf).astype(np.float32)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
-        top = np.take_along_axis(scores, order, 1)
-        return top, np.where(np.isfinite(top), np.take_along_axis(labels, order, 1), -1)
 
     def set_search_params(self, **kw) -> None:
         """Change search-time knobs in place: ``hnsw_ef_search``, ``ivf_nprobe``, ``refine_factor`` (positive

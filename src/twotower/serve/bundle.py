@@ -75,7 +75,7 @@ class Bundle:
 ID_CHUNK = 16_384
 
 
-def _item_id_table(data: SequenceData) -> tuple[np.ndarray, dict[str, int]]:
+def item_id_table(data: SequenceData) -> tuple[np.ndarray, dict[str, int]]:
     """Item id strings, object [N], and id -> dense index (~80 MB per 1M ids), built in 16k-id slices.
 
     A reload runs this in a thread beside live requests. Converting 1M ids in one call holds the GIL for
@@ -143,7 +143,7 @@ def load_bundle(
         raise ArtifactError(f"index dim {index.dim} != model dim {cfg.dim}; rebuild the index")
     data = SequenceData.load(served_dataset(root, model_dir), mmap=True)
     feat = Featurizer(data, cfg)
-    ids, lookup = _item_id_table(data)
+    ids, lookup = item_id_table(data)
     hashed = (feat.item_hash, feat.item_author, feat.item_feat)
     text = feat.item_text
     if index.catalogue:  # items upserted after training (`twotower index upsert`)
