@@ -202,6 +202,25 @@ def test_exact_scan_of_few_queries_equals_the_blocked_matmul_path():
         assert np.allclose(few[0], many[0][:4], atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["exact", "hnsw", "ivfpq"])
+def test_search_labels_are_the_rows_search_answers_with_ids(corpus, backend):
+    """search_labels (what an adaptive index re-scores from) answers with rows of the index: mapped through
+    ``ids`` they are search's answer, filters, tombstones and padding included."""
+    ids, x, q = corpus
+    idx = VectorIndex.build(ids, x, cfg(backend))
+    idx.delete(ids[:50])
+    exclude = [ids[100:110], ids[200:205]]
+    for kw in ({}, {"exclude": exclude}, {"allow": ids[40:90]}):
+        s1, got = idx.search(q[:2], 20, **kw)
+        s2, labels = idx.search_labels(q[:2], 20, **kw)
+        assert np.array_equal(s1, s2)
+        assert np.array_equal(np.where(labels >= 0, idx.ids[np.maximum(labels, 0)], -1), got)
+        ok = labels >= 0
+        assert idx.alive[labels[ok]].all()
+        np.testing.assert_allclose((x[labels[ok]] * np.repeat(q[:2], ok.sum(1), 0)).sum(1), s2[ok], atol=1e-5)
+    assert (idx.search_labels(q[:2], 50, allow=ids[40:90])[1] == -1).sum() == 2 * (50 - 40)  # 40 allowed alive
+
+
 def test_search_params_take_search_knobs_only(corpus, tmp_path):
     """Search knobs change results in place (and are saved); build-time fields and bad values are refused
     before anything changes, so the manifest never describes an index that was not built."""
@@ -213,6 +232,10 @@ def test_search_params_take_search_knobs_only(corpus, tmp_path):
     idx.set_search_params(ivf_nprobe=64)
     _, wide = idx.search(q[:20], 10)
     assert (wide == want).mean() == 1.0 > (narrow == want).mean()
+    idx.set_search_params(ivf_nprobe=1)  # the kept FAISS parameters follow the knob, one query at a time too
+    assert (idx.search(q[:20], 10)[1] == narrow).all()
+    assert (np.concatenate([idx.search(q[i : i + 1], 10)[1] for i in range(20)]) == narrow).all()
+    idx.set_search_params(ivf_nprobe=64)
     for bad in ({"ivf_nlist": 8}, {"backend": "exact"}, {"ivf_nprobe": 0}, {"ivf_nprobe": 2.5},
                 {"hnsw_ef_search": True}, {"filter_exact_below": 2.0}, {"no_such_knob": 1},
                 {"ivf_nprobe": 2, "refine_factor": 0}):  # fmt: skip

@@ -17,6 +17,31 @@ def _setup(synth_data):
     return data, Featurizer(data, mc), Ranker(mc).eval()
 
 
+def _candidates(feat, ids: torch.Tensor):
+    items = feat.items(ids.reshape(-1).numpy())
+    return type(items)(*(t.view(*ids.shape, -1) for t in (items.item, items.author, items.feat)))
+
+
+def test_inference_in_two_parts_equals_the_masked_forward(synth_data):
+    """Eval mode runs the history alone and the candidates against it (no K x K block): the same logits as
+    the masked attention over S + K tokens that training runs (dropout 0 here), short and empty histories
+    included."""
+    data, feat, ranker = _setup(synth_data)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a trained-looking head, not the zero-initialised one
+        for p in ranker.head.parameters():
+            p.normal_(0, 0.5)
+    u = feat.users(np.array([0, 3, 5]), np.array([0, 40, 60]), np.array([12, 47, 60]))  # 12, 7 and 0 events
+    assert u.length.tolist()[2] == 0
+    cands = _candidates(feat, torch.randint(1, data.num_items, (3, 9)))
+    with torch.no_grad():
+        split = ranker.eval()(u, cands)
+        masked = ranker.train()(u, cands)  # dropout is 0: the reference path, deterministic
+    ranker.eval()
+    torch.testing.assert_close(split, masked, rtol=1e-5, atol=1e-5)
+    assert split.std() > 0.01  # the candidates are told apart
+
+
 def test_a_candidates_score_ignores_the_other_candidates_and_their_order(synth_data):
     data, feat, ranker = _setup(synth_data)
     u = feat.users(np.array([0, 3]), np.array([0, 40]), np.array([12, 47]))  # histories of 12 and 7 events

@@ -111,10 +111,11 @@ class AdaptiveIndex:
         if factor < 1:
             raise ValueError(f"shortlist must be >= 1, got {factor}")
         fetch = max(k, min(factor * k, len(self.inner.alive)))
-        _, cand = self.inner.search(prefix_of(q, self.prefix_dim, self.normalized), fetch, exclude, allow)
-        labels = np.where(cand >= 0, self.inner.labels_of(np.maximum(cand, 0)), -1)  # [B, F]; -1 where padded
+        # the shortlist as the prefix index's labels (rows of both row tables), -1 where padded: [B, F]
+        _, labels = self.inner.search_labels(prefix_of(q, self.prefix_dim, self.normalized), fetch, exclude, allow)
         top_s, order = rescore(q, self.full, labels, k)  # at full width, from the float16 rows
-        top_i = np.where(np.isfinite(top_s), np.take_along_axis(cand, order, 1), -1)
+        top_l = np.take_along_axis(labels, order, 1)
+        top_i = np.where(np.isfinite(top_s) & (top_l >= 0), self.inner.ids[np.maximum(top_l, 0)], -1)
         if top_s.shape[1] < k:  # a corpus smaller than k
             pad = k - top_s.shape[1]
             top_s = np.pad(top_s, ((0, 0), (0, pad)), constant_values=-np.inf)

@@ -39,13 +39,36 @@ def rescore(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact re-scoring of a shortlist: inner products of ``queries`` [B, D] with ``rows[labels]`` (labels int64
     [B, F], -1 = no candidate; rows float32 or float16 [N, D], only the shortlist's are read). Returns the best
-    ``keep`` per query as (scores float32 [B, keep'], columns of ``labels`` int64 [B, keep']), best first,
-    keep' = min(keep, F); a score is -inf where the row had fewer candidates."""
+    ``keep`` per query as (scores float32 [B, keep'], columns of ``labels`` int64 [B, keep']), best first (ties
+    in shortlist order), keep' = min(keep, F); a score is -inf where the row had fewer candidates.
+
+    The gather and the float16 -> float32 widening go through torch: numpy widens float16 one element at a
+    time (~2 ns each: 54 us of a 400 x 64 shortlist), torch with the CPU's conversion instructions (6 us)."""
+    import torch
+
+    B, F = labels.shape
     ok = labels >= 0
-    picked = rows[np.where(ok, labels, 0)].astype(np.float32)  # [B, F, D]
-    scores = np.where(ok, np.einsum("bfd,bd->bf", picked, queries), -np.inf).astype(np.float32)
+    padded = not ok.all()
+    picks = np.where(ok, labels, 0) if padded else labels
+    picked = _as_tensor(rows).index_select(0, torch.from_numpy(np.ascontiguousarray(picks, np.int64).reshape(-1)))
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    scores = torch.bmm(picked.view(B, F, -1).float(), q.view(B, -1, 1)).view(B, F).numpy()  # [B, F]
+    if padded:
+        scores[~ok] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
-    return np.take_along_axis(scores, order, 1), order
+    return scores[np.arange(B)[:, None], order], order
+
+
+def _as_tensor(rows: np.ndarray):
+    """``rows`` as a torch tensor sharing its memory (a read-only memory map too: it is only read)."""
+    import torch
+
+    rows = np.asarray(rows)
+    if rows.flags.writeable:
+        return torch.from_numpy(rows)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(rows)
 
 
 def blocked_topk(

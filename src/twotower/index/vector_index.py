@@ -44,6 +44,7 @@ class VectorIndex:
         # else (sorted live ids, their labels) for a binary search
         self._lookup: tuple[np.ndarray, ...] | None = None
         self._alive_sel = None
+        self._kept_params = None  # (knobs, FAISS search parameters): see _params
         self._n_alive: int | None = None  # cached: counting 1M flags costs more than a FAISS search
         # Query rows the ANN search returned short (filters, or too few items in the probed lists) and that
         # exact search completed. If it climbs, raise ivf_nprobe / hnsw_ef_search: each one costs a scan.
@@ -101,7 +102,7 @@ class VectorIndex:
         self._invalidate()
 
     def _invalidate(self) -> None:
-        self._lookup, self._alive_sel, self._n_alive = None, None, None
+        self._lookup, self._alive_sel, self._n_alive, self._kept_params = None, None, None, None
 
     @property
     def n_alive(self) -> int:
@@ -173,7 +174,15 @@ class VectorIndex:
     def search(
         self, queries: np.ndarray, k: int, exclude=None, allow: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` by inner product. queries [B, D] -> (scores float32 [B, K], ids int64 [B, K])."""
+        """Top-``k`` by inner product. queries [B, D] -> (scores float32 [B, K], ids int64 [B, K]), -1 padded."""
+        scores, labels = self.search_labels(queries, k, exclude, allow)
+        return scores, np.where(labels >= 0, self.ids[np.maximum(labels, 0)], -1)
+
+    def search_labels(
+        self, queries: np.ndarray, k: int, exclude=None, allow: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` answered with internal labels (rows of :attr:`vectors`, -1 padded) instead of ids:
+        what a caller that reads the rows next (an adaptive index's re-scoring) needs."""
         q = as_queries(queries, self.dim)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -223,8 +232,8 @@ class VectorIndex:
 
     def _first_k(self, D: np.ndarray, L: np.ndarray, k: int, allowed: np.ndarray | None, ex_labels):
         """Over-fetched (scores [B, F], labels [B, F]) -> the first ``k`` per row that are valid (label >= 0),
-        allowed (when ``allowed`` is given) and not among the row's exclusions, as padded external ids."""
-        scores, ids = [], []
+        allowed (when ``allowed`` is given) and not among the row's exclusions, as padded labels."""
+        scores, labels = [], []
         for b in range(len(D)):
             ok = L[b] >= 0
             if allowed is not None:
@@ -232,8 +241,8 @@ class VectorIndex:
             if ex_labels is not None and len(ex_labels[b]):
                 ok &= ~np.isin(L[b], ex_labels[b])
             scores.append(D[b][ok][:k])
-            ids.append(self.ids[L[b][ok][:k]])
-        return pad_results(scores, ids, k)
+            labels.append(L[b][ok][:k])
+        return pad_results(scores, labels, k)
 
     def _ann(self, q, k, allowed, has_allow, ex_labels):
         """FAISS search with the filters inside it where a selector can carry them; rows it returns short are
@@ -255,7 +264,7 @@ class VectorIndex:
             post_ex = None
         extra = 0 if post_ex is None else max(len(e) for e in post_ex)
         fetch = min(k + extra, len(self.alive))
-        params = fb.search_params(self.config, base)
+        params = self._params(base)
         if fb.refines(self.config):  # IVF-PQ: refine_factor x more PQ candidates, re-scored from the rows
             wide = min(fetch * self.config.refine_factor, len(self.alive))
             _, wide_labels = self._faiss_index.search(q, wide, params=params)
@@ -263,7 +272,9 @@ class VectorIndex:
             L = np.where(np.isfinite(D), np.take_along_axis(wide_labels, order, 1), -1)
         else:
             D, L = self._faiss_index.search(q, fetch, params=params)
-        scores_out, ids_out, short = [], [], []
+        if post_ex is None and L.shape[1] == k and (L >= 0).all():
+            return D, L  # every row full, nothing left to drop (the usual one-query answer)
+        scores_out, labels_out, short = [], [], []
         for b in range(len(q)):
             lab = L[b]
             ok = lab >= 0
@@ -274,14 +285,24 @@ class VectorIndex:
             if len(lab) < min(k, n_allowed - n_ex):
                 short.append(b)
             scores_out.append(s)
-            ids_out.append(self.ids[lab])
+            labels_out.append(lab)
         if short:  # the graph / probed lists ran dry under the filters: complete these rows exactly
             self.completed_exactly += len(short)
             sub_ex = None if ex_labels is None else [ex_labels[b] for b in short]
             es, ei = self._exact(q[short], k, allowed, sub_ex)
             for j, b in enumerate(short):
-                scores_out[b], ids_out[b] = es[j][ei[j] >= 0], ei[j][ei[j] >= 0]
-        return pad_results(scores_out, ids_out, k)
+                scores_out[b], labels_out[b] = es[j][ei[j] >= 0], ei[j][ei[j] >= 0]
+        return pad_results(scores_out, labels_out, k)
+
+    def _params(self, selector):
+        """FAISS search parameters for the current knobs; the unfiltered ones (or the tombstones' selector) are
+        built once and kept, as building them costs about as much as a small search's bookkeeping."""
+        if selector is not None and selector is not self._alive_sel:
+            return fb.search_params(self.config, selector)
+        key = (selector is None, self.config.hnsw_ef_search, self.config.ivf_nprobe)
+        if self._kept_params is None or self._kept_params[0] != key:
+            self._kept_params = (key, fb.search_params(self.config, selector))
+        return self._kept_params[1]
 
     def set_search_params(self, **kw) -> None:
         """Change search-time knobs in place: ``hnsw_ef_search``, ``ivf_nprobe``, ``refine_factor`` (positive

@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import config as cfgmod
@@ -44,6 +45,40 @@ def isolation_mask(length: torch.Tensor, S: int, K: int) -> torch.Tensor:
     valid_k = i[None, None, :] < length[:, None, None]  # [B, 1, L]: real history keys
     cand = (~hist_q) & ((hist_k & valid_k) | (i[None, :] == i[:, None]))  # [B, L, L]
     return causal[None] | cand
+
+
+def isolated_block(
+    blk: Block, hist: torch.Tensor, cand: torch.Tensor, length: torch.Tensor, last: bool = False
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """One block of the masked forward (:func:`isolation_mask`) computed in two parts, for inference: the
+    history [B, S, D] causally on its own (it never sees a candidate), then each candidate [B, K, D] attending
+    to the valid history keys and to itself. Attention costs ``K x (S + 1)`` scores per head instead of
+    ``(S + K)^2``. No dropout: eval mode only. Returns (history, candidates) after the block; ``last``: the
+    history after it is not needed (only its keys and values are), None is returned in its place."""
+    B, S, D = hist.shape
+    H = blk.heads
+
+    def heads(t: torch.Tensor) -> tuple[torch.Tensor, ...]:  # [B, n, 3D] -> q, k, v [B, H, n, D / H]
+        return tuple(x.view(B, -1, H, D // H).transpose(1, 2) for x in t.split(D, dim=-1))
+
+    qh, kh, vh = heads(blk.qkv(blk.ln1(hist)))
+    qc, kc, vc = heads(blk.qkv(blk.ln1(cand)))
+    scale = (D // H) ** -0.5
+    to_hist = (qc @ kh.transpose(-2, -1)) * scale  # [B, H, K, S]
+    valid = torch.arange(S, device=length.device)[None, :] < length[:, None]  # [B, S]
+    to_hist = to_hist.masked_fill(~valid[:, None, None, :], float("-inf"))
+    to_self = (qc * kc).sum(-1, keepdim=True) * scale  # [B, H, K, 1]
+    w = torch.softmax(torch.cat([to_hist, to_self], dim=-1), dim=-1)
+    att_c = w[..., :S] @ vh + w[..., S:] * vc  # [B, H, K, hs]
+
+    def rest(x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        x = x + blk.proj(att.transpose(1, 2).reshape(B, -1, D))
+        return x + blk.ffn(blk.ln2(x))
+
+    if last:
+        return None, rest(cand, att_c)
+    att_h = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)  # [B, H, S, hs]
+    return rest(hist, att_h), rest(cand, att_c)
 
 
 class Ranker(nn.Module):
@@ -77,12 +112,17 @@ class Ranker(nn.Module):
         if self.tokens.pos_emb is not None:
             hist = hist + self.tokens.pos_emb.weight[:S]
         c = self.cand_proj(self.embed.items(cands)) + self.cand_type  # [B, K, D]
-        K = c.shape[1]
-        x = self.tokens.drop(torch.cat([hist, c], dim=1))
-        mask = isolation_mask(u.length, S, K)
-        for blk in self.blocks:
-            x = blk(x, causal=False, key_mask=None, attn_mask=mask)
-        logits = self.head(self.ln_f(x[:, S:])).squeeze(-1)
+        if self.training:  # the reference: one masked attention over S + K tokens (dropout as trained)
+            K = c.shape[1]
+            x = self.tokens.drop(torch.cat([hist, c], dim=1))
+            mask = isolation_mask(u.length, S, K)
+            for blk in self.blocks:
+                x = blk(x, causal=False, key_mask=None, attn_mask=mask)
+            c = x[:, S:]
+        else:  # the same function without the K x K block the mask throws away (equal within float error)
+            for i, blk in enumerate(self.blocks):
+                hist, c = isolated_block(blk, hist, c, u.length, last=i == len(self.blocks) - 1)
+        logits = self.head(self.ln_f(c)).squeeze(-1)
         return logits if prior is None else logits + self.prior_scale * prior
 
 
