@@ -34,9 +34,7 @@ def kernel() -> str:
     return "blas+faiss-heaps"
 
 
-def rescore(
-    queries: np.ndarray, rows: np.ndarray, labels: np.ndarray, keep: int
-) -> tuple[np.ndarray, np.ndarray]:
+def rescore(queries: np.ndarray, rows: np.ndarray, labels: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact re-scoring of a shortlist: inner products of ``queries`` [B, D] with ``rows[labels]`` (labels int64
     [B, F], -1 = no candidate; rows float32 or float16 [N, D], only the shortlist's are read). Returns the best
     ``keep`` per query as (scores float32 [B, keep'], columns of ``labels`` int64 [B, keep']), best first (ties
