@@ -11,8 +11,11 @@ For each seed, one run after the other (never side by side):
 * ``feedback``: ``disliked`` events (rating <= 2) are no positives and are negatives of the targets within 20
   events; ``both``: ``hard_101_500`` + ``feedback``;
 * ``bpr`` / ``hinge`` / ``nce``: the base with that objective instead of the softmax;
-* on the ``time`` split, ``base`` and ``feedback`` again, scored by ``liked_recall@100`` and ``dislike@100``
-  (:mod:`twotower.evaluate.feedback`);
+* on the ``time`` split, ``base`` and ``feedback`` again, and ``feedback`` + the item prior
+  (``train.dislike_prior`` = each of ``--priors``; the weight is chosen by the validation window: the lowest
+  mean valid ``dislike@100`` whose valid ``liked_recall@100`` is at least the base's), scored by
+  ``liked_recall@100`` and ``dislike@100`` (:mod:`twotower.evaluate.feedback`) on the valid and test windows
+  (``--time-split-only`` runs just these, into their own ``--out``);
 * the family log (``twotower synth --family-size 4 --dislike-prob 0.3``): a small model with dislikes as
   positives against the same with negative feedback (validation HR@10).
 
@@ -105,6 +108,33 @@ def family_margin(work: Path, seed: int) -> dict:
     return out
 
 
+def time_split_summary(time_split: list[dict]) -> dict:
+    """dislike@100 and liked_recall@100 (test window, means over seeds) of the base, the feedback run and the
+    item prior whose weight the validation window chose: the lowest mean valid dislike@100 among the weights
+    whose mean valid liked_recall@100 is at least the base's."""
+
+    def mean(name: str, key: str, part: str = "test") -> float:
+        return statistics.mean(t[name][part][key] if part in t[name] else t[name][key] for t in time_split)
+
+    out: dict = {}
+    for name in ("base", "feedback"):
+        out[f"dislike_at_100_{name}"] = round(mean(name, "dislike@100"), 4)
+        out[f"liked_recall_at_100_{name}"] = round(mean(name, "liked_recall@100"), 4)
+    base, base_valid_liked = out["dislike_at_100_base"], mean("base", "liked_recall@100", "valid")
+    priors = [n for n in time_split[0] if n.startswith("prior_")]
+    ok = [n for n in priors if mean(n, "liked_recall@100", "valid") >= base_valid_liked]
+    chosen = min(ok or priors, key=lambda n: mean(n, "dislike@100", "valid")) if priors else "feedback"
+    d, liked = round(mean(chosen, "dislike@100"), 4), round(mean(chosen, "liked_recall@100"), 4)
+    out.update(
+        chosen_on_valid=chosen,
+        dislike_at_100_chosen=d,
+        liked_recall_at_100_chosen=liked,
+        dislike_at_100_reduction=round(1 - d / base, 4) if base else None,
+        dislike_target_met=bool(base and 1 - d / base >= 0.30 and liked >= out["liked_recall_at_100_base"]),
+    )
+    return out
+
+
 def mean_std(values: list[float]) -> list[float]:
     return [round(statistics.mean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]
 
@@ -116,6 +146,14 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--no-time-split", action="store_true", help="skip the dislike@100 runs")
+    p.add_argument("--time-split-only", action="store_true", help="only the dislike@100 runs")
+    p.add_argument(
+        "--priors",
+        type=float,
+        nargs="*",
+        default=[0.5, 1.0, 2.0],
+        help="train.dislike_prior weights tried on the time split (chosen on its validation window)",
+    )
     p.add_argument("--work", help="directory for runs and mined files (default: temp)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "hard_negatives.json"))
     args = p.parse_args()
@@ -158,18 +196,7 @@ def main() -> int:
             if secs:
                 summary[f"mining_seconds_{w}"] = mean_std(secs)[0]
         if time_split:
-            b = statistics.mean(t["base"]["dislike@100"] for t in time_split)
-            f = statistics.mean(t["feedback"]["dislike@100"] for t in time_split)
-            lb = statistics.mean(t["base"]["liked_recall@100"] for t in time_split)
-            lf = statistics.mean(t["feedback"]["liked_recall@100"] for t in time_split)
-            summary.update(
-                dislike_at_100_base=round(b, 4),
-                dislike_at_100_feedback=round(f, 4),
-                dislike_at_100_reduction=round(1 - f / b, 4) if b else None,
-                liked_recall_at_100_base=round(lb, 4),
-                liked_recall_at_100_feedback=round(lf, 4),
-                dislike_target_met=bool(b and 1 - f / b >= 0.30 and lf >= lb),
-            )
+            summary.update(time_split_summary(time_split))
         if families:
             fb, ff = (statistics.mean(x[k] for x in families) for k in ("base", "feedback"))
             summary.update(family_hr_at_10_base=fb, family_hr_at_10_feedback=ff, family_margin=round(ff / fb, 3))
@@ -191,7 +218,8 @@ def main() -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
 
-    for seed in args.seeds:
+    def leave_last_out(seed: int) -> None:
+        """The base, the mining jobs and every variant on leave-last-out."""
         base_dir = work / f"base-s{seed}"
         base = train_variant(data, args.budget, seed, base_dir, {})
         print(f"seed {seed} base           valid {base['valid']} test {base['test']}", flush=True)
@@ -218,16 +246,33 @@ def main() -> int:
             r = runs[v][-1]
             print(f"seed {seed} {v:<14} valid {r['valid']} test {r['test']} {r['examples_per_s']:.0f} ex/s", flush=True)
             write()
+
+    def on_time_split(seed: int) -> None:
+        """base, feedback and feedback + each prior weight on the time split: liked_recall / dislike@100."""
+        pair = {}
+        for name, over in [("base", {}), ("feedback", FEEDBACK)] + [
+            (f"prior_{w:g}", {**FEEDBACK, "dislike_prior": w}) for w in args.priors
+        ]:
+            r = train_variant(data, args.budget, seed, work / f"time-{name}-s{seed}", over, split="time")
+            model, feat = r["_model"]
+            pair[name] = {
+                part: {k: round(v, 4) for k, v in feedback_recall(model, feat, data, "time", part=part).items()}
+                for part in ("valid", "test")
+            }
+            pair[name].update(pair[name]["test"])  # the test figures at the top level, as before
+            print(f"seed {seed} time split {name}: {pair[name]}", flush=True)
+        time_split.append(pair)
+
+    if args.time_split_only:
+        runs.clear()
+    for seed in args.seeds:
+        if not args.time_split_only:
+            leave_last_out(seed)
         if not args.no_time_split:
-            pair = {}
-            for name, over in (("base", {}), ("feedback", FEEDBACK)):
-                r = train_variant(data, args.budget, seed, work / f"time-{name}-s{seed}", over, split="time")
-                model, feat = r["_model"]
-                pair[name] = {k: round(v, 4) for k, v in feedback_recall(model, feat, data, "time").items()}
-            time_split.append(pair)
-            print(f"seed {seed} time split: {pair}", flush=True)
-        families.append(family_margin(work, seed))
-        print(f"seed {seed} family log valid HR@10: {families[-1]}", flush=True)
+            on_time_split(seed)
+        if not args.time_split_only:
+            families.append(family_margin(work, seed))
+            print(f"seed {seed} family log valid HR@10: {families[-1]}", flush=True)
         write()
     print(json.dumps(result["summary"], indent=2))
     return 0

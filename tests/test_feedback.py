@@ -122,3 +122,50 @@ def test_feedback_recall_matches_a_per_user_loop(family_data):
                 out.append(np.isin(its, top).mean())
     assert got["users_liked"] == len(lk) > 0 and got["users_disliked"] == len(dk) > 0
     assert abs(got["liked_recall@20"] - np.mean(lk)) < 1e-9 and abs(got["dislike@20"] - np.mean(dk)) < 1e-9
+
+
+def test_the_dislike_prior_is_built_from_the_training_splits_negative_events(family_data):
+    """train.dislike_prior: each item's logits get w x the smoothed log-odds of its training events being
+    negative ones (a test-window dislike never counts); refused without negative_actions."""
+    from twotower.train.config import TrainConfig
+    from twotower.train.logits import item_prior
+    from twotower.train.task import build_task
+
+    with pytest.raises(ConfigError, match="negative_actions") as e:
+        TrainConfig(dislike_prior=1.0)
+    assert e.value.field == "dislike_prior"
+    data = SequenceData.load(family_data / "data")
+    task = build_task(TrainConfig(dislike_prior=2.0, negative_actions=["dislike"]), data)
+    train, neg = data.split("loo") == SPLIT_TRAIN, negative_events(data, ["dislike"])
+    d, n = np.zeros(data.num_items), np.zeros(data.num_items)
+    for r in np.flatnonzero(train):
+        n[data.event_item[r]] += 1
+        d[data.event_item[r]] += neg[r]
+    torch.testing.assert_close(task.item_offset, 2.0 * item_prior(d, n))
+    assert task.item_offset.std() > 0.1  # items differ in how often they are disliked
+    assert build_task(TrainConfig(), data).item_offset is None
+
+
+def test_the_dislike_prior_lowers_the_served_scores_of_often_disliked_items(family_data, tmp_path):
+    """Trained with the prior, the items users dislike most often score lower against every user's vector
+    (relative to the other items) than without it: the offset is learned into the towers the index serves."""
+    from twotower.evaluate.evaluator import encode_corpus, encode_requests
+    from twotower.train.logits import item_prior
+
+    data = SequenceData.load(family_data / "data")
+    train, neg = data.split("loo") == SPLIT_TRAIN, negative_events(data, ["dislike"])
+    items = data.event_item.astype(np.int64)
+    prior = item_prior(np.bincount(items[train & neg], minlength=data.num_items),
+                       np.bincount(items[train], minlength=data.num_items)).numpy()  # fmt: skip
+    often = prior >= np.quantile(prior, 0.8)
+    gap = {}
+    for name, extra in (("feedback", {}), ("prior", {"dislike_prior": 2.0})):
+        cfg = small_run_config(epochs=4, patience=100, eval_every=4, negative_actions=["dislike"], **extra)
+        Trainer(data, cfg, tmp_path / name).fit(progress=False)
+        model, rc, _ = load_run(tmp_path / name)
+        feat = Featurizer(data, rc.model)
+        users, rows = data.eval_targets("loo", "valid")
+        with torch.no_grad():
+            scores = (encode_requests(model, feat, users, rows) @ encode_corpus(model, feat).T).numpy()
+        gap[name] = float(scores[:, often].mean() - scores[:, ~often].mean())
+    assert gap["prior"] < gap["feedback"] - 0.02, gap

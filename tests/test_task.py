@@ -101,3 +101,35 @@ def test_the_loss_objective_comes_from_the_config_and_trains_through_the_task():
     assert TrainConfig(loss="bpr").loss == "bpr"
     with pytest.raises(ConfigError, match="softmax"):
         TrainConfig(loss="listnet")
+
+
+def test_an_item_prior_is_added_to_every_logit_of_its_item_on_every_path():
+    """With ``item_offset`` the full softmax equals the cross-entropy of ``q . v / tau + offset`` (the logit
+    adjustment), fused and reference alike, with logQ too; a sampled task with logQ agrees between paths."""
+    q, t = batch(7)
+    offset = torch.linspace(-2.0, 1.0, 50)
+    for logq in (False, True):
+        full, ref = (
+            RetrievalTask(MixedNegatives([FullCorpus(50)]), fused=f, logq=logq, item_offset=offset)
+            for f in (True, False)
+        )
+        exact = F.cross_entropy(q @ t.encode_items(torch.arange(50)).T / full.tau() + offset, t.items)
+        torch.testing.assert_close(full(q, t).loss, exact)
+        torch.testing.assert_close(ref(q, t).loss, exact)
+    fused, reference = make_task(item_offset=offset), make_task(fused=False, item_offset=offset)
+    torch.testing.assert_close(fused(q, t).loss, reference(q, t).loss)
+    assert not torch.allclose(fused(q, t).loss, make_task()(q, t).loss)
+
+
+def test_the_item_prior_is_the_smoothed_log_odds_of_a_negative_event():
+    import numpy as np
+
+    from twotower.train.logits import item_prior
+
+    neg, events = np.array([0, 5, 1, 0]), np.array([0, 10, 100, 4])  # an item without events: the overall rate
+    got = item_prior(neg, events, strength=10.0)
+    overall = 6 / 114
+    for i in range(4):
+        r = (neg[i] + 10 * overall) / (events[i] + 10)
+        assert abs(float(got[i]) - np.log(r / (1 - r))) < 1e-5
+    assert got[1] > got[0] > got[3] and got[1] > got[2]  # often disliked: highest

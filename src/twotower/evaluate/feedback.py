@@ -42,12 +42,14 @@ def feedback_recall(
     disliked: str = "disliked",
     protocol: str = "strict",
     batch: int = 256,
+    part: str = "test",
 ) -> dict[str, float]:
-    """``liked_recall@k`` and ``dislike@k`` (see the module docstring) with the users each was averaged over."""
+    """``liked_recall@k`` and ``dislike@k`` (see the module docstring) with the users each was averaged over;
+    ``part``: the window scored, ``test`` or ``valid`` (where settings are chosen)."""
     model.eval()
     split = data.split(scheme)
-    users, first_rows = data.eval_targets(scheme, "test")
-    test = split == SPLITS["test"]
+    users, first_rows = data.eval_targets(scheme, part)
+    test = split == SPLITS[part]
     is_liked, is_disliked = data.action_mask([liked]), data.action_mask([disliked])
     user_of = data.user_of_event()
     rows = np.flatnonzero(test)

@@ -55,6 +55,9 @@ class TrainConfig:
     negatives_as_positives: bool = False
     negative_window: int = 0
     negative_count: int = 8
+    # Item prior (train/logits.item_prior): this weight times each item's smoothed log-odds of being a negative
+    # event is added to its training logits, so the served scores come out lowered by it (0 = off).
+    dislike_prior: float = 0.0
     # Matryoshka: the same loss on these prefixes of both towers' vectors (each < model.dim), with these
     # weights (empty: 1 each); the full width always takes the main loss.
     matryoshka_dims: list[int] = field(default_factory=list)
@@ -153,6 +156,13 @@ class TrainConfig:
             "matryoshka_weights",
             self.matryoshka_weights,
             "give one weight >= 0 per matryoshka_dims entry, or none (1 each)",
+        )
+        check_float(self, "dislike_prior", 0.0)
+        check(
+            not self.dislike_prior or bool(self.negative_actions),
+            "dislike_prior",
+            self.dislike_prior,
+            'the prior is the rate of negative events: name their actions too, e.g. negative_actions = ["disliked"]',
         )
         check_int(self, "negative_window", 0)
         check_int(self, "negative_count", 1)

@@ -7,6 +7,7 @@ Shapes: T queries (training targets), M candidate negatives; column 0 of the log
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 NEG_INF = -1e9  # large negative rather than -inf: keeps softmax finite when a row is all masked
@@ -34,3 +35,20 @@ def remove_accidental_hits(logits: torch.Tensor, pos_ids: torch.Tensor, neg_ids:
     """
     hit = pos_ids[:, None] == neg_ids[None, :]  # [T, M]
     return torch.cat([logits[:, :1], logits[:, 1:].masked_fill(hit, NEG_INF)], dim=1)
+
+
+def item_prior(negative: np.ndarray, events: np.ndarray, strength: float = 10.0) -> torch.Tensor:
+    """Smoothed log-odds that an item's training event is a negative one (``disliked``): float32 [N].
+
+    ``negative`` / ``events``: int [N], each item's negative training events and all its training events. The
+    rate is shrunk toward the catalogue's by ``strength`` pseudo-events, ``r_i = (d_i + a r) / (n_i + a)``,
+    and ``log(r_i / (1 - r_i))`` returned. Added to item i's training logits with a weight
+    (``train.dislike_prior``), it is a logit adjustment (Menon et al., "Long-tail learning via logit
+    adjustment", ICLR 2021): the softmax is fitted with the offset in place, so the towers' own scores, which
+    the index serves, come out lowered by it, the more the more often an item is disliked, for every user.
+    """
+    negative, events = np.asarray(negative, np.float64), np.asarray(events, np.float64)
+    overall = negative.sum() / max(events.sum(), 1.0)
+    rate = (negative + strength * overall) / (events + strength)
+    rate = np.clip(rate, 1e-6, 1 - 1e-6)
+    return torch.from_numpy(np.log(rate / (1 - rate)).astype(np.float32))

@@ -40,13 +40,21 @@ import torch
 from torch import nn
 
 from ..data.dataset import SequenceData
+from ..layout import SPLIT_TRAIN
 from ..model.layers import prefix_vectors
 from .config import TrainConfig
-from .feedback import FeedbackNegatives
+from .feedback import FeedbackNegatives, negative_events
 from .frequency import ExactFrequency, StreamingFrequency
 from .hard_negatives import MinedNegatives
+from .logits import item_prior
 from .losses import Logits, candidate_logits, candidate_softmax_loss, reference_logits, with_hard_negatives
-from .negatives import FullCorpus, InBatchNegatives, MixedNegatives, NegativeSource, UniformNegatives
+from .negatives import (
+    FullCorpus,
+    InBatchNegatives,
+    MixedNegatives,
+    NegativeSource,
+    UniformNegatives,
+)
 from .objectives import OBJECTIVES
 
 TAU_RANGE = (0.01, 1.0)  # a learned temperature is kept in here (outside it the softmax degenerates)
@@ -114,7 +122,10 @@ class RetrievalTask(nn.Module):
         feedback: FeedbackNegatives | None = None,
         prefixes: dict[int, float] | None = None,
         similarity: str = "cosine",
+        item_offset: torch.Tensor | None = None,
     ):
+        """``item_offset``: float [N], added to every training logit of item i (:func:`logits.item_prior`):
+        the towers learn scores lowered by it (None: no prior)."""
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; one of {sorted(OBJECTIVES)}")
@@ -132,6 +143,7 @@ class RetrievalTask(nn.Module):
         self.fused = fused and accidental_hits and negatives.covers_positives
         self.generator = torch.Generator().manual_seed(seed)  # negative sampling only: resumes exactly
         self.parts = nn.ModuleDict(parts or {})
+        self.register_buffer("item_offset", item_offset, persistent=False)  # data, rebuilt from the config
 
     def tau(self) -> torch.Tensor:
         """The softmax temperature τ (a 0-d tensor)."""
@@ -159,14 +171,25 @@ class RetrievalTask(nn.Module):
             loss = loss + terms[name]
         return TaskOutput(loss, len(neg), terms)
 
+    def _log_q(self, ids: torch.Tensor, device: torch.device, p: torch.Tensor | None = None) -> torch.Tensor | None:
+        """What is subtracted from the logits of items ``ids`` (any shape): log q when logQ is on (``p``: their
+        inclusion probabilities, default the shared sources'), minus the item prior when there is one; None
+        when neither applies."""
+        out = None
+        if self.logq:
+            out = (self.negatives.inclusion_prob(ids) if p is None else p).log().to(device)
+        if self.item_offset is not None:
+            offset = self.item_offset[ids.cpu()].to(device)
+            out = -offset if out is None else out - offset
+        return out
+
     def _fused_inputs(
         self, q: torch.Tensor, targets: Targets, cand_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(labels [T], candidate vectors [M, D], log q [M] or None) of a candidate set holding every positive."""
         labels = torch.searchsorted(cand_ids, targets.items).to(q.device)
         cand = targets.encode_items(cand_ids)  # [M, D]
-        log_q = self.negatives.inclusion_prob(cand_ids).log().to(q.device) if self.logq else None
-        return labels, cand, log_q
+        return labels, cand, self._log_q(cand_ids, q.device)
 
     def _fused(self, q: torch.Tensor, targets: Targets, cand_ids: torch.Tensor) -> torch.Tensor:
         """Candidates already hold every positive: one column per item, labels = the positive's column."""
@@ -183,10 +206,7 @@ class RetrievalTask(nn.Module):
         emb = targets.encode_items(all_items)  # [M', D]: each item encoded once
         pos = emb[inv[: len(pos_ids)].to(q.device)]
         neg = emb[inv[len(pos_ids) :].to(q.device)]
-        log_q_pos = log_q_neg = None
-        if self.logq:
-            log_q_pos = self.negatives.inclusion_prob(pos_ids).log().to(q.device)
-            log_q_neg = self.negatives.inclusion_prob(neg_ids).log().to(q.device)
+        log_q_pos, log_q_neg = self._log_q(pos_ids, q.device), self._log_q(neg_ids, q.device)
         return reference_logits(
             q, pos, pos_ids.to(q.device), neg, neg_ids.to(q.device), self.tau(), log_q_pos, log_q_neg,
             self.accidental_hits,
@@ -254,10 +274,8 @@ class RetrievalTask(nn.Module):
         safe = hard.clamp_min(0)
         uniq, inv = torch.unique(safe.reshape(-1), return_inverse=True)
         vecs = targets.encode_items(uniq)[inv.to(q.device)].view(*hard.shape, -1)  # [T, H, D]
-        log_q = None
-        if self.logq:
-            p = (self.negatives.inclusion_prob(safe.reshape(-1)).view(hard.shape) + p_hard).clamp(max=1.0)
-            log_q = p.clamp_min(1e-12).log().to(q.device)
+        p = (self.negatives.inclusion_prob(safe.reshape(-1)).view(hard.shape) + p_hard).clamp(max=1.0)
+        log_q = self._log_q(safe, q.device, p.clamp_min(1e-12))
         built = with_hard_negatives(base, q, vecs, usable.to(q.device), self.tau(), log_q)
         return built.loss(self.objective, self.margin, targets.weight)
 
@@ -304,6 +322,14 @@ def build_task(
             sources.append(UniformNegatives(data.num_items, cfg.num_uniform, pool))
         else:
             sources.append(FullCorpus(data.num_items, pool))
+    offset = None
+    if cfg.dislike_prior:
+        neg = negative_events(data, cfg.negative_actions) & (data.split(cfg.split) == SPLIT_TRAIN)
+        train = data.split(cfg.split) == SPLIT_TRAIN
+        items = data.event_item.astype(np.int64)
+        offset = cfg.dislike_prior * item_prior(
+            np.bincount(items[neg], minlength=data.num_items), np.bincount(items[train], minlength=data.num_items)
+        )
     return RetrievalTask(
         MixedNegatives(sources),
         temperature=cfg.temperature,
@@ -318,6 +344,7 @@ def build_task(
         feedback=feedback,
         prefixes=dict(zip(cfg.matryoshka_dims, cfg.matryoshka_weights or [1.0] * len(cfg.matryoshka_dims))),
         similarity=similarity,
+        item_offset=offset,
     )
 
 
