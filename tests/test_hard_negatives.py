@@ -109,9 +109,12 @@ def _hard_file(rows, items, window):
     return MinedNegatives(np.array(rows), np.array(items), np.array(window), {"model_version": "m"})
 
 
-def test_hard_columns_join_the_softmax_once_each():
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_hard_columns_join_the_softmax_once_each(with_prior):
     """The task's loss with mined negatives equals a loop over each row's candidate set: shared candidates,
-    plus the row's mined items that are neither its positive nor already shared."""
+    plus the row's mined items that are neither its positive nor already shared; with an item prior
+    (``item_offset``) every column of item i, shared or mined or positive, carries its offset."""
+    offset = torch.linspace(-1.5, 1.0, 50, dtype=torch.float64) if with_prior else None
     g = torch.Generator().manual_seed(0)
     table = F.normalize(torch.randn(50, 4, generator=g, dtype=torch.float64), dim=-1)
     pos = torch.tensor([3, 7, 3, 20])
@@ -119,7 +122,7 @@ def test_hard_columns_join_the_softmax_once_each():
     hard = _hard_file([10, 11, 13], [[40, 41, 7], [3, 42, -1], [43, 44, 45]], [6, 6, 3])
     q = F.normalize(torch.randn(4, 4, generator=g, dtype=torch.float64), dim=-1)
     for fused in (True, False):
-        task = _task(hard, fused=fused, logq=False, seed=5)
+        task = _task(hard, fused=fused, logq=False, seed=5, item_offset=offset)
         targets = Targets(pos, None, lambda ids: table[ids], rows)
         got = task(q, targets).loss
         shared = _task(None, fused=fused, logq=False, seed=5).negatives.sample(pos, torch.Generator().manual_seed(5))
@@ -128,12 +131,12 @@ def test_hard_columns_join_the_softmax_once_each():
             cols = set(shared.tolist()) | {int(pos[t])}
             mined = {10: [40, 41, 7], 11: [3, 42], 13: [43, 44, 45]}.get(int(rows[t]), [])
             cols |= {i for i in mined if i != int(pos[t])}
-            s = {i: float(q[t] @ table[i]) / 0.5 for i in cols}
+            s = {i: float(q[t] @ table[i]) / 0.5 + (float(offset[i]) if with_prior else 0.0) for i in cols}
             losses.append(-(s[int(pos[t])] - math.log(sum(math.exp(v) for v in s.values()))))
         assert abs(float(got) - sum(losses) / 4) < 1e-9, fused
-        plain = _task(None, fused=fused, logq=False, seed=5)(q, targets).loss
+        plain = _task(None, fused=fused, logq=False, seed=5, item_offset=offset)(q, targets).loss
         assert float(got) > float(plain)  # the extra negatives cost something
-        off = _task(hard, fused=fused, logq=False, seed=5)
+        off = _task(hard, fused=fused, logq=False, seed=5, item_offset=offset)
         off.hard_active = False  # the staged schedule before hard_start: the plain loss
         assert float(off(q, targets).loss) == float(plain)
 
