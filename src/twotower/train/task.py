@@ -48,13 +48,7 @@ from .frequency import ExactFrequency, StreamingFrequency
 from .hard_negatives import MinedNegatives
 from .logits import item_prior
 from .losses import Logits, candidate_logits, candidate_softmax_loss, reference_logits, with_hard_negatives
-from .negatives import (
-    FullCorpus,
-    InBatchNegatives,
-    MixedNegatives,
-    NegativeSource,
-    UniformNegatives,
-)
+from .negatives import FullCorpus, InBatchNegatives, MixedNegatives, NegativeSource, UniformNegatives
 from .objectives import OBJECTIVES
 
 TAU_RANGE = (0.01, 1.0)  # a learned temperature is kept in here (outside it the softmax degenerates)
@@ -324,8 +318,8 @@ def build_task(
             sources.append(FullCorpus(data.num_items, pool))
     offset = None
     if cfg.dislike_prior:
-        neg = negative_events(data, cfg.negative_actions) & (data.split(cfg.split) == SPLIT_TRAIN)
-        train = data.split(cfg.split) == SPLIT_TRAIN
+        train = data.split(cfg.split) == SPLIT_TRAIN  # a valid or test window's dislikes never count
+        neg = negative_events(data, cfg.negative_actions) & train
         items = data.event_item.astype(np.int64)
         offset = cfg.dislike_prior * item_prior(
             np.bincount(items[neg], minlength=data.num_items), np.bincount(items[train], minlength=data.num_items)
