@@ -113,9 +113,8 @@ class AdaptiveIndex:
         fetch = max(k, min(factor * k, len(self.inner.alive)))
         # the shortlist as the prefix index's labels (rows of both row tables), -1 where padded: [B, F]
         _, labels = self.inner.search_labels(prefix_of(q, self.prefix_dim, self.normalized), fetch, exclude, allow)
-        top_s, order = rescore(q, self.full, labels, k)  # at full width, from the float16 rows
-        top_l = np.take_along_axis(labels, order, 1)
-        top_i = np.where(np.isfinite(top_s) & (top_l >= 0), self.inner.ids[np.maximum(top_l, 0)], -1)
+        top_s, top_l = rescore(q, self.full, labels, k)  # at full width, from the float16 rows
+        top_i = np.where(top_l >= 0, self.inner.ids[np.maximum(top_l, 0)], -1)
         if top_s.shape[1] < k:  # a corpus smaller than k
             pad = k - top_s.shape[1]
             top_s = np.pad(top_s, ((0, 0), (0, pad)), constant_values=-np.inf)

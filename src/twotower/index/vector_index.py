@@ -268,8 +268,7 @@ class VectorIndex:
         if fb.refines(self.config):  # IVF-PQ: refine_factor x more PQ candidates, re-scored from the rows
             wide = min(fetch * self.config.refine_factor, len(self.alive))
             _, wide_labels = self._faiss_index.search(q, wide, params=params)
-            D, order = rescore(q, self.vectors, wide_labels, fetch)  # from the rows, not a FAISS-held copy
-            L = np.where(np.isfinite(D), np.take_along_axis(wide_labels, order, 1), -1)
+            D, L = rescore(q, self.vectors, wide_labels, fetch)  # from the rows, not a FAISS-held copy
         else:
             D, L = self._faiss_index.search(q, fetch, params=params)
         if post_ex is None and L.shape[1] == k and (L >= 0).all():
