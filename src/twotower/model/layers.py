@@ -111,9 +111,7 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         """x [B, L, D]; key_mask bool [B, L] (valid keys; read only when not causal); ``attn_mask`` bool
         [B, L, L] (query i may see key j; overrides both, e.g. the ranker's candidate isolation) -> [B, L, D]."""
-        B, L, D = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(D, dim=-1)
-        q, k, v = (t.view(B, L, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, h, L, hs)
+        q, k, v = self.heads_of(x)
         # Causal + right padding needs no key mask: valid positions only ever see earlier (valid) ones.
         if attn_mask is not None:
             mask, is_causal = attn_mask[:, None], False
@@ -122,5 +120,16 @@ class Block(nn.Module):
         att = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.p if self.training else 0.0
         )
+        return self.after_attention(x, att)
+
+    def heads_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, L, D] -> queries, keys, values [B, h, L, D / h] of its normed tokens."""
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(D, dim=-1)
+        return tuple(t.view(B, L, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))
+
+    def after_attention(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """The block's output from its input x [B, L, D] and the attention's [B, h, L, D / h]: both residuals."""
+        B, L, D = x.shape
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(B, L, D)))
         return x + self.drop(self.ffn(self.ln2(x)))

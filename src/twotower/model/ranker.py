@@ -55,30 +55,20 @@ def isolated_block(
     to the valid history keys and to itself. Attention costs ``K x (S + 1)`` scores per head instead of
     ``(S + K)^2``. No dropout: eval mode only. Returns (history, candidates) after the block; ``last``: the
     history after it is not needed (only its keys and values are), None is returned in its place."""
-    B, S, D = hist.shape
-    H = blk.heads
-
-    def heads(t: torch.Tensor) -> tuple[torch.Tensor, ...]:  # [B, n, 3D] -> q, k, v [B, H, n, D / H]
-        return tuple(x.view(B, -1, H, D // H).transpose(1, 2) for x in t.split(D, dim=-1))
-
-    qh, kh, vh = heads(blk.qkv(blk.ln1(hist)))
-    qc, kc, vc = heads(blk.qkv(blk.ln1(cand)))
-    scale = (D // H) ** -0.5
+    S, D = hist.shape[1], hist.shape[2]
+    qh, kh, vh = blk.heads_of(hist)
+    qc, kc, vc = blk.heads_of(cand)
+    scale = (D // blk.heads) ** -0.5
     to_hist = (qc @ kh.transpose(-2, -1)) * scale  # [B, H, K, S]
     valid = torch.arange(S, device=length.device)[None, :] < length[:, None]  # [B, S]
     to_hist = to_hist.masked_fill(~valid[:, None, None, :], float("-inf"))
     to_self = (qc * kc).sum(-1, keepdim=True) * scale  # [B, H, K, 1]
     w = torch.softmax(torch.cat([to_hist, to_self], dim=-1), dim=-1)
     att_c = w[..., :S] @ vh + w[..., S:] * vc  # [B, H, K, hs]
-
-    def rest(x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        x = x + blk.proj(att.transpose(1, 2).reshape(B, -1, D))
-        return x + blk.ffn(blk.ln2(x))
-
     if last:
-        return None, rest(cand, att_c)
+        return None, blk.after_attention(cand, att_c)
     att_h = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)  # [B, H, S, hs]
-    return rest(hist, att_h), rest(cand, att_c)
+    return blk.after_attention(hist, att_h), blk.after_attention(cand, att_c)
 
 
 class Ranker(nn.Module):
