@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import check, check_float, check_int
 from ..errors import IndexError_
-from .embeddings import release_rows
+from .embeddings import in_slices
 
 BACKENDS = ("exact", "hnsw", "ivfflat", "ivfpq")
 ROWS_DTYPES = ("float32", "float16")
@@ -88,11 +88,10 @@ class IndexConfig:
 def check_finite(vectors: np.ndarray, ids: np.ndarray) -> None:
     """Refuse vectors with NaN or inf: FAISS's HNSW never finishes a search over one, and no backend could
     rank it. The message names the first bad ids. Checked in slices (a memory-mapped export stays one slice
-    resident, :func:`~twotower.index.embeddings.release_rows`)."""
+    resident, :func:`~twotower.index.embeddings.in_slices`)."""
     bad = np.zeros(len(vectors), bool)
-    for lo in range(0, len(vectors), 1 << 18):
-        bad[lo : lo + (1 << 18)] = ~np.isfinite(vectors[lo : lo + (1 << 18)]).all(axis=1)
-        release_rows(vectors, lo, lo + (1 << 18))
+    for lo, hi in in_slices(vectors, 1 << 18):
+        bad[lo:hi] = ~np.isfinite(vectors[lo:hi]).all(axis=1)
     if bad.any():
         raise ValueError(
             f"{int(bad.sum())} of {len(vectors)} vectors hold NaN or inf (ids {ids[bad][:5].tolist()}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import mmap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,12 @@ def release_rows(rows: np.ndarray, lo: int = 0, hi: int | None = None) -> None:
     # a later read maps them again)
     length = start + part.nbytes - first
     mm.madvise(mmap.MADV_DONTNEED, first, min(length, len(mm) - first))
+
+
+def in_slices(rows: np.ndarray, step: int) -> Iterator[tuple[int, int]]:
+    """``(lo, hi)`` over ``rows`` [N, ...] in slices of ``step``; once the caller's loop body has read a slice,
+    :func:`release_rows` drops it, so a scan over a memory-mapped array keeps one slice resident."""
+    for lo in range(0, len(rows), step):
+        hi = min(lo + step, len(rows))
+        yield lo, hi
+        release_rows(rows, lo, hi)

@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from .embeddings import release_rows
+from .embeddings import in_slices
 
 DEFAULT_BLOCK = 2048
 
@@ -96,8 +96,7 @@ def blocked_topk(
     block = max(1, min(block, N))
     tile = torch.empty(B, block)
     dead_t = None if dead is None else torch.from_numpy(np.ascontiguousarray(dead, dtype=bool))
-    for lo in range(0, N, block):
-        hi = min(lo + block, N)
+    for lo, hi in in_slices(vectors, block):  # memory-mapped rows: one tile resident at a time
         out = tile[:, : hi - lo] if hi - lo == block else torch.empty(B, hi - lo)
         torch.mm(q, v[lo:hi].float().T if half else v[lo:hi].T, out=out)
         if dead_t is not None:
@@ -105,7 +104,6 @@ def blocked_topk(
             if bool(d.any()):
                 out.masked_fill_(d[None, :], float("-inf"))
         heaps.heaps.addn(hi - lo, faiss.swig_ptr(out.numpy()), lo, 0, B)
-        release_rows(vectors, lo, hi)  # memory-mapped rows: one tile resident at a time
     heaps.finalize()
     scores, labels = heaps.D, heaps.I
     lost = (labels < 0) | ~np.isfinite(scores)  # an empty heap slot (fewer than k live rows)

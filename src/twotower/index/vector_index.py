@@ -23,7 +23,7 @@ from ..errors import ConfigError, IndexError_, VersionMismatch
 from . import faiss_backend as fb
 from . import storage
 from .base import IndexConfig, as_queries, check_finite, normalise_exclude, pad_results
-from .embeddings import release_rows
+from .embeddings import in_slices
 from .exact import blocked_topk, rescore
 
 SEARCH_KNOBS = ("hnsw_ef_search", "ivf_nprobe", "refine_factor", "exact_block", "filter_exact_below")
@@ -89,9 +89,10 @@ class VectorIndex:
 
             step = 1 << 16
             desc = f"index: add to {self.config.backend}"
-            for lo in tqdm(range(0, len(emb), step), desc=desc, unit="64k", disable=not progress or len(emb) <= step):
-                self._faiss_index.add(emb[lo : lo + step])
-                release_rows(emb, lo, lo + step)  # a memory-mapped export: one slice resident at a time
+            parts = in_slices(emb, step)  # a memory-mapped export: one slice resident at a time
+            total = -(-len(emb) // step)
+            for lo, hi in tqdm(parts, desc=desc, unit="64k", total=total, disable=not progress or len(emb) <= step):
+                self._faiss_index.add(emb[lo:hi])
         self.ids = np.concatenate([self.ids, ids])
         self.alive = np.concatenate([self.alive, np.ones(len(ids), bool)])
         rows = _rows(emb, self.config.rows_dtype)
@@ -390,7 +391,6 @@ def _rows(emb: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "float32":
         return emb if not emb.flags.writeable else emb.copy()
     out = np.empty(emb.shape, np.float16)
-    for lo in range(0, len(emb), 1 << 18):
-        out[lo : lo + (1 << 18)] = emb[lo : lo + (1 << 18)]
-        release_rows(emb, lo, lo + (1 << 18))
+    for lo, hi in in_slices(emb, 1 << 18):
+        out[lo:hi] = emb[lo:hi]
     return out
