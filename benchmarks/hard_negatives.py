@@ -114,7 +114,7 @@ def time_split_summary(time_split: list[dict]) -> dict:
     whose mean valid liked_recall@100 is at least the base's."""
 
     def mean(name: str, key: str, part: str = "test") -> float:
-        return statistics.mean(t[name][part][key] if part in t[name] else t[name][key] for t in time_split)
+        return statistics.mean(t[name][part][key] for t in time_split)
 
     out: dict = {}
     for name in ("base", "feedback"):
