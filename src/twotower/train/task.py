@@ -268,8 +268,10 @@ class RetrievalTask(nn.Module):
         safe = hard.clamp_min(0)
         uniq, inv = torch.unique(safe.reshape(-1), return_inverse=True)
         vecs = targets.encode_items(uniq)[inv.to(q.device)].view(*hard.shape, -1)  # [T, H, D]
-        p = (self.negatives.inclusion_prob(safe.reshape(-1)).view(hard.shape) + p_hard).clamp(max=1.0)
-        log_q = self._log_q(safe, q.device, p.clamp_min(1e-12))
+        p = None  # the rows' own inclusion probabilities, needed by logQ only
+        if self.logq:
+            p = (self.negatives.inclusion_prob(safe.reshape(-1)).view(hard.shape) + p_hard).clamp(1e-12, 1.0)
+        log_q = self._log_q(safe, q.device, p)
         built = with_hard_negatives(base, q, vecs, usable.to(q.device), self.tau(), log_q)
         return built.loss(self.objective, self.margin, targets.weight)
 
